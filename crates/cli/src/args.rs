@@ -1,0 +1,157 @@
+//! Command-line arguments, exactly as the user typed them.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// kiln: experiment pipelines for language-model research.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None)]
+pub struct Cli {
+    /// The results store: a SQLite file path or sqlite:// URL.
+    #[arg(long, global = true, env = "KILN_STORE", default_value = kiln_store::DEFAULT_STORE)]
+    pub store: String,
+    /// The results directory (stage cache, failed stages).
+    #[arg(long, global = true, env = "KILN_RESULTS", default_value = "results")]
+    pub results: PathBuf,
+    /// Print one plain line per event, no live display.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print events (and results) as JSON lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Format of diagnostic logs on stderr (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON objects.
+    Json,
+}
+
+/// Output formats for tables.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TableFormat {
+    /// An aligned table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+}
+
+/// Graph formats for `kiln dag`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DagFormat {
+    /// An indented tree.
+    Text,
+    /// A Mermaid flowchart.
+    Mermaid,
+    /// Graphviz dot.
+    Dot,
+}
+
+/// Parameter overrides shared by commands that plan a pipeline.
+#[derive(Debug, clap::Args)]
+pub struct SetArgs {
+    /// Override a pipeline parameter: `--set alpha=0.5` (the value is read as YAML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files without running anything.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        set: SetArgs,
+    },
+    /// Run a pipeline: cached stages are skipped, the rest execute in dependency order.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        #[command(flatten)]
+        set: SetArgs,
+        /// Most stages executing at once.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
+        /// GPUs the run may use (stages declaring `resources.gpu` share them).
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Execute this stage (and its descendants) even if cached. Repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+    },
+    /// Show, per stage, whether it is cached, stale (and why) or never run.
+    Status {
+        /// The pipeline file.
+        file: PathBuf,
+        #[command(flatten)]
+        set: SetArgs,
+    },
+    /// Print a pipeline's stage graph.
+    Dag {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Run read-only SQL against the results store.
+    Query {
+        /// The SQL (SELECT, WITH, EXPLAIN …). Writes are refused.
+        #[arg(allow_hyphen_values = true)]
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
+    /// List recent runs.
+    Runs {
+        /// How many.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
+    /// List the stage kinds and their parameters.
+    Stages,
+    /// Measure kiln's own overheads and record them in the store.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum, default_value_t = BenchKind::All)]
+        which: BenchKind,
+        /// Metric rows for the ingest and last-value benchmarks.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Repetitions of the no-op run.
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
+    },
+}
+
+/// kiln's own benchmarks.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BenchKind {
+    /// All of them.
+    All,
+    /// A whole-process `kiln run` of an up-to-date 10-stage pipeline.
+    Noop,
+    /// Batched metric ingest (rows/s).
+    Ingest,
+    /// Last value per (run, metric) over many metric rows.
+    LastMetric,
+}

@@ -1,0 +1,177 @@
+//! `kiln bench`: kiln's own overheads, printed and recorded in the store as a `kiln-bench` run.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use kiln_store::{MetricPoint, NewRun, RunStatus, Store};
+
+use crate::Cli;
+use crate::args::BenchKind;
+
+pub async fn run(cli: &Cli, which: BenchKind, rows: usize, repeat: usize) -> Result<()> {
+    let mut results: Vec<(&str, f64, &str, &str)> = Vec::new();
+    if matches!(which, BenchKind::All | BenchKind::Noop) {
+        let ms = noop_run(repeat)?;
+        results.push(("noop_run_ms", ms, "ms", "≤ 50 ms"));
+    }
+    if matches!(
+        which,
+        BenchKind::All | BenchKind::Ingest | BenchKind::LastMetric
+    ) {
+        let dir = tempfile::tempdir().context("creating a scratch directory")?;
+        let store = Store::open(&dir.path().join("bench.sqlite").to_string_lossy()).await?;
+        let (ingest, last_ms) = store_benches(&store, rows).await?;
+        if matches!(which, BenchKind::All | BenchKind::Ingest) {
+            results.push(("ingest_rows_per_s", ingest, "rows/s", "≥ 100,000 rows/s"));
+        }
+        if matches!(which, BenchKind::All | BenchKind::LastMetric) {
+            results.push(("last_metric_query_ms", last_ms, "ms", "≤ 100 ms"));
+        }
+        store.close().await;
+    }
+    for (name, value, unit, goal) in &results {
+        println!("{name:<24} {value:>14.1} {unit:<7} (goal {goal})");
+    }
+    // Record into the results store, like any other run.
+    let store = Store::open(&cli.store).await?;
+    let pipeline_id = store
+        .pipeline_id("kiln-bench", "kiln bench", env!("CARGO_PKG_VERSION"))
+        .await?;
+    let run_id = store
+        .begin_run(&NewRun {
+            pipeline_id,
+            config_hash: format!("rows={rows} repeat={repeat}"),
+            config: serde_json::json!({"rows": rows, "repeat": repeat}).to_string(),
+            kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            params: [
+                ("rows".to_owned(), serde_json::json!(rows)),
+                ("repeat".to_owned(), serde_json::json!(repeat)),
+            ]
+            .into_iter()
+            .collect(),
+            ..NewRun::default()
+        })
+        .await?;
+    let writer = store.metric_writer();
+    for (name, value, _, _) in &results {
+        writer.send(MetricPoint {
+            run_id,
+            stage: "bench".into(),
+            step: 0,
+            name: (*name).to_owned(),
+            value: *value,
+            time: kiln_store::unix_now(),
+        })?;
+    }
+    writer.close().await?;
+    store.finish_run(run_id, RunStatus::Succeeded).await?;
+    println!("recorded as run {run_id} in {}", cli.store);
+    Ok(())
+}
+
+/// Median wall time (ms) of `kiln run` as a whole process on an up-to-date 10-stage pipeline.
+fn noop_run(repeat: usize) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut yaml = String::from("name: bench-noop\nparams:\n  n: 1\nstages:\n");
+    for i in 0..10 {
+        yaml.push_str(&format!(
+            "  s{i}:\n    uses: echo\n    with: {{message: \"${{n}}-{i}\"}}\n"
+        ));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: [s{}]\n", i - 1));
+        }
+    }
+    let file = dir.path().join("noop.yaml");
+    std::fs::write(&file, yaml)?;
+    let exe = std::env::current_exe()?;
+    let run = || -> Result<f64> {
+        let start = Instant::now();
+        let status = std::process::Command::new(&exe)
+            .args(["--quiet", "run"])
+            .arg(&file)
+            .current_dir(dir.path())
+            .env_remove("KILN_STORE")
+            .env_remove("KILN_RESULTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "kiln run failed during the benchmark");
+        Ok(start.elapsed().as_secs_f64() * 1000.0)
+    };
+    run()?; // executes all 10 stages once
+    let mut times = (0..repeat.max(1))
+        .map(|_| run())
+        .collect::<Result<Vec<f64>>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Ingest `rows` metric rows through the batched writer (rows/s), then time the
+/// last-value-per-(run, metric) query (ms, median of 5).
+async fn store_benches(store: &Store, rows: usize) -> Result<(f64, f64)> {
+    let pipeline_id = store.pipeline_id("bench", "bench", "x").await?;
+    let runs = 100;
+    let mut run_ids = Vec::new();
+    for _ in 0..runs {
+        run_ids.push(
+            store
+                .begin_run(&NewRun {
+                    pipeline_id,
+                    kiln_version: "bench".into(),
+                    host: "bench".into(),
+                    ..NewRun::default()
+                })
+                .await?,
+        );
+    }
+    let names = [
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "val_loss",
+        "acc",
+        "kl",
+        "ce",
+        "mem",
+        "step_time",
+    ];
+    let per_run = rows / runs;
+    let points: Vec<MetricPoint> = run_ids
+        .iter()
+        .flat_map(|&run_id| {
+            (0..per_run).map(move |i| MetricPoint {
+                run_id,
+                stage: "train".into(),
+                step: (i / names.len()) as i64,
+                name: names[i % names.len()].into(),
+                value: i as f64 * 0.001,
+                time: 0.0,
+            })
+        })
+        .collect();
+    let writer = store.metric_writer();
+    let start = Instant::now();
+    let n = points.len();
+    for p in points {
+        writer.send(p)?;
+    }
+    writer.close().await?;
+    let ingest = n as f64 / start.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let result = store
+            .query_read_only("SELECT run_id, stage, metric, step, value FROM last_metrics")
+            .await?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(
+            result.rows.len() == runs * names.len(),
+            "last_metrics returned {} rows",
+            result.rows.len()
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((ingest, times[2]))
+}

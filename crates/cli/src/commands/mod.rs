@@ -1,0 +1,70 @@
+//! One file per command; each maps arguments to library calls and prints the result.
+
+mod bench;
+mod dag;
+mod query;
+mod run;
+mod runs;
+mod stages;
+mod status;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln_core::{Pipeline, Registry, spec};
+use serde_json::Value;
+
+use crate::args::{Cli, Command, SetArgs};
+
+/// Runs the chosen command.
+pub async fn execute(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Validate { files, set } => validate::run(files, set),
+        Command::Run {
+            file,
+            set,
+            jobs,
+            gpus,
+            force,
+        } => run::run(&cli, file, set, *jobs, *gpus, force).await,
+        Command::Status { file, set } => status::run(&cli, file, set).await,
+        Command::Dag { file, format } => dag::run(file, *format),
+        Command::Query { sql, format } => query::run(&cli, sql, *format).await,
+        Command::Runs { limit, format } => runs::run(&cli, *limit, *format).await,
+        Command::Stages => {
+            stages::run(&registry());
+            Ok(())
+        }
+        Command::Bench {
+            which,
+            rows,
+            repeat,
+        } => bench::run(&cli, *which, *rows, *repeat).await,
+    }
+}
+
+/// Every stage kind kiln knows: the engine's own, then each ML crate's.
+pub fn registry() -> Registry {
+    Registry::with_builtins()
+}
+
+/// Reads a pipeline file (errors name the file and place).
+fn load(file: &Path) -> Result<Pipeline> {
+    Ok(spec::load(file)?)
+}
+
+/// Parses `--set key=value` arguments.
+fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for item in &set.set {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item}: expected KEY=VALUE"))?;
+        let value = kiln_core::value::parse_cli_value(value)
+            .map_err(|e| anyhow::anyhow!("--set {item}: {e}"))?;
+        out.insert(key.trim().to_owned(), value);
+    }
+    Ok(out)
+}

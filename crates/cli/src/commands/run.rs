@@ -1,0 +1,122 @@
+//! `kiln run FILE`: plan, execute, summarize.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command as Process;
+
+use anyhow::{Context, Result};
+use kiln_core::cache::{Cache, HashMemo};
+use kiln_core::{CancelToken, ExecOptions, RunMeta, plan};
+use kiln_store::{RunStatus, StageStatus, Store};
+
+use crate::args::SetArgs;
+use crate::{Cli, Exit};
+
+pub async fn run(
+    cli: &Cli,
+    file: &Path,
+    set: &SetArgs,
+    jobs: usize,
+    gpus: u32,
+    force: &[String],
+) -> Result<()> {
+    let pipeline = super::load(file)?;
+    let registry = super::registry();
+    let cache = Cache::new(&cli.results);
+    let workdir = std::env::current_dir().context("reading the current directory")?;
+    let plan = plan::plan(
+        &pipeline,
+        &registry,
+        &super::overrides(set)?,
+        &workdir,
+        &mut HashMemo::load(&cache),
+    )?;
+    for name in force {
+        if plan.stage(name).is_none() {
+            let hint = kiln_core::spec::closest(name, plan.stages.iter().map(|s| s.name.as_str()))
+                .map_or_else(String::new, |c| format!(" (did you mean {c:?}?)"));
+            return Err(kiln_core::Error::NoSuchStage {
+                pipeline: file.to_owned(),
+                stage: name.clone(),
+                hint,
+            }
+            .into());
+        }
+    }
+    let store = Store::open(&cli.store)
+        .await
+        .with_context(|| format!("opening the results store {}", cli.store))?;
+    let cancel = CancelToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("kiln: interrupting: waiting for running stages to stop");
+            on_signal.cancel();
+        }
+    });
+    let reporter = crate::reporter::for_cli(cli);
+    let opts = ExecOptions {
+        jobs,
+        gpus,
+        force: force.iter().cloned().collect::<BTreeSet<_>>(),
+        workdir: workdir.clone(),
+        cache,
+        store: Some(store.clone()),
+        reporter: reporter.clone(),
+        cancel,
+        registry,
+        meta: run_meta(&workdir),
+    };
+    let summary = kiln_core::execute(&plan, &opts).await?;
+    reporter.finish();
+    store.close().await;
+    if !cli.json {
+        crate::reporter::print_summary(&summary);
+    }
+    match summary.status {
+        RunStatus::Succeeded => Ok(()),
+        RunStatus::Interrupted => Err(Exit {
+            code: 130,
+            message: "kiln: run interrupted".into(),
+        }
+        .into()),
+        _ => {
+            let failed: Vec<&str> = summary
+                .stages
+                .iter()
+                .filter(|s| s.status == StageStatus::Failed)
+                .map(|s| s.name.as_str())
+                .collect();
+            Err(Exit {
+                code: 1,
+                message: format!("kiln: run failed: stage(s) {} failed", failed.join(", ")),
+            }
+            .into())
+        }
+    }
+}
+
+/// Git commit, dirty flag, host and version for the run record.
+fn run_meta(workdir: &Path) -> RunMeta {
+    let git = |args: &[&str]| {
+        Process::new("git")
+            .args(args)
+            .current_dir(workdir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "HEAD"]);
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| git(&["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    RunMeta {
+        git_commit: commit,
+        git_dirty: dirty,
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
+        experiment_id: None,
+    }
+}

@@ -1,0 +1,338 @@
+//! The content-addressed stage cache under `results/cache/`.
+//!
+//! A stage with fingerprint `F` keeps its outputs in `results/cache/F/`. The rule that keeps
+//! the cache honest: **a stage writes only into a temporary directory**
+//! (`results/cache/.tmp/F.<pid>.<n>/`), and only after it succeeds, its outputs are checked
+//! and kiln's own record is written (`.kiln/entry.json`, `.kiln/metrics.jsonl`), is that
+//! directory renamed to `results/cache/F/`. A rename within one file system is atomic, so an
+//! entry either exists complete or not at all: a stage killed mid-way (Ctrl-C, `kill -9`, a
+//! power cut) leaves only a temporary directory, which the next run removes once its process
+//! is gone. A failed stage's directory moves to `results/failed/` so its log can be read.
+//!
+//! Input hashes are memoized in `results/cache/.input-hashes.json` by (path, size, mtime), so
+//! an unchanged multi-gigabyte input is not re-read on every run; the mtime never enters a
+//! fingerprint.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kiln_store::ArtifactRecord;
+
+use crate::error::{Error, Result};
+use crate::fingerprint::FingerprintInput;
+use crate::stage::Metric;
+
+/// kiln's own files inside an entry.
+pub const META_DIR: &str = ".kiln";
+/// The stage log inside an entry (or a failed stage's directory).
+pub const LOG_FILE: &str = "stage.log";
+
+/// What kiln records about an entry, in `.kiln/entry.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EntryRecord {
+    /// The stage name that produced it.
+    pub stage: String,
+    /// What its fingerprint was computed from.
+    pub fingerprint_input: FingerprintInput,
+    /// When it was committed (UTC).
+    pub created_at: String,
+    /// How long the stage ran, in seconds.
+    pub seconds: f64,
+    /// Its files (paths relative to the entry).
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    failed: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_owned();
+    move |source| Error::Cache { what, path, source }
+}
+
+impl Cache {
+    /// The cache under `results_dir` (`results_dir/cache`, `results_dir/failed`).
+    pub fn new(results_dir: &Path) -> Self {
+        Self {
+            root: results_dir.join("cache"),
+            failed: results_dir.join("failed"),
+        }
+    }
+
+    /// The cache root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the entry for `fingerprint` lives (whether or not it exists).
+    pub fn entry_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root.join(fingerprint)
+    }
+
+    /// The complete entry for `fingerprint`, if there is one.
+    pub fn lookup(&self, fingerprint: &str) -> Option<EntryRecord> {
+        let path = self
+            .entry_dir(fingerprint)
+            .join(META_DIR)
+            .join("entry.json");
+        let text = fs::read_to_string(path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The metrics recorded when the entry was made.
+    pub fn metrics(&self, fingerprint: &str) -> Vec<Metric> {
+        let path = self
+            .entry_dir(fingerprint)
+            .join(META_DIR)
+            .join("metrics.jsonl");
+        fs::read_to_string(path)
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Makes a fresh temporary directory for executing the stage with `fingerprint`.
+    ///
+    /// # Errors
+    /// When it cannot be created.
+    pub fn begin(&self, fingerprint: &str) -> Result<PathBuf> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self
+            .root
+            .join(".tmp")
+            .join(format!("{fingerprint}.{}.{n}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Records `record` and `metrics` in `tmp` and renames it to the entry for `fingerprint`,
+    /// replacing an older entry (a forced re-execution).
+    ///
+    /// # Errors
+    /// When writing or renaming fails; the temporary directory is then left for cleanup.
+    pub fn commit(
+        &self,
+        tmp: &Path,
+        fingerprint: &str,
+        record: &EntryRecord,
+        metrics: &[Metric],
+    ) -> Result<PathBuf> {
+        let meta = tmp.join(META_DIR);
+        fs::create_dir_all(&meta).map_err(io("cannot create", &meta))?;
+        let mut lines = String::new();
+        for m in metrics {
+            lines.push_str(&serde_json::to_string(m).expect("a metric always serializes"));
+            lines.push('\n');
+        }
+        let metrics_path = meta.join("metrics.jsonl");
+        fs::write(&metrics_path, lines).map_err(io("cannot write", &metrics_path))?;
+        let entry_path = meta.join("entry.json");
+        let json = serde_json::to_string_pretty(record).expect("an entry record always serializes");
+        fs::write(&entry_path, json).map_err(io("cannot write", &entry_path))?;
+        let target = self.entry_dir(fingerprint);
+        if target.exists() {
+            let old = self.begin(&format!("{fingerprint}.old"))?;
+            fs::remove_dir(&old).map_err(io("cannot prepare", &old))?;
+            fs::rename(&target, &old).map_err(io("cannot move aside", &target))?;
+            fs::rename(tmp, &target).map_err(io("cannot commit", &target))?;
+            let _ = fs::remove_dir_all(&old);
+        } else {
+            fs::rename(tmp, &target).map_err(io("cannot commit", &target))?;
+        }
+        Ok(target)
+    }
+
+    /// Moves a failed stage's temporary directory to `results/failed/` and returns where.
+    pub fn keep_failed(&self, tmp: &Path, stage: &str, fingerprint: &str) -> PathBuf {
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f");
+        let short = &fingerprint[..fingerprint.len().min(12)];
+        let target = self.failed.join(format!("{stage}-{short}-{stamp}"));
+        let moved = fs::create_dir_all(&self.failed).is_ok() && fs::rename(tmp, &target).is_ok();
+        if moved { target } else { tmp.to_owned() }
+    }
+
+    /// Removes temporary directories left by processes that no longer run (a killed run).
+    pub fn sweep_tmp(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join(".tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !process_alive(pid)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Lists the files of a finished stage directory (kiln's own files left out) with sizes
+    /// and hashes, paths relative to `dir`.
+    ///
+    /// # Errors
+    /// When a file cannot be read.
+    pub fn artifacts(dir: &Path) -> Result<Vec<ArtifactRecord>> {
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files).map_err(io("cannot list", dir))?;
+        files.retain(|rel| rel != LOG_FILE && !rel.starts_with(META_DIR));
+        files.sort();
+        files
+            .into_iter()
+            .map(|rel| {
+                let path = dir.join(&rel);
+                let (hash, bytes) = hash_file(&path).map_err(io("cannot read", &path))?;
+                Ok(ArtifactRecord {
+                    path: rel,
+                    bytes,
+                    hash,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_alive(_pid: u32) -> bool {
+    // Without /proc, keep the directory: a leftover temp dir is harmless.
+    true
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            walk(root, &path, out)?;
+        } else if ty.is_file() {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+/// blake3 (hex) and size of a file.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), bytes))
+}
+
+/// Memoized content hashes of input files and directories.
+#[derive(Debug, Default)]
+pub struct HashMemo {
+    path: Option<PathBuf>,
+    entries: BTreeMap<String, (u64, i128, String)>,
+    dirty: bool,
+}
+
+impl HashMemo {
+    /// Loads the memo kept in `cache` (an empty one if there is none or it is unreadable).
+    pub fn load(cache: &Cache) -> Self {
+        let path = cache.root.join(".input-hashes.json");
+        let entries = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Self {
+            path: Some(path),
+            entries,
+            dirty: false,
+        }
+    }
+
+    /// The content hash of a file, or of a directory (its sorted relative paths and their
+    /// files' hashes).
+    ///
+    /// # Errors
+    /// When the path cannot be read.
+    pub fn hash(&mut self, path: &Path) -> std::io::Result<String> {
+        let meta = fs::metadata(path)?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(path, path, &mut files)?;
+            files.sort();
+            let mut hasher = blake3::Hasher::new();
+            for rel in files {
+                let h = self.hash(&path.join(&rel))?;
+                hasher.update(rel.as_bytes());
+                hasher.update(b"\0");
+                hasher.update(h.as_bytes());
+                hasher.update(b"\n");
+            }
+            return Ok(hasher.finalize().to_hex().to_string());
+        }
+        let key = fs::canonicalize(path)?.to_string_lossy().into_owned();
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        if let Some((size, m, hash)) = self.entries.get(&key)
+            && *size == meta.len()
+            && *m == mtime
+        {
+            return Ok(hash.clone());
+        }
+        let (hash, size) = hash_file(path)?;
+        // Like git's "racy clean" rule: a file modified within the last seconds could change
+        // again within the same mtime tick, so its hash is not memoized yet.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        if now - mtime > 2_000_000_000 {
+            self.entries.insert(key, (size, mtime, hash.clone()));
+            self.dirty = true;
+        }
+        Ok(hash)
+    }
+
+    /// Writes the memo back if it changed (best effort: a lost memo only costs re-hashing).
+    pub fn save(&mut self) {
+        if let (true, Some(path)) = (self.dirty, &self.path) {
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let tmp = path.with_extension(format!("json.{}", std::process::id()));
+            if let Ok(json) = serde_json::to_string(&self.entries)
+                && fs::write(&tmp, json).is_ok()
+            {
+                let _ = fs::rename(&tmp, path);
+            }
+            self.dirty = false;
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! kiln's pipeline engine. It knows no machine learning: stage kinds plug in behind the
+//! [`Stage`] trait and the engine plans, caches and runs them.
+//!
+//! The flow, as data:
+//!
+//! - [`spec::load`] reads a pipeline file into a [`Pipeline`] (what the user wrote, with
+//!   positions); [`spec::validate`] checks it against a [`Registry`] of stage kinds.
+//! - [`plan::plan`] resolves parameters, orders stages and fingerprints each one
+//!   ([`fingerprint`]), giving a [`Plan`]. Nothing runs before a plan exists.
+//! - [`executor::execute`] runs the plan: cache hits are skipped ([`cache`]), the rest run in
+//!   parallel within `--jobs` and GPU limits, and everything is recorded in the results
+//!   store (`kiln-store`). Progress goes to a [`Reporter`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use kiln_core::{Registry, spec, plan, cache::{Cache, HashMemo}};
+//! let registry = Registry::with_builtins();
+//! let pipeline = spec::load("pipelines/demo.yaml".as_ref())?;
+//! let cache = Cache::new("results".as_ref());
+//! let plan = plan::plan(&pipeline, &registry, &Default::default(), ".".as_ref(), &mut HashMemo::load(&cache))?;
+//! println!("{} stages", plan.stages.len());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod error;
+pub mod event;
+pub mod executor;
+pub mod fingerprint;
+pub mod interp;
+pub mod plan;
+pub mod spec;
+pub mod stage;
+pub mod stages;
+pub mod value;
+pub mod yaml;
+
+pub use error::{Diagnostic, Error, Result, SpecErrors};
+pub use event::{Event, Reporter, Silent};
+pub use executor::{ExecOptions, RunMeta, RunSummary, StageOutcome, execute};
+pub use plan::{Plan, PlannedStage};
+pub use spec::Pipeline;
+pub use stage::{
+    CancelToken, Metric, MetricSink, ParamSpec, Progress, Registry, Stage, StageContext,
+    StageError, StageResult,
+};
+pub use value::ParamType;

@@ -1,0 +1,22 @@
+# kiln's everyday commands. `just` is optional: each recipe is one cargo command.
+
+# Run every test (the same command CI runs).
+test:
+    cargo test --workspace
+
+# Run an experiment sweep (until sweeps land in issue 7, this runs the demo pipeline).
+sweep EXP="pipelines/demo.yaml":
+    cargo run --release -- run {{EXP}}
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Lint like CI does.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# kiln's own benchmarks.
+bench:
+    cargo run --release -- bench

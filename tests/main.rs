@@ -1,0 +1,8 @@
+//! kiln's cross-crate integration tests, compiled into one binary (see crates/cli/Cargo.toml).
+
+mod support;
+
+mod cli;
+mod executor;
+mod store;
+mod validate;
