@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod data;
 mod executor;
 mod store;
 mod validate;

@@ -129,6 +129,24 @@ pub enum Command {
     },
     /// List the stage kinds and their parameters.
     Stages,
+    /// Inspect datasets.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Show how a tokenizer splits text: ids and tokens.
+    Tokenize {
+        /// A tokenizer.json, or a directory with tokenizer.json or vocab.json + merges.txt.
+        #[arg(long, short)]
+        tokenizer: PathBuf,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure kiln's own overheads and record them in the store.
     Bench {
         /// Which benchmark.
@@ -140,6 +158,22 @@ pub enum Command {
         /// Repetitions of the no-op run.
         #[arg(long, default_value_t = 20)]
         repeat: usize,
+    },
+}
+
+/// `kiln data …` commands.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Summarize a dataset directory and decode a few rows, showing which tokens are masked.
+    Inspect {
+        /// The dataset directory (a data stage's output).
+        dir: PathBuf,
+        /// The split to show rows from.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// How many rows to show.
+        #[arg(long, short = 'n', default_value_t = 3)]
+        rows: usize,
     },
 }
 

@@ -68,6 +68,13 @@ impl Cache {
         }
     }
 
+    /// Where stages keep downloaded sources (`results/downloads`).
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root
+            .parent()
+            .map_or_else(|| self.root.join("downloads"), |r| r.join("downloads"))
+    }
+
     /// The cache root.
     pub fn root(&self) -> &Path {
         &self.root

@@ -601,6 +601,7 @@ fn prepare(
             needs,
             out_dir: tmp.clone(),
             outputs,
+            downloads: cache.downloads_dir(),
             workdir,
             metrics: metrics.clone(),
             progress: Progress::new(&stage.name, reporter),

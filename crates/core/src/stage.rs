@@ -244,6 +244,8 @@ pub struct StageContext {
     pub outputs: BTreeMap<String, PathBuf>,
     /// The project root: relative paths in specs are relative to it.
     pub workdir: PathBuf,
+    /// A directory shared by all stages for downloaded sources (`results/downloads`).
+    pub downloads: PathBuf,
     /// Metrics go here.
     pub metrics: MetricSink,
     /// The stage's progress display.

@@ -2,11 +2,13 @@
 
 mod bench;
 mod dag;
+mod data;
 mod query;
 mod run;
 mod runs;
 mod stages;
 mod status;
+mod tokenize;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -42,12 +44,20 @@ pub async fn execute(cli: Cli) -> Result<()> {
             rows,
             repeat,
         } => bench::run(&cli, *which, *rows, *repeat).await,
+        Command::Data { command } => data::run(command),
+        Command::Tokenize {
+            tokenizer,
+            text,
+            json,
+        } => tokenize::run(tokenizer, text, *json || cli.json),
     }
 }
 
 /// Every stage kind kiln knows: the engine's own, then each ML crate's.
 pub fn registry() -> Registry {
-    Registry::with_builtins()
+    let mut registry = Registry::with_builtins();
+    kiln_data::stages::register(&mut registry);
+    registry
 }
 
 /// Reads a pipeline file (errors name the file and place).

@@ -1,0 +1,28 @@
+"""The research code's data path, timed: pandas read_csv + datasets.map with the fast GPT-2
+tokenizer built from the same vocab.json/merges.txt. Prints one JSON line."""
+import json
+import sys
+import time
+
+import pandas as pd
+from datasets import Dataset, disable_caching
+from transformers import GPT2TokenizerFast
+
+csv_path, tokenizer_dir = sys.argv[1], sys.argv[2]
+disable_caching()
+# transformers 5 builds an EMPTY tokenizer from GPT2TokenizerFast(vocab_file=…, merges_file=…);
+# from_pretrained(dir) is the way that works.
+tok = GPT2TokenizerFast.from_pretrained(tokenizer_dir)
+assert len(tok) == 50257, f"tokenizer has {len(tok)} entries"
+
+start = time.perf_counter()
+df = pd.read_csv(csv_path, encoding="latin-1", header=None,
+                 names=["polarity", "id", "date", "query", "user", "text"])
+df = df[df.polarity != 2]
+df["label"] = (df.polarity == 4).astype(int)
+ds = Dataset.from_pandas(df[["text", "label"]], preserve_index=False)
+ds = ds.map(lambda b: tok(b["text"]), batched=True)
+ds = ds.train_test_split(test_size=0.1, seed=33)
+elapsed = time.perf_counter() - start
+rows = len(ds["train"]) + len(ds["test"])
+print(json.dumps({"path": "python", "rows": rows, "seconds": elapsed, "rows_per_s": rows / elapsed}))

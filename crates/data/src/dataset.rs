@@ -1,0 +1,350 @@
+//! Building tokenized datasets: read, clean, tokenize, split, shard, and write the manifest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::alpaca::{self, Labels, Record};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use crate::sentiment::{self, Polarity, ReadOptions};
+use crate::shard::{
+    Example, Kind, LabelToken, Manifest, SCHEMA_VERSION, ShardWriter, SourceInfo, SplitInfo,
+};
+use crate::source::file_hash;
+use crate::tokenizer::Tok;
+
+/// Split fractions; train gets the rest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fractions {
+    /// Validation fraction.
+    pub val: f64,
+    /// Test fraction.
+    pub test: f64,
+}
+
+impl Default for Fractions {
+    fn default() -> Self {
+        Self {
+            val: 0.05,
+            test: 0.05,
+        }
+    }
+}
+
+/// Options shared by dataset builders.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The source as the user gave it (path or URL), for the manifest.
+    pub source_name: String,
+    /// Split fractions.
+    pub fractions: Fractions,
+    /// Seed of the split.
+    pub seed: u64,
+    /// Rows per shard.
+    pub rows_per_shard: usize,
+    /// Cut rows to this many tokens (counted in the manifest).
+    pub max_length: Option<usize>,
+    /// Special tokens added to the tokenizer before tokenizing.
+    pub special_tokens: Vec<String>,
+    /// The params that made the dataset, for the manifest.
+    pub params: serde_json::Value,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            source_name: String::new(),
+            fractions: Fractions::default(),
+            seed: 0,
+            rows_per_shard: 10_000,
+            max_length: None,
+            special_tokens: Vec::new(),
+            params: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Seeded split of `n` row indices into (name, indices), in the order train, val, test;
+/// splits with fraction 0 are left out.
+///
+/// # Errors
+/// [`Error::EmptySplit`] when a split that should exist gets no rows.
+pub fn split_indices(n: usize, f: Fractions, seed: u64) -> Result<Vec<(&'static str, Vec<usize>)>> {
+    for (name, x) in [("val", f.val), ("test", f.test)] {
+        if !(0.0..1.0).contains(&x) {
+            return Err(Error::Config(format!(
+                "{name} fraction {x} must be in [0, 1)"
+            )));
+        }
+    }
+    if f.val + f.test >= 1.0 {
+        return Err(Error::Config(format!(
+            "val + test fractions ({} + {}) leave nothing to train on",
+            f.val, f.test
+        )));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    SplitMix64::new(seed).shuffle(&mut idx);
+    let n_val = (n as f64 * f.val).round() as usize;
+    let n_test = (n as f64 * f.test).round() as usize;
+    let n_train = n.saturating_sub(n_val + n_test);
+    let mut out = Vec::new();
+    let mut rest = idx.as_slice();
+    for (name, count, fraction) in [
+        ("train", n_train, 1.0),
+        ("val", n_val, f.val),
+        ("test", n_test, f.test),
+    ] {
+        if fraction == 0.0 {
+            continue;
+        }
+        if count == 0 {
+            return Err(Error::EmptySplit {
+                split: name.to_owned(),
+                rows: n,
+                train: 1.0 - f.val - f.test,
+                val: f.val,
+                test: f.test,
+            });
+        }
+        let (head, tail) = rest.split_at(count.min(rest.len()));
+        let mut part = head.to_vec();
+        part.sort_unstable(); // file order within a split; readers shuffle per epoch
+        out.push((name, part));
+        rest = tail;
+    }
+    Ok(out)
+}
+
+fn manifest_base(
+    kind: Kind,
+    tok: &Tok,
+    added: usize,
+    source: &Path,
+    opts: &BuildOptions,
+) -> Result<Manifest> {
+    let (blake3, bytes) = file_hash(source)?;
+    Ok(Manifest {
+        schema_version: SCHEMA_VERSION,
+        kind,
+        tokenizer_hash: String::new(), // set when tokenizer.json is written
+        vocab_size: tok.vocab_size(),
+        added_tokens: added,
+        sources: vec![SourceInfo {
+            source: opts.source_name.clone(),
+            blake3,
+            bytes,
+        }],
+        rows_read: 0,
+        rejected: BTreeMap::new(),
+        truncated: 0,
+        label_map: BTreeMap::new(),
+        splits: BTreeMap::new(),
+        params: opts.params.clone(),
+    })
+}
+
+/// Builds a classification dataset from a sentiment source into `out`.
+///
+/// `labels` maps each polarity kept to its label token (a vocabulary entry such as `good`, or
+/// text that must be one token).
+///
+/// # Errors
+/// Reading, label and split errors; writing failures.
+pub fn build_sentiment(
+    source: &Path,
+    read: &ReadOptions,
+    mut tok: Tok,
+    labels: &BTreeMap<Polarity, String>,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    let added = tok.add_special_tokens(&opts.special_tokens);
+    let rows = sentiment::read(source, read)?;
+    let mut label_ids = BTreeMap::new();
+    let mut manifest = manifest_base(Kind::Classification, &tok, added, source, opts)?;
+    for polarity in rows
+        .labels
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let token = labels.get(&polarity).ok_or_else(|| {
+            Error::Config(format!(
+                "no label token configured for {} rows (set labels.{})",
+                polarity.name(),
+                polarity.name()
+            ))
+        })?;
+        let id = tok.label_id(token)?;
+        label_ids.insert(polarity, id);
+        manifest.label_map.insert(
+            polarity.name().to_owned(),
+            LabelToken {
+                token: token.clone(),
+                id,
+            },
+        );
+    }
+    let texts: Vec<&str> = rows.texts.iter().map(String::as_str).collect();
+    let mut encoded = tok.encode_batch(&texts)?;
+    let mut rejected = rows.rejected.clone();
+    for ids in &mut encoded {
+        if let Some(max) = opts.max_length
+            && ids.len() > max
+        {
+            ids.truncate(max);
+            manifest.truncated += 1;
+        }
+    }
+    let empty = encoded.iter().filter(|e| e.is_empty()).count();
+    if empty > 0 {
+        *rejected.entry("no tokens".into()).or_default() += empty;
+    }
+    let keep: Vec<usize> = (0..encoded.len())
+        .filter(|&i| !encoded[i].is_empty())
+        .collect();
+    for (name, part) in split_indices(keep.len(), opts.fractions, opts.seed)? {
+        let mut writer = ShardWriter::new(out, name, Kind::Classification, opts.rows_per_shard);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for &k in &part {
+            let i = keep[k];
+            let polarity = rows.labels[i];
+            *counts.entry(polarity.name().to_owned()).or_default() += 1;
+            writer.push(Example {
+                input_ids: std::mem::take(&mut encoded[i]),
+                label: Some(label_ids[&polarity]),
+                labels: None,
+            })?;
+        }
+        let mut info: SplitInfo = writer.finish()?;
+        info.label_counts = counts;
+        manifest.splits.insert(name.to_owned(), info);
+    }
+    manifest.rows_read = rows.read;
+    manifest.rejected = rejected;
+    manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
+    manifest.save(out)?;
+    Ok(manifest)
+}
+
+/// Builds a language-modelling dataset from Alpaca-format records into `out`. With
+/// `marker_tokens`, the template's markers are added as special tokens (one token each).
+///
+/// # Errors
+/// Reading and split errors; writing failures.
+pub fn build_alpaca(
+    source: &Path,
+    mut tok: Tok,
+    labels: Labels,
+    marker_tokens: bool,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    let mut specials = opts.special_tokens.clone();
+    if marker_tokens {
+        specials.extend([alpaca::INSTRUCTION, alpaca::INPUT, alpaca::RESPONSE].map(String::from));
+    }
+    let added = tok.add_special_tokens(&specials);
+    let eos = alpaca::eos(&tok)?;
+    let records: Vec<Record> = alpaca::read(source)?;
+    let mut manifest = manifest_base(Kind::Lm, &tok, added, source, opts)?;
+    manifest.rows_read = records.len();
+    let mut rows = Vec::with_capacity(records.len());
+    for r in &records {
+        let t = alpaca::tokenize(&tok, &alpaca::segments(r, eos), labels, opts.max_length)?;
+        if t.truncated {
+            manifest.truncated += 1;
+        }
+        rows.push(t);
+    }
+    for (name, part) in split_indices(rows.len(), opts.fractions, opts.seed)? {
+        let mut writer = ShardWriter::new(out, name, Kind::Lm, opts.rows_per_shard);
+        for &i in &part {
+            let t = &mut rows[i];
+            writer.push(Example {
+                input_ids: std::mem::take(&mut t.input_ids),
+                label: None,
+                labels: Some(std::mem::take(&mut t.labels)),
+            })?;
+        }
+        manifest.splits.insert(name.to_owned(), writer.finish()?);
+    }
+    manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
+    manifest.save(out)?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cover_every_row_once_and_are_seeded() {
+        let s = split_indices(
+            1000,
+            Fractions {
+                val: 0.1,
+                test: 0.05,
+            },
+            3,
+        )
+        .expect("splits");
+        let sizes: Vec<usize> = s.iter().map(|(_, v)| v.len()).collect();
+        assert_eq!(sizes, [850, 100, 50]);
+        let mut all: Vec<usize> = s.iter().flat_map(|(_, v)| v.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert_eq!(
+            s,
+            split_indices(
+                1000,
+                Fractions {
+                    val: 0.1,
+                    test: 0.05
+                },
+                3
+            )
+            .expect("same")
+        );
+        assert_ne!(
+            s,
+            split_indices(
+                1000,
+                Fractions {
+                    val: 0.1,
+                    test: 0.05
+                },
+                4
+            )
+            .expect("other seed")
+        );
+    }
+
+    #[test]
+    fn an_empty_split_is_an_error() {
+        let err = split_indices(
+            5,
+            Fractions {
+                val: 0.05,
+                test: 0.0,
+            },
+            1,
+        )
+        .expect_err("val gets 0 rows");
+        assert_eq!(
+            err.to_string(),
+            "split \"val\" is empty after filtering (5 rows in all; fractions train 0.95, val 0.05, test 0)"
+        );
+        let none = split_indices(
+            5,
+            Fractions {
+                val: 0.0,
+                test: 0.0,
+            },
+            1,
+        )
+        .expect("train only");
+        assert_eq!(none.len(), 1);
+    }
+}

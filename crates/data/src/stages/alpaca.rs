@@ -1,0 +1,131 @@
+//! `data.alpaca`: Alpaca-format instruction records into tokenized LM shards with labels.
+
+use std::collections::BTreeMap;
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+
+use crate::alpaca::Labels;
+use crate::dataset::{self, BuildOptions, Fractions};
+use crate::tokenizer::Tok;
+
+/// The `data.alpaca` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Alpaca;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::optional(
+        "source",
+        ParamType::String,
+        "JSON list or JSONL: path, URL or hf:// file (or declare inputs.source)",
+    ),
+    ParamSpec::optional(
+        "source_blake3",
+        ParamType::String,
+        "expected blake3 of a downloaded source",
+    ),
+    ParamSpec::optional(
+        "tokenizer",
+        ParamType::Path,
+        "tokenizer.json or a directory (or declare inputs.tokenizer)",
+    ),
+    ParamSpec::optional(
+        "labels",
+        ParamType::String,
+        "completion (default: prompt tokens -100) or full",
+    ),
+    ParamSpec::optional(
+        "marker_tokens",
+        ParamType::Bool,
+        "add the ### markers as special tokens (default false)",
+    ),
+    ParamSpec::optional(
+        "max_length",
+        ParamType::Int,
+        "cut records to this many tokens (default 1024)",
+    ),
+    ParamSpec::optional(
+        "val",
+        ParamType::Float,
+        "validation fraction (default 0.05)",
+    ),
+    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0)"),
+    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)"),
+    ParamSpec::optional(
+        "shard_rows",
+        ParamType::Int,
+        "rows per shard (default 10000)",
+    ),
+    ParamSpec::optional(
+        "special_tokens",
+        ParamType::List,
+        "more tokens to add to the tokenizer (default none)",
+    ),
+];
+
+impl Stage for Alpaca {
+    fn kind(&self) -> &'static str {
+        "data.alpaca"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "Alpaca-format instructions (single or multi-turn) into tokenized LM shards with masked labels"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn validate(
+        &self,
+        params: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        super::one_of(params, "labels", &["completion", "full"], &mut problems);
+        super::fractions(params, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let source_name = super::path_or_url(ctx, "source")
+            .ok_or("give `source` (with.source or inputs.source)")?;
+        let source = crate::source::fetch(
+            &source_name,
+            &ctx.workdir,
+            &ctx.downloads,
+            ctx.param_str("source_blake3").as_deref(),
+        )?;
+        let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
+        let labels = if ctx.param_str("labels").as_deref() == Some("full") {
+            Labels::Full
+        } else {
+            Labels::Completion
+        };
+        let opts = BuildOptions {
+            source_name,
+            fractions: Fractions {
+                val: super::f64_param(ctx, "val", 0.05),
+                test: super::f64_param(ctx, "test", 0.0),
+            },
+            seed: super::u64_param(ctx, "seed", 0),
+            rows_per_shard: super::u64_param(ctx, "shard_rows", 10_000) as usize,
+            max_length: Some(super::u64_param(ctx, "max_length", 1024) as usize),
+            special_tokens: super::strings_param(ctx, "special_tokens"),
+            params: serde_json::to_value(&ctx.params)?,
+        };
+        let manifest = dataset::build_alpaca(
+            &source,
+            tok,
+            labels,
+            super::bool_param(ctx, "marker_tokens", false),
+            &opts,
+            &ctx.out_dir,
+        )?;
+        super::sentiment140::record(ctx, &manifest);
+        ctx.metrics
+            .record("added_tokens", 0, manifest.added_tokens as f64);
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! `data.sentiment140`: labelled tweets into a tokenized, split classification dataset.
+
+use std::collections::BTreeMap;
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+
+use crate::dataset::{self, BuildOptions, Fractions};
+use crate::sentiment::{Encoding, Layout, OnBadRow, Polarity, ReadOptions};
+use crate::tokenizer::Tok;
+
+/// The `data.sentiment140` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Sentiment140;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::optional(
+        "source",
+        ParamType::String,
+        "path, http(s):// URL or hf://OWNER/NAME/FILE (or declare inputs.source)",
+    ),
+    ParamSpec::optional(
+        "source_blake3",
+        ParamType::String,
+        "expected blake3 of a downloaded source",
+    ),
+    ParamSpec::optional(
+        "tokenizer",
+        ParamType::Path,
+        "tokenizer.json or a directory (or declare inputs.tokenizer)",
+    ),
+    ParamSpec::optional(
+        "layout",
+        ParamType::String,
+        "sentiment140 (default), hf-parquet, or table (csv/jsonl/parquet with text_column/label_column)",
+    ),
+    ParamSpec::optional(
+        "text_column",
+        ParamType::String,
+        "table layout: the text column",
+    ),
+    ParamSpec::optional(
+        "label_column",
+        ParamType::String,
+        "table layout: the label column",
+    ),
+    ParamSpec::optional(
+        "label_values",
+        ParamType::Map,
+        "table layout: raw label value -> negative/neutral/positive",
+    ),
+    ParamSpec::optional(
+        "encoding",
+        ParamType::String,
+        "latin-1 (default for sentiment140) or utf-8",
+    ),
+    ParamSpec::optional(
+        "unescape_html",
+        ParamType::Bool,
+        "turn &quot; &amp; … into characters (default true)",
+    ),
+    ParamSpec::optional(
+        "keep_neutral",
+        ParamType::Bool,
+        "keep neutral (2) rows (default false: dropped and counted)",
+    ),
+    ParamSpec::optional(
+        "on_bad_row",
+        ParamType::String,
+        "error (default) or skip (malformed rows are counted)",
+    ),
+    ParamSpec::optional(
+        "labels",
+        ParamType::Map,
+        "polarity -> label token (default negative: bad, positive: good)",
+    ),
+    ParamSpec::optional(
+        "val",
+        ParamType::Float,
+        "validation fraction (default 0.05)",
+    ),
+    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0.05)"),
+    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)"),
+    ParamSpec::optional(
+        "shard_rows",
+        ParamType::Int,
+        "rows per shard (default 10000)",
+    ),
+    ParamSpec::optional(
+        "max_length",
+        ParamType::Int,
+        "cut texts to this many tokens (default: no cut)",
+    ),
+    ParamSpec::optional(
+        "special_tokens",
+        ParamType::List,
+        "tokens to add to the tokenizer (default none)",
+    ),
+];
+
+impl Stage for Sentiment140 {
+    fn kind(&self) -> &'static str {
+        "data.sentiment140"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "labelled tweets (sentiment140, HF parquet or a table) into tokenized classification shards"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn validate(
+        &self,
+        params: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        super::one_of(
+            params,
+            "layout",
+            &["sentiment140", "hf-parquet", "table"],
+            &mut problems,
+        );
+        super::one_of(params, "encoding", &["latin-1", "utf-8"], &mut problems);
+        super::one_of(params, "on_bad_row", &["error", "skip"], &mut problems);
+        super::fractions(params, &mut problems);
+        if params.get("layout").and_then(|v| v.as_str()) == Some("table") {
+            for key in ["text_column", "label_column"] {
+                if !params.contains_key(key) {
+                    problems.push((key.to_owned(), "the table layout needs it".to_owned()));
+                }
+            }
+        }
+        if let Some(labels) = params.get("labels").and_then(|v| v.as_object()) {
+            for key in labels.keys() {
+                if Polarity::parse(key).is_none() {
+                    problems.push((
+                        "labels".to_owned(),
+                        format!("{key:?} is not negative, neutral or positive"),
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let source_name = super::path_or_url(ctx, "source")
+            .ok_or("give `source` (with.source or inputs.source)")?;
+        let source = crate::source::fetch(
+            &source_name,
+            &ctx.workdir,
+            &ctx.downloads,
+            ctx.param_str("source_blake3").as_deref(),
+        )?;
+        let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
+        let layout = match ctx.param_str("layout").as_deref().unwrap_or("sentiment140") {
+            "hf-parquet" => Layout::HfParquet,
+            "table" => Layout::Table {
+                text: ctx.param_str("text_column").unwrap_or_default(),
+                label: ctx.param_str("label_column").unwrap_or_default(),
+                values: super::map_param(ctx, "label_values")
+                    .into_iter()
+                    .map(|(k, v)| {
+                        Polarity::parse(&v).map(|p| (k, p)).ok_or_else(|| {
+                            format!("label_values: {v:?} is not negative, neutral or positive")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            _ => Layout::Sentiment140,
+        };
+        let default_encoding = if layout == Layout::Sentiment140 {
+            "latin-1"
+        } else {
+            "utf-8"
+        };
+        let read = ReadOptions {
+            layout,
+            encoding: if ctx
+                .param_str("encoding")
+                .as_deref()
+                .unwrap_or(default_encoding)
+                == "utf-8"
+            {
+                Encoding::Utf8
+            } else {
+                Encoding::Latin1
+            },
+            unescape_html: super::bool_param(ctx, "unescape_html", true),
+            keep_neutral: super::bool_param(ctx, "keep_neutral", false),
+            on_bad_row: if ctx.param_str("on_bad_row").as_deref() == Some("skip") {
+                OnBadRow::Skip
+            } else {
+                OnBadRow::Error
+            },
+        };
+        let mut labels: BTreeMap<Polarity, String> = BTreeMap::from([
+            (Polarity::Negative, "bad".to_owned()),
+            (Polarity::Positive, "good".to_owned()),
+        ]);
+        for (k, v) in super::map_param(ctx, "labels") {
+            if let Some(p) = Polarity::parse(&k) {
+                labels.insert(p, v);
+            }
+        }
+        let opts = BuildOptions {
+            source_name,
+            fractions: Fractions {
+                val: super::f64_param(ctx, "val", 0.05),
+                test: super::f64_param(ctx, "test", 0.05),
+            },
+            seed: super::u64_param(ctx, "seed", 0),
+            rows_per_shard: super::u64_param(ctx, "shard_rows", 10_000) as usize,
+            max_length: ctx
+                .params
+                .get("max_length")
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v as usize),
+            special_tokens: super::strings_param(ctx, "special_tokens"),
+            params: serde_json::to_value(&ctx.params)?,
+        };
+        ctx.progress.update(0, None, Some("reading and tokenizing"));
+        let manifest = dataset::build_sentiment(&source, &read, tok, &labels, &opts, &ctx.out_dir)?;
+        record(ctx, &manifest);
+        Ok(())
+    }
+}
+
+/// Row accounting as metrics: rows read, rejected, per split, truncated.
+pub(super) fn record(ctx: &StageContext, m: &crate::shard::Manifest) {
+    ctx.metrics.record("rows_read", 0, m.rows_read as f64);
+    ctx.metrics.record(
+        "rows_rejected",
+        0,
+        m.rejected.values().sum::<usize>() as f64,
+    );
+    ctx.metrics.record("rows_truncated", 0, m.truncated as f64);
+    for (name, split) in &m.splits {
+        ctx.metrics
+            .record(&format!("{name}_rows"), 0, split.rows as f64);
+        ctx.metrics
+            .record(&format!("{name}_tokens"), 0, split.tokens as f64);
+    }
+    for (reason, n) in &m.rejected {
+        ctx.log(&format!("rejected {n} row(s): {reason}"));
+    }
+}

@@ -1,0 +1,134 @@
+//! `data.tokenizer`: writes a `tokenizer.json`: GPT-2's (from `vocab.json` + `merges.txt` or a
+//! `tokenizer.json`), or a byte-level BPE trained on a corpus, plus added special tokens.
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+
+use crate::sentiment::{self, Encoding, ReadOptions};
+use crate::tokenizer::Tok;
+
+/// The `data.tokenizer` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenizerStage;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::optional(
+        "from",
+        ParamType::Path,
+        "a tokenizer.json or a directory with tokenizer.json or vocab.json + merges.txt",
+    ),
+    ParamSpec::optional(
+        "train_on",
+        ParamType::Path,
+        "train a byte-level BPE on this corpus instead (see corpus_format)",
+    ),
+    ParamSpec::optional(
+        "corpus_format",
+        ParamType::String,
+        "sentiment140 (default; latin-1), alpaca, or lines (one text per line, UTF-8)",
+    ),
+    ParamSpec::optional(
+        "vocab_size",
+        ParamType::Int,
+        "vocabulary size when training (default 8192)",
+    ),
+    ParamSpec::optional(
+        "min_frequency",
+        ParamType::Int,
+        "minimum pair frequency when training (default 2)",
+    ),
+    ParamSpec::optional(
+        "special_tokens",
+        ParamType::List,
+        "tokens to add as single special tokens (default none)",
+    ),
+];
+
+impl Stage for TokenizerStage {
+    fn kind(&self) -> &'static str {
+        "data.tokenizer"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "writes tokenizer.json: GPT-2's from vocab/merges, or a byte-level BPE trained on a corpus"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn validate(
+        &self,
+        params: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        super::one_of(
+            params,
+            "corpus_format",
+            &["sentiment140", "alpaca", "lines"],
+            &mut problems,
+        );
+        if let Some(v) = params.get("vocab_size").and_then(serde_json::Value::as_i64)
+            && v < 300
+        {
+            problems.push((
+                "vocab_size".into(),
+                format!("{v} is too small: a byte-level BPE needs at least 257 entries"),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let mut tok = if let Some(from) = super::path_or_url(ctx, "from") {
+            Tok::load(&ctx.workdir.join(from))?
+        } else {
+            let corpus = super::required_path(ctx, "train_on")
+                .map_err(|_| "give `from` (a tokenizer) or `train_on` (a corpus)")?;
+            let vocab = super::u64_param(ctx, "vocab_size", 8192) as usize;
+            let min_freq = super::u64_param(ctx, "min_frequency", 2);
+            let texts: Vec<String> = match ctx
+                .param_str("corpus_format")
+                .as_deref()
+                .unwrap_or("sentiment140")
+            {
+                "alpaca" => crate::alpaca::read(&corpus)?
+                    .iter()
+                    .flat_map(|r| crate::alpaca::segments(r, "").into_iter().map(|s| s.text))
+                    .collect(),
+                "lines" => std::fs::read_to_string(&corpus)?
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+                _ => {
+                    sentiment::read(
+                        &corpus,
+                        &ReadOptions {
+                            keep_neutral: true,
+                            encoding: Encoding::Latin1,
+                            ..ReadOptions::default()
+                        },
+                    )?
+                    .texts
+                }
+            };
+            ctx.log(&format!(
+                "training a byte-level BPE of {vocab} entries on {} texts",
+                texts.len()
+            ));
+            Tok::train(texts.iter(), vocab, min_freq)?
+        };
+        let added = tok.add_special_tokens(&super::strings_param(ctx, "special_tokens"));
+        let hash = tok.save(&ctx.out_dir.join("tokenizer.json"))?;
+        ctx.log(&format!("tokenizer.json blake3 {hash}"));
+        ctx.metrics.record("vocab_size", 0, tok.vocab_size() as f64);
+        ctx.metrics.record("added_tokens", 0, added as f64);
+        ctx.log(&format!(
+            "vocabulary {} entries, {added} special tokens added",
+            tok.vocab_size()
+        ));
+        Ok(())
+    }
+}

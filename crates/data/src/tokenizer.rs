@@ -1,0 +1,335 @@
+//! Tokenizers: GPT-2's byte-level BPE built from `vocab.json` + `merges.txt` exactly as
+//! Hugging Face's `GPT2TokenizerFast` builds it, `tokenizer.json` files, training a byte-level
+//! BPE on a corpus, and added special tokens.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainer};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::error::{Error, Result};
+
+/// A token's byte span in the encoded text: `(start, end)`.
+pub type Span = (usize, usize);
+
+/// GPT-2's end-of-text token, also its padding token.
+pub const GPT2_EOS: &str = "<|endoftext|>";
+
+/// A tokenizer with the facts kiln needs about it.
+#[derive(Clone)]
+pub struct Tok {
+    inner: Tokenizer,
+    /// Where it came from (a file or directory), for messages.
+    pub origin: PathBuf,
+    /// Set when the tokenizer is a plain GPT-2-style byte-level BPE, so
+    /// [`Tok::encode_batch`] can use the fast path of [`crate::pretok`].
+    splitter: Option<crate::pretok::Splitter>,
+}
+
+impl std::fmt::Debug for Tok {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tok")
+            .field("origin", &self.origin)
+            .field("vocab", &self.vocab_size())
+            .finish()
+    }
+}
+
+fn tk_err(path: &Path) -> impl Fn(tokenizers::Error) -> Error + '_ {
+    move |e| Error::Tokenizer {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+impl Tok {
+    /// Loads a tokenizer from `path`: a `tokenizer.json` file, or a directory holding either
+    /// `tokenizer.json` or GPT-2's `vocab.json` + `merges.txt`.
+    ///
+    /// # Errors
+    /// [`Error::TokenizerMissing`] naming the path looked for; [`Error::Tokenizer`] when a file
+    /// is not a valid tokenizer.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            let json = path.join("tokenizer.json");
+            if json.is_file() {
+                return Self::from_json(&json);
+            }
+            let vocab = path.join("vocab.json");
+            let merges = path.join("merges.txt");
+            for f in [&vocab, &merges] {
+                if !f.is_file() {
+                    return Err(Error::TokenizerMissing { path: f.clone() });
+                }
+            }
+            return Self::gpt2(&vocab, &merges);
+        }
+        if !path.is_file() {
+            return Err(Error::TokenizerMissing {
+                path: path.to_owned(),
+            });
+        }
+        Self::from_json(path)
+    }
+
+    /// Loads a `tokenizer.json`.
+    ///
+    /// # Errors
+    /// When the file is missing or invalid.
+    pub fn from_json(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::TokenizerMissing {
+                path: path.to_owned(),
+            });
+        }
+        let inner = Tokenizer::from_file(path).map_err(tk_err(path))?;
+        Ok(Self::wrap(inner, path.to_owned()))
+    }
+
+    /// GPT-2's byte-level BPE from `vocab.json` and `merges.txt`, configured as Hugging Face's
+    /// `GPT2TokenizerFast`: no prefix space, the GPT-2 split regex, `<|endoftext|>` as a
+    /// special token.
+    ///
+    /// # Errors
+    /// When a file is missing or invalid.
+    pub fn gpt2(vocab: &Path, merges: &Path) -> Result<Self> {
+        for f in [vocab, merges] {
+            if !f.is_file() {
+                return Err(Error::TokenizerMissing { path: f.to_owned() });
+            }
+        }
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(tk_err(vocab))?;
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
+        Ok(Self::wrap(
+            inner,
+            vocab.parent().unwrap_or(vocab).to_owned(),
+        ))
+    }
+
+    /// Trains a byte-level BPE with `vocab_size` entries (special tokens included) on `texts`,
+    /// with `<|endoftext|>` as its first special token.
+    ///
+    /// # Errors
+    /// When training fails (e.g. an empty corpus).
+    pub fn train<I, S>(texts: I, vocab_size: usize, min_frequency: u64) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let origin = PathBuf::from("<trained>");
+        let mut inner = Tokenizer::new(BPE::default());
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let mut trainer: TrainerWrapper = BpeTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(min_frequency)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .special_tokens(vec![AddedToken::from(GPT2_EOS, true)])
+            .build()
+            .into();
+        inner.train(&mut trainer, texts).map_err(tk_err(&origin))?;
+        Ok(Self::wrap(inner, origin))
+    }
+
+    /// Wraps a library tokenizer, deciding whether the fast batch path applies: no
+    /// normalizer, a BPE model, and GPT-2's byte-level pre-tokenizer (regex on, no prefix
+    /// space).
+    fn wrap(inner: Tokenizer, origin: PathBuf) -> Self {
+        let pre = inner
+            .get_pre_tokenizer()
+            .and_then(|p| serde_json::to_value(p).ok());
+        let gpt2_pre = pre.is_some_and(|p| {
+            p["type"] == "ByteLevel" && p["add_prefix_space"] == false && p["use_regex"] == true
+        });
+        let bpe =
+            matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(b) if b.dropout.is_none());
+        let fast = gpt2_pre && bpe && inner.get_normalizer().is_none();
+        Self {
+            inner,
+            origin,
+            splitter: fast.then(crate::pretok::Splitter::default),
+        }
+    }
+
+    /// Adds special tokens (e.g. instruction templates that must stay single tokens) and
+    /// returns how many were new, so the model can resize its embeddings.
+    pub fn add_special_tokens(&mut self, tokens: &[String]) -> usize {
+        let tokens: Vec<AddedToken> = tokens
+            .iter()
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        self.inner.add_special_tokens(&tokens)
+    }
+
+    /// Number of entries, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of an exact vocabulary entry (byte-level form, e.g. `Ġgood`) or added token.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary entry of an id.
+    pub fn id_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The end-of-text id (GPT-2: 50256), if the vocabulary has it.
+    pub fn eos_id(&self) -> Option<u32> {
+        self.token_id(GPT2_EOS)
+    }
+
+    /// Encodes text (special tokens in the text are recognised; nothing is added around it).
+    ///
+    /// # Errors
+    /// When the tokenizer fails.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tk_err(&self.origin))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Encodes text and returns ids with each token's byte span in `text`.
+    ///
+    /// # Errors
+    /// When the tokenizer fails.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(tk_err(&self.origin))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// Encodes many texts in parallel; ids equal [`Tok::encode`]'s for each text.
+    ///
+    /// GPT-2-style tokenizers take the fast path of [`crate::pretok`] (texts holding an added
+    /// token go through the library); others use the library's batch encoder.
+    ///
+    /// # Errors
+    /// When the tokenizer fails.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        use rayon::prelude::*;
+        let (Some(splitter), tokenizers::ModelWrapper::BPE(bpe)) =
+            (&self.splitter, self.inner.get_model())
+        else {
+            let encs = self
+                .inner
+                .encode_batch_fast(texts.to_vec(), false)
+                .map_err(tk_err(&self.origin))?;
+            return Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect());
+        };
+        let added: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .values()
+            .map(|t| t.content.clone())
+            .collect();
+        let chunk = texts
+            .len()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1);
+        let parts: Vec<Result<Vec<Vec<u32>>>> = texts
+            .par_chunks(chunk)
+            .map(|part| {
+                let mut fast = crate::pretok::FastEncoder::new(bpe, splitter);
+                part.iter()
+                    .map(|text| {
+                        if added.iter().any(|a| text.contains(a.as_str())) {
+                            self.encode(text)
+                        } else {
+                            fast.encode(text).map_err(tk_err(&self.origin))
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out = Vec::with_capacity(texts.len());
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// Decodes ids to text (special tokens kept).
+    ///
+    /// # Errors
+    /// When an id is outside the vocabulary.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(tk_err(&self.origin))
+    }
+
+    /// The `tokenizer.json` text.
+    ///
+    /// # Errors
+    /// When serialization fails.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(true).map_err(tk_err(&self.origin))
+    }
+
+    /// Writes `tokenizer.json` to `path` and returns the blake3 of what it wrote (see
+    /// [`Tok::hash`]).
+    ///
+    /// # Errors
+    /// When writing fails.
+    pub fn save(&self, path: &Path) -> Result<String> {
+        let json = self.to_json()?;
+        let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
+        std::fs::write(path, json).map_err(crate::error::io("cannot write", path))?;
+        Ok(hash)
+    }
+
+    /// blake3 of the `tokenizer.json` text: what a dataset records to say which tokenizer made it.
+    ///
+    /// # Errors
+    /// When serialization fails.
+    pub fn hash(&self) -> Result<String> {
+        Ok(blake3::hash(self.to_json()?.as_bytes())
+            .to_hex()
+            .to_string())
+    }
+
+    /// Resolves a label to one token id: an exact vocabulary entry (`good`, `Ġgood`) first,
+    /// otherwise text that must encode to exactly one token (`" good"`).
+    ///
+    /// # Errors
+    /// [`Error::Label`] when the label is neither.
+    pub fn label_id(&self, label: &str) -> Result<u32> {
+        if let Some(id) = self.token_id(label) {
+            return Ok(id);
+        }
+        let ids = self.encode(label)?;
+        match ids.as_slice() {
+            [id] => Ok(*id),
+            [] => Err(Error::Label {
+                label: label.to_owned(),
+                message: "is empty".into(),
+            }),
+            many => Err(Error::Label {
+                label: label.to_owned(),
+                message: format!(
+                    "is not a vocabulary entry and encodes to {} tokens {:?}; a label must be one token",
+                    many.len(),
+                    many
+                ),
+            }),
+        }
+    }
+}
