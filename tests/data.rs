@@ -601,3 +601,28 @@ fn check_fast_path(tok: &Tok, texts: &[String]) {
         &differing[..differing.len().min(5)]
     );
 }
+
+#[test]
+fn hugging_face_parquet_layout() {
+    use polars::prelude::*;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("train.parquet");
+    let mut df = df!(
+        "text" => ["what a lovely day", "the worst service ever", "it is what it is"],
+        "sentiment" => ["positive", "negative", "neutral"],
+    )
+    .expect("frame");
+    ParquetWriter::new(std::fs::File::create(&path).expect("create"))
+        .finish(&mut df)
+        .expect("write parquet");
+    let opts = ReadOptions {
+        layout: sentiment::Layout::HfParquet,
+        encoding: sentiment::Encoding::Utf8,
+        ..ReadOptions::default()
+    };
+    let rows = sentiment::read(&path, &opts).expect("reads parquet");
+    assert_eq!(rows.texts, ["what a lovely day", "the worst service ever"]);
+    assert_eq!(rows.labels, [Polarity::Positive, Polarity::Negative]);
+    assert_eq!(rows.read, 3);
+    assert_eq!(rows.rejected.values().sum::<usize>(), 1);
+}

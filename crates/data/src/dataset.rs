@@ -154,13 +154,29 @@ fn manifest_base(
 pub fn build_sentiment(
     source: &Path,
     read: &ReadOptions,
+    tok: Tok,
+    labels: &BTreeMap<Polarity, String>,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    let rows = sentiment::read(source, read)?;
+    build_sentiment_rows(source, rows, tok, labels, opts, out)
+}
+
+/// [`build_sentiment`] from rows already read from `source` (so a caller can read while it
+/// loads the tokenizer).
+///
+/// # Errors
+/// Label and split errors; writing failures.
+pub fn build_sentiment_rows(
+    source: &Path,
+    rows: sentiment::Rows,
     mut tok: Tok,
     labels: &BTreeMap<Polarity, String>,
     opts: &BuildOptions,
     out: &Path,
 ) -> Result<Manifest> {
     let added = tok.add_special_tokens(&opts.special_tokens);
-    let rows = sentiment::read(source, read)?;
     let mut label_ids = BTreeMap::new();
     let mut manifest = manifest_base(Kind::Classification, &tok, added, source, opts)?;
     for polarity in rows

@@ -156,7 +156,7 @@ impl Stage for Sentiment140 {
             &ctx.downloads,
             ctx.param_str("source_blake3").as_deref(),
         )?;
-        let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
+        let tokenizer = super::required_path(ctx, "tokenizer")?;
         let layout = match ctx.param_str("layout").as_deref().unwrap_or("sentiment140") {
             "hf-parquet" => Layout::HfParquet,
             "table" => Layout::Table {
@@ -224,7 +224,15 @@ impl Stage for Sentiment140 {
             params: serde_json::to_value(&ctx.params)?,
         };
         ctx.progress.update(0, None, Some("reading and tokenizing"));
-        let manifest = dataset::build_sentiment(&source, &read, tok, &labels, &opts, &ctx.out_dir)?;
+        // Loading a 50k-entry tokenizer and reading the file take about as long; do both at once.
+        let (tok, rows) = std::thread::scope(|s| {
+            let tok = s.spawn(|| Tok::load(&tokenizer));
+            let rows = crate::sentiment::read(&source, &read);
+            (tok.join(), rows)
+        });
+        let tok = tok.map_err(|_| "loading the tokenizer panicked")??;
+        let manifest =
+            dataset::build_sentiment_rows(&source, rows?, tok, &labels, &opts, &ctx.out_dir)?;
         record(ctx, &manifest);
         Ok(())
     }
