@@ -48,34 +48,12 @@ impl Batch {
 /// Pads plain token rows; see the module docs. With `max_length`, longer rows are cut and the
 /// target of the last kept token is the next token of the original row.
 pub fn collate(rows: &[Vec<u32>], pad: u32, max_length: Option<usize>) -> Batch {
-    let pad = i64::from(pad);
-    let cut = |r: &Vec<u32>| max_length.map_or(r.len(), |m| r.len().min(m));
-    let seq = rows.iter().map(cut).max().unwrap_or(0);
-    let mut batch = Batch {
-        rows: rows.len(),
-        seq,
-        inputs: Vec::with_capacity(rows.len() * seq),
-        targets: Vec::with_capacity(rows.len() * seq),
-        lengths: Vec::with_capacity(rows.len()),
-    };
-    for row in rows {
-        let n = cut(row);
-        batch.lengths.push(n);
-        for i in 0..seq {
-            batch
-                .inputs
-                .push(if i < n { i64::from(row[i]) } else { pad });
-            let target = if i + 1 < n || (i + 1 == n && n < row.len()) {
-                i64::from(row[i + 1])
-            } else if i + 1 == n {
-                pad // the first pad after the text is a target
-            } else {
-                IGNORE
-            };
-            batch.targets.push(target);
-        }
-    }
-    batch
+    pad_rows(
+        rows.iter().map(|r| (r.as_slice(), None)),
+        rows.len(),
+        pad,
+        max_length,
+    )
 }
 
 /// Pads rows that carry labels (−100 where not trained): targets are the labels shifted left,
@@ -85,15 +63,33 @@ pub fn collate_labeled(
     pad: u32,
     max_length: Option<usize>,
 ) -> Batch {
+    pad_rows(
+        rows.iter()
+            .map(|(ids, labels)| (ids.as_slice(), Some(labels.as_slice()))),
+        rows.len(),
+        pad,
+        max_length,
+    )
+}
+
+/// The shared rule: a row's target at `i` is its label (or, without labels, its token) at
+/// `i + 1`, including one past a cut; the position right after the text targets the pad
+/// token for rows without labels; everything else is −100.
+fn pad_rows<'a>(
+    rows: impl Iterator<Item = (&'a [u32], Option<&'a [i32]>)> + Clone,
+    count: usize,
+    pad: u32,
+    max_length: Option<usize>,
+) -> Batch {
     let pad = i64::from(pad);
-    let cut = |r: &Vec<u32>| max_length.map_or(r.len(), |m| r.len().min(m));
-    let seq = rows.iter().map(|(ids, _)| cut(ids)).max().unwrap_or(0);
+    let cut = |ids: &[u32]| max_length.map_or(ids.len(), |m| ids.len().min(m));
+    let seq = rows.clone().map(|(ids, _)| cut(ids)).max().unwrap_or(0);
     let mut batch = Batch {
-        rows: rows.len(),
+        rows: count,
         seq,
-        inputs: Vec::with_capacity(rows.len() * seq),
-        targets: Vec::with_capacity(rows.len() * seq),
-        lengths: Vec::with_capacity(rows.len()),
+        inputs: Vec::with_capacity(count * seq),
+        targets: Vec::with_capacity(count * seq),
+        lengths: Vec::with_capacity(count),
     };
     for (ids, labels) in rows {
         let n = cut(ids);
@@ -102,10 +98,12 @@ pub fn collate_labeled(
             batch
                 .inputs
                 .push(if i < n { i64::from(ids[i]) } else { pad });
-            let target = if i + 1 < n || (i + 1 == n && n < ids.len()) {
-                labels.get(i + 1).map_or(IGNORE, |&l| i64::from(l))
-            } else {
-                IGNORE
+            let next_exists = i + 1 < n || (i + 1 == n && n < ids.len());
+            let target = match (next_exists, labels) {
+                (true, None) => i64::from(ids[i + 1]),
+                (true, Some(l)) => l.get(i + 1).map_or(IGNORE, |&x| i64::from(x)),
+                (false, None) if i + 1 == n => pad, // the first pad after the text is a target
+                (false, _) => IGNORE,
             };
             batch.targets.push(target);
         }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 
 use crate::alpaca::Labels;
-use crate::dataset::{self, BuildOptions, Fractions};
+use crate::dataset;
 use crate::tokenizer::Tok;
 
 /// The `data.alpaca` stage kind.
@@ -89,31 +89,12 @@ impl Stage for Alpaca {
         }
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let source_name = super::path_or_url(ctx, "source")
-            .ok_or("give `source` (with.source or inputs.source)")?;
-        let source = crate::source::fetch(
-            &source_name,
-            &ctx.workdir,
-            &ctx.downloads,
-            ctx.param_str("source_blake3").as_deref(),
-        )?;
+        let (source, opts) = super::source_and_options(ctx, 0.0, Some(1024))?;
         let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
         let labels = if ctx.param_str("labels").as_deref() == Some("full") {
             Labels::Full
         } else {
             Labels::Completion
-        };
-        let opts = BuildOptions {
-            source_name,
-            fractions: Fractions {
-                val: super::f64_param(ctx, "val", 0.05),
-                test: super::f64_param(ctx, "test", 0.0),
-            },
-            seed: super::u64_param(ctx, "seed", 0),
-            rows_per_shard: super::u64_param(ctx, "shard_rows", 10_000) as usize,
-            max_length: Some(super::u64_param(ctx, "max_length", 1024) as usize),
-            special_tokens: super::strings_param(ctx, "special_tokens"),
-            params: serde_json::to_value(&ctx.params)?,
         };
         let manifest = dataset::build_alpaca(
             &source,

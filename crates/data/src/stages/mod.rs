@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_core::{Registry, StageContext};
+
+use crate::dataset::{BuildOptions, Fractions};
 use serde_json::Value;
 
 pub use alpaca::Alpaca;
@@ -30,6 +32,41 @@ fn path_or_url(ctx: &StageContext, name: &str) -> Option<String> {
         return Some(p.to_string_lossy().into_owned());
     }
     ctx.param_str(name)
+}
+
+/// Fetches `source` (declared input, path, URL or `hf://` file) and reads the options every
+/// dataset stage shares. `default_test` and `default_max_length` differ between kinds.
+fn source_and_options(
+    ctx: &StageContext,
+    default_test: f64,
+    default_max_length: Option<u64>,
+) -> Result<(PathBuf, BuildOptions), kiln_core::StageError> {
+    let source_name =
+        path_or_url(ctx, "source").ok_or("give `source` (with.source or inputs.source)")?;
+    let source = crate::source::fetch(
+        &source_name,
+        &ctx.workdir,
+        &ctx.downloads,
+        ctx.param_str("source_blake3").as_deref(),
+    )?;
+    let max_length = ctx
+        .params
+        .get("max_length")
+        .and_then(Value::as_u64)
+        .or(default_max_length);
+    let opts = BuildOptions {
+        source_name,
+        fractions: Fractions {
+            val: f64_param(ctx, "val", 0.05),
+            test: f64_param(ctx, "test", default_test),
+        },
+        seed: u64_param(ctx, "seed", 0),
+        rows_per_shard: u64_param(ctx, "shard_rows", 10_000) as usize,
+        max_length: max_length.map(|m| m as usize),
+        special_tokens: strings_param(ctx, "special_tokens"),
+        params: serde_json::to_value(&ctx.params)?,
+    };
+    Ok((source, opts))
 }
 
 fn required_path(ctx: &StageContext, name: &str) -> Result<PathBuf, String> {

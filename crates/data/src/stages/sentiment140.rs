@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 
-use crate::dataset::{self, BuildOptions, Fractions};
+use crate::dataset;
 use crate::sentiment::{Encoding, Layout, OnBadRow, Polarity, ReadOptions};
 use crate::tokenizer::Tok;
 
@@ -148,14 +148,7 @@ impl Stage for Sentiment140 {
         }
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let source_name = super::path_or_url(ctx, "source")
-            .ok_or("give `source` (with.source or inputs.source)")?;
-        let source = crate::source::fetch(
-            &source_name,
-            &ctx.workdir,
-            &ctx.downloads,
-            ctx.param_str("source_blake3").as_deref(),
-        )?;
+        let (source, opts) = super::source_and_options(ctx, 0.05, None)?;
         let tokenizer = super::required_path(ctx, "tokenizer")?;
         let layout = match ctx.param_str("layout").as_deref().unwrap_or("sentiment140") {
             "hf-parquet" => Layout::HfParquet,
@@ -207,22 +200,6 @@ impl Stage for Sentiment140 {
                 labels.insert(p, v);
             }
         }
-        let opts = BuildOptions {
-            source_name,
-            fractions: Fractions {
-                val: super::f64_param(ctx, "val", 0.05),
-                test: super::f64_param(ctx, "test", 0.05),
-            },
-            seed: super::u64_param(ctx, "seed", 0),
-            rows_per_shard: super::u64_param(ctx, "shard_rows", 10_000) as usize,
-            max_length: ctx
-                .params
-                .get("max_length")
-                .and_then(serde_json::Value::as_u64)
-                .map(|v| v as usize),
-            special_tokens: super::strings_param(ctx, "special_tokens"),
-            params: serde_json::to_value(&ctx.params)?,
-        };
         ctx.progress.update(0, None, Some("reading and tokenizing"));
         // Loading a 50k-entry tokenizer and reading the file take about as long; do both at once.
         let (tok, rows) = std::thread::scope(|s| {
