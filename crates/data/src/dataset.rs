@@ -203,7 +203,9 @@ pub fn build_sentiment_rows(
         );
     }
     let texts: Vec<&str> = rows.texts.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
     let mut encoded = tok.encode_batch(&texts)?;
+    tracing::info!(rows = texts.len(), elapsed = ?started.elapsed(), "tokenized");
     let mut rejected = rows.rejected.clone();
     for ids in &mut encoded {
         if let Some(max) = opts.max_length

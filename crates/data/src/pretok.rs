@@ -12,7 +12,7 @@
 //! `tests/data.rs` checks that the ids equal the library's for every row of the real
 //! sentiment140 sample and for adversarial strings.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use regex::Regex;
 use tokenizers::Model;
@@ -70,7 +70,7 @@ impl Default for Splitter {
 }
 
 impl Splitter {
-    fn classify(&self, c: char, memo: &mut HashMap<char, Class>) -> Class {
+    fn classify(&self, c: char, memo: &mut FxHashMap<char, Class>) -> Class {
         if c.is_ascii() {
             return match c {
                 'a'..='z' | 'A'..='Z' => Class::Letter,
@@ -96,52 +96,78 @@ impl Splitter {
 
     /// The pieces of `text`, in order; they concatenate back to `text`.
     pub fn split<'t>(&self, text: &'t str) -> Vec<&'t str> {
-        self.split_with(text, &mut HashMap::new())
+        let mut out = Vec::new();
+        self.split_into(text, &mut FxHashMap::default(), &mut out);
+        out
     }
 
-    fn split_with<'t>(&self, text: &'t str, memo: &mut HashMap<char, Class>) -> Vec<&'t str> {
-        let chars: Vec<(usize, char, Class)> = text
-            .char_indices()
-            .map(|(i, c)| (i, c, self.classify(c, memo)))
-            .collect();
-        let n = chars.len();
-        let at = |k: usize| if k < n { chars[k].0 } else { text.len() };
-        let run = |mut k: usize, class: Class| {
-            while k < n && chars[k].2 == class {
-                k += 1;
+    /// The character at byte `i` of `text`, its class and its length in bytes.
+    fn at(&self, text: &str, i: usize, memo: &mut FxHashMap<char, Class>) -> (char, Class, usize) {
+        let b = text.as_bytes()[i];
+        if b < 0x80 {
+            let c = char::from(b);
+            return (c, self.classify(c, memo), 1);
+        }
+        let c = text[i..].chars().next().expect("i is a character boundary");
+        (c, self.classify(c, memo), c.len_utf8())
+    }
+
+    /// Appends the pieces of `text` to `out` (a scan that tries the pattern's alternatives in
+    /// order at each position).
+    fn split_into<'t>(
+        &self,
+        text: &'t str,
+        memo: &mut FxHashMap<char, Class>,
+        out: &mut Vec<&'t str>,
+    ) {
+        let len = text.len();
+        // The end of the run of `class` starting at byte `k`, and the run's length in characters.
+        let run = |mut k: usize, class: Class, memo: &mut FxHashMap<char, Class>| {
+            let mut chars = 0;
+            while k < len {
+                let (_, c, w) = self.at(text, k, memo);
+                if c != class {
+                    break;
+                }
+                k += w;
+                chars += 1;
             }
-            k
+            (k, chars)
         };
-        let mut out = Vec::with_capacity(n / 4 + 1);
         let mut i = 0;
-        while i < n {
-            let (_, c, class) = chars[i];
+        while i < len {
+            let (c, class, w) = self.at(text, i, memo);
             let end = 'piece: {
                 if c == '\'' {
-                    let rest = &text[at(i) + 1..];
+                    let rest = &text[i + 1..];
                     for suffix in ["s", "t", "re", "ve", "m", "ll", "d"] {
                         if rest.starts_with(suffix) {
                             break 'piece i + 1 + suffix.len();
                         }
                     }
                 }
+                let next = (i + w < len).then(|| self.at(text, i + w, memo).1);
                 for wanted in [Class::Letter, Class::Number, Class::Other] {
-                    if c == ' ' && i + 1 < n && chars[i + 1].2 == wanted {
-                        break 'piece run(i + 1, wanted);
+                    if c == ' ' && next == Some(wanted) {
+                        break 'piece run(i + 1, wanted, memo).0;
                     }
                     if class == wanted {
-                        break 'piece run(i, wanted);
+                        break 'piece run(i, wanted, memo).0;
                     }
                 }
                 // Whitespace: `\s+(?!\S)` leaves the last character of a run followed by text
                 // to the next piece; a single such character is taken by `\s+`.
-                let j = run(i, Class::Space);
-                if j < n && j - i >= 2 { j - 1 } else { j }
+                let (j, chars) = run(i, Class::Space, memo);
+                if j < len && chars >= 2 {
+                    let last = text[..j].chars().next_back().map_or(1, char::len_utf8);
+                    j - last
+                } else {
+                    j
+                }
             };
-            out.push(&text[at(i)..at(end)]);
+            out.push(&text[i..end]);
             i = end;
         }
-        out
     }
 }
 
@@ -151,8 +177,8 @@ pub struct FastEncoder<'a> {
     bpe: &'a BPE,
     splitter: &'a Splitter,
     table: [char; 256],
-    cache: HashMap<String, Vec<u32>>,
-    classes: HashMap<char, Class>,
+    cache: FxHashMap<String, Vec<u32>>,
+    classes: FxHashMap<char, Class>,
 }
 
 impl<'a> FastEncoder<'a> {
@@ -162,8 +188,8 @@ impl<'a> FastEncoder<'a> {
             bpe,
             splitter,
             table: byte_chars(),
-            cache: HashMap::new(),
-            classes: HashMap::new(),
+            cache: FxHashMap::default(),
+            classes: FxHashMap::default(),
         }
     }
 
@@ -174,7 +200,10 @@ impl<'a> FastEncoder<'a> {
     pub fn encode(&mut self, text: &str) -> tokenizers::Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
         let mut mapped = String::new();
-        for piece in self.splitter.split_with(text, &mut self.classes) {
+        let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
+        self.splitter
+            .split_into(text, &mut self.classes, &mut pieces);
+        for piece in pieces {
             if let Some(hit) = self.cache.get(piece) {
                 ids.extend_from_slice(hit);
                 continue;

@@ -201,6 +201,7 @@ impl Stage for Sentiment140 {
             }
         }
         ctx.progress.update(0, None, Some("reading and tokenizing"));
+        let started = std::time::Instant::now();
         // Loading a 50k-entry tokenizer and reading the file take about as long; do both at once.
         let (tok, rows) = std::thread::scope(|s| {
             let tok = s.spawn(|| Tok::load(&tokenizer));
@@ -208,8 +209,13 @@ impl Stage for Sentiment140 {
             (tok.join(), rows)
         });
         let tok = tok.map_err(|_| "loading the tokenizer panicked")??;
+        ctx.log(&format!(
+            "read the source and loaded the tokenizer in {:.0?}",
+            started.elapsed()
+        ));
         let manifest =
             dataset::build_sentiment_rows(&source, rows?, tok, &labels, &opts, &ctx.out_dir)?;
+        ctx.log(&format!("built the dataset in {:.0?}", started.elapsed()));
         record(ctx, &manifest);
         Ok(())
     }
