@@ -320,7 +320,7 @@ fn a_killed_stage_leaves_no_cache_entry() {
     let p = Project::new();
     p.write(
         "gate.yaml",
-        "name: gate\nstages:\n  wait:\n    uses: shell\n    outputs: [out.txt]\n    with:\n      run: while [ ! -f gate ]; do sleep 0.05; done; echo done > \"$KILN_OUT/out.txt\"\n",
+        "name: gate\nstages:\n  wait:\n    uses: shell\n    outputs: [out.txt]\n    with:\n      run: i=0; while [ ! -f gate ] && [ -d \"$KILN_WORKDIR\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; test -f gate && echo done > \"$KILN_OUT/out.txt\"\n",
     );
     let mut child = p
         .cmd(&["--quiet", "run", "gate.yaml"])

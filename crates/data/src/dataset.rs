@@ -222,26 +222,38 @@ pub fn build_sentiment_rows(
     let keep: Vec<usize> = (0..encoded.len())
         .filter(|&i| !encoded[i].is_empty())
         .collect();
-    for (name, part) in split_indices(keep.len(), opts.fractions, opts.seed)? {
-        let mut writer = ShardWriter::new(out, name, Kind::Classification, opts.rows_per_shard);
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for &k in &part {
-            let i = keep[k];
-            let polarity = rows.labels[i];
-            *counts.entry(polarity.name().to_owned()).or_default() += 1;
-            writer.push(Example {
-                input_ids: std::mem::take(&mut encoded[i]),
-                label: Some(label_ids[&polarity]),
-                labels: None,
-            })?;
-        }
-        let mut info: SplitInfo = writer.finish()?;
-        info.label_counts = counts;
-        manifest.splits.insert(name.to_owned(), info);
-    }
+    let splits = split_indices(keep.len(), opts.fractions, opts.seed)?;
+    // Writing tokenizer.json (50k entries for GPT-2) overlaps with writing the shards.
+    let (saved, written) = std::thread::scope(|scope| {
+        let saved = scope.spawn(|| tok.save(&out.join("tokenizer.json")));
+        let written = (|| -> Result<()> {
+            for (name, part) in splits {
+                let mut writer =
+                    ShardWriter::new(out, name, Kind::Classification, opts.rows_per_shard);
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for &k in &part {
+                    let i = keep[k];
+                    let polarity = rows.labels[i];
+                    *counts.entry(polarity.name().to_owned()).or_default() += 1;
+                    writer.push(Example {
+                        input_ids: std::mem::take(&mut encoded[i]),
+                        label: Some(label_ids[&polarity]),
+                        labels: None,
+                    })?;
+                }
+                let mut info: SplitInfo = writer.finish()?;
+                info.label_counts = counts;
+                manifest.splits.insert(name.to_owned(), info);
+            }
+            Ok(())
+        })();
+        (saved.join(), written)
+    });
+    written?;
+    manifest.tokenizer_hash =
+        saved.map_err(|_| Error::Config("writing tokenizer.json panicked".into()))??;
     manifest.rows_read = rows.read;
     manifest.rejected = rejected;
-    manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
     manifest.save(out)?;
     Ok(manifest)
 }

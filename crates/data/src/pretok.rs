@@ -15,7 +15,6 @@
 use rustc_hash::FxHashMap;
 
 use regex::Regex;
-use tokenizers::Model;
 use tokenizers::models::bpe::BPE;
 
 /// GPT-2's byte → character table (`bytes_to_unicode` in OpenAI's encoder.py).
@@ -171,35 +170,137 @@ impl Splitter {
     }
 }
 
+/// A byte-level BPE model's merges, in a form fast to apply: the id of each byte's character
+/// and, per adjacent pair of ids, the merge's rank and the merged id.
+#[derive(Debug, Clone)]
+pub struct Merges {
+    byte_ids: [u32; 256],
+    ranks: FxHashMap<(u32, u32), (u32, u32)>,
+}
+
+#[derive(serde::Deserialize)]
+struct BpeParts {
+    vocab: FxHashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    #[serde(default)]
+    continuing_subword_prefix: Option<String>,
+    #[serde(default)]
+    end_of_word_suffix: Option<String>,
+    #[serde(default)]
+    ignore_merges: bool,
+}
+
+impl Merges {
+    /// Reads the merges of `bpe` through its serialized form (the library keeps them private).
+    /// `None` when the model is not a plain byte-level BPE (subword prefixes or suffixes,
+    /// `ignore_merges`, or a byte missing from the vocabulary).
+    pub fn from_bpe(bpe: &BPE) -> Option<Self> {
+        let json = serde_json::to_string(bpe).ok()?;
+        let parts: BpeParts = serde_json::from_str(&json).ok()?;
+        if parts
+            .continuing_subword_prefix
+            .is_some_and(|p| !p.is_empty())
+            || parts.end_of_word_suffix.is_some_and(|p| !p.is_empty())
+            || parts.ignore_merges
+        {
+            return None;
+        }
+        let table = byte_chars();
+        let mut byte_ids = [0u32; 256];
+        for (b, id) in byte_ids.iter_mut().enumerate() {
+            *id = *parts
+                .vocab
+                .get(table[b].encode_utf8(&mut [0u8; 4]) as &str)?;
+        }
+        let mut ranks = FxHashMap::default();
+        ranks.reserve(parts.merges.len());
+        let mut joined = String::new();
+        for (rank, (a, b)) in parts.merges.iter().enumerate() {
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            let (ia, ib, new) = (
+                parts.vocab.get(a)?,
+                parts.vocab.get(b)?,
+                parts.vocab.get(&joined)?,
+            );
+            ranks.insert((*ia, *ib), (u32::try_from(rank).ok()?, *new));
+        }
+        Some(Self { byte_ids, ranks })
+    }
+
+    /// Builds the merges from a vocabulary and GPT-2's `merges.txt` (one `a b` pair per line,
+    /// by rank; a `#version` first line is skipped), the files the library built the model
+    /// from. Cheaper than [`Merges::from_bpe`]. `None` when an entry is missing.
+    pub fn from_merges_txt(
+        vocab: &std::collections::HashMap<String, u32>,
+        merges_txt: &str,
+    ) -> Option<Self> {
+        let table = byte_chars();
+        let mut byte_ids = [0u32; 256];
+        for (b, id) in byte_ids.iter_mut().enumerate() {
+            *id = *vocab.get(table[b].encode_utf8(&mut [0u8; 4]) as &str)?;
+        }
+        let mut ranks = FxHashMap::default();
+        let mut joined = String::new();
+        let lines = merges_txt
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty());
+        for (rank, line) in lines.enumerate() {
+            let (a, b) = line.split_once(' ')?;
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            let (ia, ib, new) = (vocab.get(a)?, vocab.get(b)?, vocab.get(&joined)?);
+            ranks.insert((*ia, *ib), (u32::try_from(rank).ok()?, *new));
+        }
+        Some(Self { byte_ids, ranks })
+    }
+
+    /// Appends the ids of one pre-tokenized piece: its bytes' ids, then repeatedly the
+    /// lowest-ranked adjacent pair merged (the leftmost on ties), as the library does.
+    pub fn word(&self, piece: &str, out: &mut Vec<u32>) {
+        let mut s: Vec<u32> = piece.bytes().map(|b| self.byte_ids[b as usize]).collect();
+        while s.len() > 1 {
+            let mut best: Option<(u32, usize, u32)> = None;
+            for i in 0..s.len() - 1 {
+                if let Some(&(rank, new)) = self.ranks.get(&(s[i], s[i + 1]))
+                    && best.is_none_or(|(r, _, _)| rank < r)
+                {
+                    best = Some((rank, i, new));
+                }
+            }
+            let Some((_, i, new)) = best else { break };
+            s[i] = new;
+            s.remove(i + 1);
+        }
+        out.extend_from_slice(&s);
+    }
+}
+
 /// Encodes many texts with a BPE model, caching the ids of every word seen.
 #[derive(Debug)]
 pub struct FastEncoder<'a> {
-    bpe: &'a BPE,
+    merges: &'a Merges,
     splitter: &'a Splitter,
-    table: [char; 256],
     cache: FxHashMap<String, Vec<u32>>,
     classes: FxHashMap<char, Class>,
 }
 
 impl<'a> FastEncoder<'a> {
-    /// An encoder over `bpe`.
-    pub fn new(bpe: &'a BPE, splitter: &'a Splitter) -> Self {
+    /// An encoder applying `merges`.
+    pub fn new(merges: &'a Merges, splitter: &'a Splitter) -> Self {
         Self {
-            bpe,
+            merges,
             splitter,
-            table: byte_chars(),
             cache: FxHashMap::default(),
             classes: FxHashMap::default(),
         }
     }
 
     /// The ids of `text` (no added tokens may occur in it).
-    ///
-    /// # Errors
-    /// When the BPE model fails on a word.
-    pub fn encode(&mut self, text: &str) -> tokenizers::Result<Vec<u32>> {
+    pub fn encode(&mut self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-        let mut mapped = String::new();
         let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
         self.splitter
             .split_into(text, &mut self.classes, &mut pieces);
@@ -208,18 +309,12 @@ impl<'a> FastEncoder<'a> {
                 ids.extend_from_slice(hit);
                 continue;
             }
-            mapped.clear();
-            mapped.extend(piece.bytes().map(|b| self.table[b as usize]));
-            let word: Vec<u32> = self
-                .bpe
-                .tokenize(&mapped)?
-                .into_iter()
-                .map(|t| t.id)
-                .collect();
+            let mut word = Vec::new();
+            self.merges.word(piece, &mut word);
             ids.extend_from_slice(&word);
             self.cache.insert(piece.to_owned(), word);
         }
-        Ok(ids)
+        ids
     }
 }
 

@@ -26,8 +26,14 @@ pub struct Tok {
     /// Where it came from (a file or directory), for messages.
     pub origin: PathBuf,
     /// Set when the tokenizer is a plain GPT-2-style byte-level BPE, so
-    /// [`Tok::encode_batch`] can use the fast path of [`crate::pretok`].
-    splitter: Option<crate::pretok::Splitter>,
+    /// [`Tok::encode_batch`] can use the fast path of [`crate::pretok`]; the merges are read
+    /// on first use.
+    fast: Option<(
+        crate::pretok::Splitter,
+        std::sync::Arc<std::sync::OnceLock<Option<crate::pretok::Merges>>>,
+    )>,
+    /// The `merges.txt` the model was built from, when it was (a cheaper source of merges).
+    merges_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Tok {
@@ -159,7 +165,8 @@ impl Tok {
         Self {
             inner,
             origin,
-            splitter: fast.then(crate::pretok::Splitter::default),
+            fast: fast.then(|| (crate::pretok::Splitter::default(), Default::default())),
+            merges_file: None,
         }
     }
 
@@ -218,6 +225,29 @@ impl Tok {
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
+    /// Prepares the fast batch path (reads the merges, about 40 ms for GPT-2) so a caller can
+    /// do it on another thread while it reads data; [`Tok::encode_batch`] does it on first use
+    /// otherwise. Returns whether the fast path applies.
+    pub fn prepare_batch(&self) -> bool {
+        self.fast_path().is_some()
+    }
+
+    fn fast_path(&self) -> Option<(&crate::pretok::Splitter, &crate::pretok::Merges)> {
+        match (&self.fast, self.inner.get_model()) {
+            (Some((splitter, merges)), tokenizers::ModelWrapper::BPE(bpe)) => merges
+                .get_or_init(|| {
+                    let from_file = self.merges_file.as_ref().and_then(|f| {
+                        let text = std::fs::read_to_string(f).ok()?;
+                        crate::pretok::Merges::from_merges_txt(&bpe.get_vocab(), &text)
+                    });
+                    from_file.or_else(|| crate::pretok::Merges::from_bpe(bpe))
+                })
+                .as_ref()
+                .map(|m| (splitter, m)),
+            _ => None,
+        }
+    }
+
     /// Encodes many texts in parallel; ids equal [`Tok::encode`]'s for each text.
     ///
     /// GPT-2-style tokenizers take the fast path of [`crate::pretok`] (texts holding an added
@@ -227,9 +257,7 @@ impl Tok {
     /// When the tokenizer fails.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         use rayon::prelude::*;
-        let (Some(splitter), tokenizers::ModelWrapper::BPE(bpe)) =
-            (&self.splitter, self.inner.get_model())
-        else {
+        let Some((splitter, merges)) = self.fast_path() else {
             let encs = self
                 .inner
                 .encode_batch_fast(texts.to_vec(), false)
@@ -249,13 +277,13 @@ impl Tok {
         let parts: Vec<Result<Vec<Vec<u32>>>> = texts
             .par_chunks(chunk)
             .map(|part| {
-                let mut fast = crate::pretok::FastEncoder::new(bpe, splitter);
+                let mut fast = crate::pretok::FastEncoder::new(merges, splitter);
                 part.iter()
                     .map(|text| {
                         if added.iter().any(|a| text.contains(a.as_str())) {
                             self.encode(text)
                         } else {
-                            fast.encode(text).map_err(tk_err(&self.origin))
+                            Ok(fast.encode(text))
                         }
                     })
                     .collect()

@@ -204,7 +204,11 @@ impl Stage for Sentiment140 {
         let started = std::time::Instant::now();
         // Loading a 50k-entry tokenizer and reading the file take about as long; do both at once.
         let (tok, rows) = std::thread::scope(|s| {
-            let tok = s.spawn(|| Tok::load(&tokenizer));
+            let tok = s.spawn(|| {
+                let tok = Tok::load(&tokenizer)?;
+                tok.prepare_batch();
+                Ok::<_, crate::Error>(tok)
+            });
             let rows = crate::sentiment::read(&source, &read);
             (tok.join(), rows)
         });
