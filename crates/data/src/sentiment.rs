@@ -134,7 +134,10 @@ pub struct Rows {
 
 /// Decodes latin-1 bytes: every byte is the code point of the same value.
 pub fn latin1_to_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
+    let high = bytes.iter().filter(|&&b| b >= 0x80).count();
+    let mut out = String::with_capacity(bytes.len() + high);
+    out.extend(bytes.iter().map(|&b| char::from(b)));
+    out
 }
 
 fn polars_err(path: &Path) -> impl Fn(PolarsError) -> Error + '_ {
@@ -159,12 +162,14 @@ pub fn read(path: &Path, options: &ReadOptions) -> Result<Rows> {
             if bad > 0 {
                 rows.rejected.insert("malformed row (skipped)".into(), bad);
             }
+            let good = good.unwrap_or(text);
             let schema: Schema = (1..=6)
                 .map(|i| Field::new(format!("c{i}").into(), DataType::String))
                 .collect();
             let df = CsvReadOptions::default()
                 .with_has_header(false)
                 .with_schema(Some(Arc::new(schema)))
+                .with_projection(Some(Arc::new(vec![0, 5])))
                 .map_parse_options(|p| p.with_quote_char(Some(b'"')))
                 .into_reader_with_file_handle(Cursor::new(good.into_bytes()))
                 .finish()
@@ -243,29 +248,32 @@ fn decode(path: &Path, bytes: &[u8], encoding: Encoding) -> Result<String> {
 }
 
 /// Checks every record of a headerless CSV text: exactly `fields` fields, no field running
-/// over a line end (an unterminated quote). Returns the text of the good records and the
-/// number skipped.
+/// over a line end (an unterminated quote). Returns the text of the good records when some
+/// were skipped (`None`: all are good, use `text` as it is) and the number skipped.
 fn check_records(
     path: &Path,
     text: &str,
     fields: usize,
     on_bad: OnBadRow,
-) -> Result<(String, usize)> {
+) -> Result<(Option<String>, usize)> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(text.as_bytes());
-    let mut good = String::with_capacity(text.len());
+    // The text of the good records, made only once a record is skipped.
+    let mut good: Option<String> = None;
     let mut skipped = 0;
-    let mut record = csv::StringRecord::new();
+    let mut record = csv::ByteRecord::new();
     let mut start = 0usize;
     let mut line = 1u64;
     loop {
-        let more = reader.read_record(&mut record).map_err(|e| Error::BadRow {
-            path: path.to_owned(),
-            line,
-            message: e.to_string(),
-        })?;
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| Error::BadRow {
+                path: path.to_owned(),
+                line,
+                message: e.to_string(),
+            })?;
         if !more {
             break;
         }
@@ -284,9 +292,11 @@ fn check_records(
         };
         match (problem, on_bad) {
             (None, _) => {
-                good.push_str(raw);
-                if !raw.ends_with('\n') {
-                    good.push('\n');
+                if let Some(good) = &mut good {
+                    good.push_str(raw);
+                    if !raw.ends_with('\n') {
+                        good.push('\n');
+                    }
                 }
             }
             (Some(message), OnBadRow::Error) => {
@@ -296,7 +306,10 @@ fn check_records(
                     message: format!("{message} (set on_bad_row: skip to skip such rows)"),
                 });
             }
-            (Some(_), OnBadRow::Skip) => skipped += 1,
+            (Some(_), OnBadRow::Skip) => {
+                skipped += 1;
+                good.get_or_insert_with(|| text[..start].to_owned());
+            }
         }
         line += raw.matches('\n').count() as u64;
         start = end;

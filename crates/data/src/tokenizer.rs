@@ -238,7 +238,10 @@ impl Tok {
                 .get_or_init(|| {
                     let from_file = self.merges_file.as_ref().and_then(|f| {
                         let text = std::fs::read_to_string(f).ok()?;
-                        crate::pretok::Merges::from_merges_txt(&bpe.get_vocab(), &text)
+                        crate::pretok::Merges::from_merges_txt(
+                            |t| tokenizers::Model::token_to_id(bpe, t),
+                            &text,
+                        )
                     });
                     from_file.or_else(|| crate::pretok::Merges::from_bpe(bpe))
                 })
