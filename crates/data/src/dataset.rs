@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::sentiment::{self, Polarity, ReadOptions};
 use crate::shard::{
-    Example, Kind, LabelToken, Manifest, SCHEMA_VERSION, ShardWriter, SourceInfo, SplitInfo,
+    Example, Kind, LabelToken, Manifest, SCHEMA_VERSION, SourceInfo, SplitInfo, write_split,
 };
 use crate::source::file_hash;
 use crate::tokenizer::Tok;
@@ -228,20 +228,27 @@ pub fn build_sentiment_rows(
         let saved = scope.spawn(|| tok.save(&out.join("tokenizer.json")));
         let written = (|| -> Result<()> {
             for (name, part) in splits {
-                let mut writer =
-                    ShardWriter::new(out, name, Kind::Classification, opts.rows_per_shard);
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                for &k in &part {
-                    let i = keep[k];
-                    let polarity = rows.labels[i];
-                    *counts.entry(polarity.name().to_owned()).or_default() += 1;
-                    writer.push(Example {
-                        input_ids: std::mem::take(&mut encoded[i]),
-                        label: Some(label_ids[&polarity]),
-                        labels: None,
-                    })?;
-                }
-                let mut info: SplitInfo = writer.finish()?;
+                let examples: Vec<Example> = part
+                    .iter()
+                    .map(|&k| {
+                        let i = keep[k];
+                        let polarity = rows.labels[i];
+                        *counts.entry(polarity.name().to_owned()).or_default() += 1;
+                        Example {
+                            input_ids: std::mem::take(&mut encoded[i]),
+                            label: Some(label_ids[&polarity]),
+                            labels: None,
+                        }
+                    })
+                    .collect();
+                let mut info: SplitInfo = write_split(
+                    out,
+                    name,
+                    Kind::Classification,
+                    opts.rows_per_shard,
+                    &examples,
+                )?;
                 info.label_counts = counts;
                 manifest.splits.insert(name.to_owned(), info);
             }
@@ -250,6 +257,7 @@ pub fn build_sentiment_rows(
         (saved.join(), written)
     });
     written?;
+    tracing::info!(elapsed = ?started.elapsed(), "shards and tokenizer written");
     manifest.tokenizer_hash =
         saved.map_err(|_| Error::Config("writing tokenizer.json panicked".into()))??;
     manifest.rows_read = rows.read;
@@ -289,16 +297,21 @@ pub fn build_alpaca(
         rows.push(t);
     }
     for (name, part) in split_indices(rows.len(), opts.fractions, opts.seed)? {
-        let mut writer = ShardWriter::new(out, name, Kind::Lm, opts.rows_per_shard);
-        for &i in &part {
-            let t = &mut rows[i];
-            writer.push(Example {
-                input_ids: std::mem::take(&mut t.input_ids),
-                label: None,
-                labels: Some(std::mem::take(&mut t.labels)),
-            })?;
-        }
-        manifest.splits.insert(name.to_owned(), writer.finish()?);
+        let examples: Vec<Example> = part
+            .iter()
+            .map(|&i| {
+                let t = &mut rows[i];
+                Example {
+                    input_ids: std::mem::take(&mut t.input_ids),
+                    label: None,
+                    labels: Some(std::mem::take(&mut t.labels)),
+                }
+            })
+            .collect();
+        manifest.splits.insert(
+            name.to_owned(),
+            write_split(out, name, Kind::Lm, opts.rows_per_shard, &examples)?,
+        );
     }
     manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
     manifest.save(out)?;

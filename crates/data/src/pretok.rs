@@ -49,6 +49,26 @@ enum Class {
     Other,
 }
 
+/// The class of each ASCII character.
+const ASCII: [Class; 128] = {
+    let mut t = [Class::Other; 128];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        t[i] = if b.is_ascii_alphabetic() {
+            Class::Letter
+        } else if b.is_ascii_digit() {
+            Class::Number
+        } else if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
+            Class::Space
+        } else {
+            Class::Other
+        };
+        i += 1;
+    }
+    t
+};
+
 /// Splits text exactly as GPT-2's pre-tokenizer pattern
 /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+` does, by
 /// trying its alternatives in order at each position over classified characters. ASCII is
@@ -72,12 +92,7 @@ impl Default for Splitter {
 impl Splitter {
     fn classify(&self, c: char, memo: &mut FxHashMap<char, Class>) -> Class {
         if c.is_ascii() {
-            return match c {
-                'a'..='z' | 'A'..='Z' => Class::Letter,
-                '0'..='9' => Class::Number,
-                '\t' | '\n' | '\x0B' | '\x0C' | '\r' | ' ' => Class::Space,
-                _ => Class::Other,
-            };
+            return ASCII[c as usize];
         }
         *memo.entry(c).or_insert_with(|| {
             let mut buf = [0u8; 4];
@@ -121,18 +136,25 @@ impl Splitter {
         out: &mut Vec<&'t str>,
     ) {
         let len = text.len();
+        let bytes = text.as_bytes();
         // The end of the run of `class` starting at byte `k`, and the run's length in characters.
         let run = |mut k: usize, class: Class, memo: &mut FxHashMap<char, Class>| {
             let mut chars = 0;
-            while k < len {
-                let (_, c, w) = self.at(text, k, memo);
-                if c != class {
-                    break;
+            loop {
+                while k < len && bytes[k] < 0x80 && ASCII[bytes[k] as usize] == class {
+                    k += 1;
+                    chars += 1;
                 }
-                k += w;
-                chars += 1;
+                if k < len && bytes[k] >= 0x80 {
+                    let (_, c, w) = self.at(text, k, memo);
+                    if c == class {
+                        k += w;
+                        chars += 1;
+                        continue;
+                    }
+                }
+                return (k, chars);
             }
-            (k, chars)
         };
         let mut i = 0;
         while i < len {
@@ -258,19 +280,28 @@ impl Merges {
     /// Appends the ids of one pre-tokenized piece: its bytes' ids, then repeatedly the
     /// lowest-ranked adjacent pair merged (the leftmost on ties), as the library does.
     pub fn word(&self, piece: &str, out: &mut Vec<u32>) {
+        const NONE: (u32, u32) = (u32::MAX, 0);
+        let pair = |a: u32, b: u32| self.ranks.get(&(a, b)).copied().unwrap_or(NONE);
         let mut s: Vec<u32> = piece.bytes().map(|b| self.byte_ids[b as usize]).collect();
-        while s.len() > 1 {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..s.len() - 1 {
-                if let Some(&(rank, new)) = self.ranks.get(&(s[i], s[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
-                {
-                    best = Some((rank, i, new));
+        // The rank and merged id of each adjacent pair, updated only around each merge.
+        let mut pairs: Vec<(u32, u32)> = s.windows(2).map(|w| pair(w[0], w[1])).collect();
+        loop {
+            let mut best: Option<(usize, u32)> = None;
+            for (i, &(rank, new)) in pairs.iter().enumerate() {
+                if rank != u32::MAX && best.is_none_or(|(j, _)| rank < pairs[j].0) {
+                    best = Some((i, new));
                 }
             }
-            let Some((_, i, new)) = best else { break };
+            let Some((i, new)) = best else { break };
             s[i] = new;
             s.remove(i + 1);
+            pairs.remove(i);
+            if i > 0 {
+                pairs[i - 1] = pair(s[i - 1], s[i]);
+            }
+            if i < pairs.len() {
+                pairs[i] = pair(s[i], s[i + 1]);
+            }
         }
         out.extend_from_slice(&s);
     }

@@ -9,7 +9,7 @@
 //! | classification | `input_ids: list<u32>`, `length: u32`, `label: u32` (the label's token id) |
 //! | lm | `input_ids: list<u32>`, `labels: list<i32>` (−100 where not trained), `length: u32` |
 //!
-//! [`ShardReader`] streams a split batch by batch with seeded shuffling (shard order and row
+//! [`write_split`] writes a split's shards (in parallel); [`ShardReader`] streams a split batch by batch with seeded shuffling (shard order and row
 //! order within a shard), memory-mapping one shard at a time, so a dataset never has to fit
 //! in memory.
 
@@ -173,72 +173,46 @@ fn arrow_err(path: &Path) -> impl Fn(arrow_schema::ArrowError) -> Error + '_ {
     }
 }
 
-/// Writes one split's shards.
-#[derive(Debug)]
-pub struct ShardWriter {
-    dir: PathBuf,
-    split: String,
+/// Writes one split's rows as shards of at most `rows_per_shard` rows, named
+/// `<split>-00000.arrow`, … in row order. Shards are encoded and compressed in parallel.
+///
+/// # Errors
+/// When a shard cannot be written.
+pub fn write_split(
+    dir: &Path,
+    split: &str,
     kind: Kind,
     rows_per_shard: usize,
-    pending: Vec<Example>,
-    info: SplitInfo,
+    rows: &[Example],
+) -> Result<SplitInfo> {
+    use rayon::prelude::*;
+    let names: Vec<String> = rows
+        .par_chunks(rows_per_shard.max(1))
+        .enumerate()
+        .map(|(k, chunk)| {
+            let name = format!("{split}-{k:05}.arrow");
+            write_shard(&dir.join(&name), kind, chunk)?;
+            Ok(name)
+        })
+        .collect::<Result<_>>()?;
+    Ok(SplitInfo {
+        rows: rows.len(),
+        tokens: rows.iter().map(|r| r.input_ids.len()).sum(),
+        shards: names,
+        label_counts: BTreeMap::new(),
+    })
 }
 
-impl ShardWriter {
-    /// A writer for `split` into `dir`.
-    pub fn new(dir: &Path, split: &str, kind: Kind, rows_per_shard: usize) -> Self {
-        Self {
-            dir: dir.to_owned(),
-            split: split.to_owned(),
-            kind,
-            rows_per_shard: rows_per_shard.max(1),
-            pending: Vec::new(),
-            info: SplitInfo::default(),
-        }
-    }
-
-    /// Adds a row.
-    ///
-    /// # Errors
-    /// When a full shard cannot be written.
-    pub fn push(&mut self, example: Example) -> Result<()> {
-        self.info.rows += 1;
-        self.info.tokens += example.input_ids.len();
-        self.pending.push(example);
-        if self.pending.len() >= self.rows_per_shard {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let name = format!("{}-{:05}.arrow", self.split, self.info.shards.len());
-        let path = self.dir.join(&name);
-        let batch = to_batch(self.kind, &self.pending).map_err(arrow_err(&path))?;
-        let file = File::create(&path).map_err(io("cannot create", &path))?;
-        let options = IpcWriteOptions::default()
-            .try_with_compression(Some(CompressionType::ZSTD))
-            .map_err(arrow_err(&path))?;
-        let mut writer = FileWriter::try_new_with_options(file, &batch.schema(), options)
-            .map_err(arrow_err(&path))?;
-        writer.write(&batch).map_err(arrow_err(&path))?;
-        writer.finish().map_err(arrow_err(&path))?;
-        self.info.shards.push(name);
-        self.pending.clear();
-        Ok(())
-    }
-
-    /// Writes the last shard and returns the split's counts.
-    ///
-    /// # Errors
-    /// When the shard cannot be written.
-    pub fn finish(mut self) -> Result<SplitInfo> {
-        self.flush()?;
-        Ok(self.info)
-    }
+fn write_shard(path: &Path, kind: Kind, rows: &[Example]) -> Result<()> {
+    let batch = to_batch(kind, rows).map_err(arrow_err(path))?;
+    let file = File::create(path).map_err(io("cannot create", path))?;
+    let options = IpcWriteOptions::default()
+        .try_with_compression(Some(CompressionType::ZSTD))
+        .map_err(arrow_err(path))?;
+    let mut writer = FileWriter::try_new_with_options(file, &batch.schema(), options)
+        .map_err(arrow_err(path))?;
+    writer.write(&batch).map_err(arrow_err(path))?;
+    writer.finish().map_err(arrow_err(path))
 }
 
 fn to_batch(

@@ -116,10 +116,9 @@ impl Tok {
         inner.with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
-        Ok(Self::wrap(
-            inner,
-            vocab.parent().unwrap_or(vocab).to_owned(),
-        ))
+        let mut tok = Self::wrap(inner, vocab.parent().unwrap_or(vocab).to_owned());
+        tok.merges_file = Some(merges.to_owned());
+        Ok(tok)
     }
 
     /// Trains a byte-level BPE with `vocab_size` entries (special tokens included) on `texts`,
@@ -321,7 +320,8 @@ impl Tok {
     /// # Errors
     /// When writing fails.
     pub fn save(&self, path: &Path) -> Result<String> {
-        let json = self.to_json()?;
+        // Compact JSON: a 50k-entry vocabulary pretty-printed takes twice as long to write.
+        let json = self.inner.to_string(false).map_err(tk_err(&self.origin))?;
         let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
         std::fs::write(path, json).map_err(crate::error::io("cannot write", path))?;
         Ok(hash)
@@ -332,9 +332,8 @@ impl Tok {
     /// # Errors
     /// When serialization fails.
     pub fn hash(&self) -> Result<String> {
-        Ok(blake3::hash(self.to_json()?.as_bytes())
-            .to_hex()
-            .to_string())
+        let json = self.inner.to_string(false).map_err(tk_err(&self.origin))?;
+        Ok(blake3::hash(json.as_bytes()).to_hex().to_string())
     }
 
     /// Resolves a label to one token id: an exact vocabulary entry (`good`, `Ġgood`) first,
