@@ -234,7 +234,10 @@ pub fn read(path: &Path, options: &ReadOptions) -> Result<Rows> {
         }
         let mut text = text.unwrap_or_default();
         if options.unescape_html {
-            text = html_escape::decode_html_entities(&text).into_owned();
+            // Only texts that held an entity are copied.
+            if let std::borrow::Cow::Owned(decoded) = html_escape::decode_html_entities(&text) {
+                text = decoded;
+            }
         }
         if text.trim().is_empty() {
             reject("empty text");
