@@ -204,7 +204,7 @@ fn independent_stages_run_in_parallel() {
     let p = Project::new();
     p.write(
         "sleep.yaml",
-        "name: sleepers\nstages:\n  one:\n    uses: shell\n    with: {run: sleep 1}\n  two:\n    uses: shell\n    with: {run: sleep 1}\n",
+        "name: sleepers\nstages:\n  one:\n    uses: shell\n    with: {run: sleep 1; echo one}\n  two:\n    uses: shell\n    with: {run: sleep 1; echo two}\n",
     );
     let ran = p.run("sleep.yaml", &["--jobs", "2"]).ok();
     assert!(
@@ -224,6 +224,22 @@ fn independent_stages_run_in_parallel() {
         "--jobs 1 took {:?}",
         ran.elapsed
     );
+}
+
+#[test]
+fn identical_stages_execute_once() {
+    let p = Project::new();
+    // Same kind, params and needs: one fingerprint, one execution, one cache entry.
+    p.write(
+        "twins.yaml",
+        "name: twins\nstages:\n  a:\n    uses: shell\n    with: {run: sleep 0.3; echo x > \"$KILN_OUT/x\"}\n  b:\n    uses: shell\n    with: {run: sleep 0.3; echo x > \"$KILN_OUT/x\"}\n",
+    );
+    p.run("twins.yaml", &["--jobs", "2"]).ok();
+    assert_eq!(
+        statuses(&p, "1"),
+        pairs(&[("a", "succeeded"), ("b", "cached")])
+    );
+    assert_eq!(p.cache_entries().len(), 1);
 }
 
 #[test]

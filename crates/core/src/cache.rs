@@ -155,8 +155,14 @@ impl Cache {
             fs::rename(&target, &old).map_err(io("cannot move aside", &target))?;
             fs::rename(tmp, &target).map_err(io("cannot commit", &target))?;
             let _ = fs::remove_dir_all(&old);
-        } else {
-            fs::rename(tmp, &target).map_err(io("cannot commit", &target))?;
+        } else if let Err(e) = fs::rename(tmp, &target) {
+            // Another process committed the same fingerprint first: its outputs are the ones
+            // this execution would have made, so keep them and drop ours.
+            if self.lookup(fingerprint).is_some() {
+                let _ = fs::remove_dir_all(tmp);
+            } else {
+                return Err(io("cannot commit", &target)(e));
+            }
         }
         Ok(target)
     }

@@ -253,6 +253,13 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
                 if running >= jobs || stage.gpu > gpus_free {
                     continue;
                 }
+                // A stage with the same fingerprint is executing: wait for it and take its
+                // entry from the cache instead of computing the same outputs twice.
+                if (0..n).any(|j| {
+                    state[j] == State::Running && plan.stages[j].fingerprint == stage.fingerprint
+                }) {
+                    continue;
+                }
                 // Launch.
                 if let Some(store) = &opts.store {
                     row_ids[i] = Some(
