@@ -5,5 +5,6 @@ mod support;
 mod cli;
 mod data;
 mod executor;
+mod model;
 mod store;
 mod validate;

@@ -1,5 +1,23 @@
-//! GPT-2 models for kiln in burn, with Hugging Face weights in and out (issue 5).
+//! GPT-2 models for kiln in burn, generic over the backend, with Hugging Face weights in.
 //!
-//! The crate is part of the workspace so the crate graph is in place; its code arrives with
-//! the issue named above.
+//! - [`gpt2::Gpt2Config`] / [`gpt2::Gpt2`]: the model (named configs `gpt2`, `gpt2-medium`,
+//!   `distilgpt2`, or any size).
+//! - [`hf::load`]: a Hugging Face `config.json` + `model.safetensors` directory.
+//!
+//! ```no_run
+//! use kiln_model::{Cpu, hf};
+//! let device = Default::default();
+//! let (_config, model) = hf::load::<Cpu>("tests/fixtures/numerics/tiny-gpt2".as_ref(), &device).expect("loads");
+//! # let _ = model;
+//! ```
 #![deny(missing_docs)]
+
+mod error;
+pub mod gpt2;
+pub mod hf;
+
+pub use burn;
+pub use error::{Error, Result};
+
+/// The default CPU backend.
+pub type Cpu = burn::backend::NdArray<f32>;

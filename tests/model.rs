@@ -1,0 +1,99 @@
+//! GPT-2 in burn against the transformers fixtures in tests/fixtures/numerics.
+
+use kiln_model::burn::prelude::*;
+use kiln_model::burn::tensor::TensorData;
+use kiln_model::{Cpu, hf};
+use serde_json::Value;
+
+use crate::support::fixture;
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture("numerics/expected.json")).expect("expected.json");
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+fn int_tensor(
+    rows: &Value,
+    device: &kiln_model::burn::backend::ndarray::NdArrayDevice,
+) -> Tensor<Cpu, 2, Int> {
+    let rows: Vec<Vec<i64>> = serde_json::from_value(rows.clone()).expect("rows of ids");
+    let (b, s) = (rows.len(), rows[0].len());
+    let flat: Vec<i64> = rows.into_iter().flatten().collect();
+    Tensor::from_data(TensorData::new(flat, [b, s]), device)
+}
+
+#[test]
+fn logits_match_transformers() {
+    let device = Default::default();
+    let (config, model) = hf::load::<Cpu>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+    assert_eq!(
+        (
+            config.n_layer,
+            config.n_head,
+            config.n_embd,
+            config.vocab_size
+        ),
+        (2, 4, 64, 512)
+    );
+    let exp = expected();
+    for name in ["single", "short", "padded"] {
+        let case = &exp["logits"][name];
+        let ids = int_tensor(&case["ids"], &device);
+        let mask = (!case["mask"].is_null()).then(|| int_tensor(&case["mask"], &device));
+        let got: Vec<f32> = model
+            .forward(ids, mask)
+            .into_data()
+            .to_vec()
+            .expect("f32 logits");
+        let want: Vec<f32> = case["logits"]
+            .as_array()
+            .expect("nested")
+            .iter()
+            .flat_map(|row| row.as_array().expect("rows").iter())
+            .flat_map(|pos| pos.as_array().expect("positions").iter())
+            .map(|v| v.as_f64().expect("number") as f32)
+            .collect();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "{name}: max |kiln - transformers| = {worst}");
+    }
+}
+
+#[test]
+fn bad_model_directories_are_clear_errors() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().expect("tmp");
+    let err = hf::load::<Cpu>(dir.path(), &device).expect_err("no config");
+    assert!(err.to_string().contains("config.json"), "{err}");
+    std::fs::copy(
+        fixture("numerics/tiny-gpt2/config.json"),
+        dir.path().join("config.json"),
+    )
+    .expect("copy");
+    let err = hf::load::<Cpu>(dir.path(), &device).expect_err("no weights");
+    assert!(
+        err.to_string().starts_with("model weights not found:"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("model.safetensors"), b"not safetensors").expect("write");
+    let err = hf::load::<Cpu>(dir.path(), &device).expect_err("corrupt");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    // Weights of another shape than config.json says.
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("config.json")).expect("read"),
+    )
+    .expect("json");
+    config["n_embd"] = Value::from(32);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write");
+    std::fs::copy(
+        fixture("numerics/tiny-gpt2/model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .expect("copy");
+    let err = hf::load::<Cpu>(dir.path(), &device).expect_err("shape mismatch");
+    assert!(err.to_string().contains("do not fit config.json"), "{err}");
+}
