@@ -314,8 +314,8 @@ impl Tok {
         self.inner.to_string(true).map_err(tk_err(&self.origin))
     }
 
-    /// Writes `tokenizer.json` to `path` and returns the blake3 of what it wrote (see
-    /// [`Tok::hash`]).
+    /// Writes `tokenizer.json` to `path` and returns the blake3 of what it wrote: what a
+    /// dataset records to say which tokenizer made it.
     ///
     /// # Errors
     /// When writing fails.
@@ -325,15 +325,6 @@ impl Tok {
         let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
         std::fs::write(path, json).map_err(crate::error::io("cannot write", path))?;
         Ok(hash)
-    }
-
-    /// blake3 of the `tokenizer.json` text: what a dataset records to say which tokenizer made it.
-    ///
-    /// # Errors
-    /// When serialization fails.
-    pub fn hash(&self) -> Result<String> {
-        let json = self.inner.to_string(false).map_err(tk_err(&self.origin))?;
-        Ok(blake3::hash(json.as_bytes()).to_hex().to_string())
     }
 
     /// Resolves a label to one token id: an exact vocabulary entry (`good`, `Ġgood`) first,
