@@ -7,4 +7,5 @@ mod data;
 mod executor;
 mod model;
 mod store;
+mod train;
 mod validate;

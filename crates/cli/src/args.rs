@@ -158,6 +158,15 @@ pub enum Command {
         /// Repetitions of the no-op run.
         #[arg(long, default_value_t = 20)]
         repeat: usize,
+        /// Timed steps of the training benchmark.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Device of the training benchmark (cpu, cuda, cuda:N).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Precision of the training benchmark (f32; bf16 on CUDA).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
 }
 
@@ -188,4 +197,7 @@ pub enum BenchKind {
     Ingest,
     /// Last value per (run, metric) over many metric rows.
     LastMetric,
+    /// Training tokens/s of a small GPT-2 (vocab 8192, 4 layers, 256 dims, seq 64, batch
+    /// 32); not part of `all`.
+    Train,
 }

@@ -75,6 +75,16 @@ impl Cache {
             .map_or_else(|| self.root.join("downloads"), |r| r.join("downloads"))
     }
 
+    /// A stage's resumable state for `fingerprint` (`results/state/F/`, e.g. training
+    /// checkpoints): it survives a failed or killed attempt, so the next attempt of the same
+    /// stage continues from it, and is removed once the stage's entry is committed.
+    pub fn state_dir(&self, fingerprint: &str) -> PathBuf {
+        self.root
+            .parent()
+            .map_or_else(|| self.root.join("state"), |r| r.join("state"))
+            .join(fingerprint)
+    }
+
     /// The cache root.
     pub fn root(&self) -> &Path {
         &self.root

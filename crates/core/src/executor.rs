@@ -609,6 +609,7 @@ fn prepare(
             out_dir: tmp.clone(),
             outputs,
             downloads: cache.downloads_dir(),
+            state_dir: cache.state_dir(&stage.fingerprint),
             workdir,
             metrics: metrics.clone(),
             progress: Progress::new(&stage.name, reporter),
@@ -655,13 +656,20 @@ fn prepare(
                 .map(|dir| (dir, artifacts))
         });
         match committed {
-            Ok((dir, artifacts)) => Executed {
-                index,
-                log: dir.join(LOG_FILE),
-                ok: Ok(dir),
-                elapsed,
-                artifacts,
-            },
+            Ok((dir, artifacts)) => {
+                // Done: nothing to resume any more.
+                let state = cache.state_dir(&stage.fingerprint);
+                if state.exists() {
+                    let _ = std::fs::remove_dir_all(&state);
+                }
+                Executed {
+                    index,
+                    log: dir.join(LOG_FILE),
+                    ok: Ok(dir),
+                    elapsed,
+                    artifacts,
+                }
+            }
             Err(e) => {
                 let kept = cache.keep_failed(&tmp, &stage.name, &stage.fingerprint);
                 fail(kept.join(LOG_FILE), error_chain(&e))

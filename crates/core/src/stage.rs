@@ -246,6 +246,10 @@ pub struct StageContext {
     pub workdir: PathBuf,
     /// A directory shared by all stages for downloaded sources (`results/downloads`).
     pub downloads: PathBuf,
+    /// Resumable state that outlives a failed or killed attempt of this stage (same
+    /// fingerprint), e.g. checkpoints to continue training from; created on first use by the
+    /// stage, removed by the engine once the stage succeeds.
+    pub state_dir: PathBuf,
     /// Metrics go here.
     pub metrics: MetricSink,
     /// The stage's progress display.

@@ -186,6 +186,7 @@ pub fn write_split(
     rows: &[Example],
 ) -> Result<SplitInfo> {
     use rayon::prelude::*;
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
     let names: Vec<String> = rows
         .par_chunks(rows_per_shard.max(1))
         .enumerate()

@@ -7,6 +7,7 @@
 //! is a key rename (see [`crate::hf`]): Hugging Face's Conv1D weights are `[in, out]`, which is
 //! burn's `Linear` layout already.
 
+use burn::module::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -28,22 +29,28 @@ pub struct Gpt2Config {
     /// LayerNorm epsilon.
     #[config(default = 1e-5)]
     pub layer_norm_epsilon: f64,
+    /// Standard deviation of the normal initialization of weights (GPT-2: 0.02).
+    #[config(default = 0.02)]
+    pub initializer_range: f64,
+    /// The end-of-text (and padding) token, when known (GPT-2: 50256).
+    #[config(default = "None")]
+    pub eos_token_id: Option<usize>,
 }
 
 impl Gpt2Config {
     /// GPT-2 small (124M).
     pub fn gpt2() -> Self {
-        Self::new(50257, 1024, 768, 12, 12)
+        Self::new(50257, 1024, 768, 12, 12).with_eos_token_id(Some(50256))
     }
 
     /// GPT-2 medium (355M).
     pub fn gpt2_medium() -> Self {
-        Self::new(50257, 1024, 1024, 24, 16)
+        Self::new(50257, 1024, 1024, 24, 16).with_eos_token_id(Some(50256))
     }
 
     /// DistilGPT-2 (82M).
     pub fn distilgpt2() -> Self {
-        Self::new(50257, 1024, 768, 6, 12)
+        Self::new(50257, 1024, 768, 6, 12).with_eos_token_id(Some(50256))
     }
 
     /// A named configuration (`gpt2`, `gpt2-medium`, `distilgpt2`).
@@ -56,29 +63,76 @@ impl Gpt2Config {
         }
     }
 
-    /// Builds a randomly initialized model.
+    /// Checks that the sizes make a model.
+    ///
+    /// # Errors
+    /// A message naming the bad field.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("n_positions", self.n_positions),
+            ("n_embd", self.n_embd),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(format!(
+                "n_embd {} is not a multiple of n_head {}",
+                self.n_embd, self.n_head
+            ));
+        }
+        if let Some(eos) = self.eos_token_id.filter(|&e| e >= self.vocab_size) {
+            return Err(format!(
+                "eos_token_id {eos} is outside the vocabulary ({})",
+                self.vocab_size
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds a randomly initialized model: weights from N(0, `initializer_range`) as GPT-2
+    /// (the residual output projections scaled by 1/√(2·n_layer)), biases zero, LayerNorms
+    /// identity. Seed the backend first (`B::seed`) for a reproducible init.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt2<B> {
         let d = self.n_embd;
+        let std = self.initializer_range;
+        let normal = |std: f64| Initializer::Normal { mean: 0.0, std };
+        let linear = |i: usize, o: usize, std: f64| {
+            let mut l = LinearConfig::new(i, o)
+                .with_initializer(normal(std))
+                .init(device);
+            l.bias = l.bias.map(|b| b.map(|t: Tensor<B, 1>| t.zeros_like()));
+            l
+        };
+        let proj_std = std / ((2 * self.n_layer) as f64).sqrt();
         let ln = || {
             LayerNormConfig::new(d)
                 .with_epsilon(self.layer_norm_epsilon)
                 .init(device)
         };
         Gpt2 {
-            wte: EmbeddingConfig::new(self.vocab_size, d).init(device),
-            wpe: EmbeddingConfig::new(self.n_positions, d).init(device),
+            wte: EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(normal(std))
+                .init(device),
+            wpe: EmbeddingConfig::new(self.n_positions, d)
+                .with_initializer(normal(std / 2.0))
+                .init(device),
             blocks: (0..self.n_layer)
                 .map(|_| Block {
                     ln_1: ln(),
                     attn: Attention {
-                        c_attn: LinearConfig::new(d, 3 * d).init(device),
-                        c_proj: LinearConfig::new(d, d).init(device),
+                        c_attn: linear(d, 3 * d, std),
+                        c_proj: linear(d, d, proj_std),
                         n_head: self.n_head,
                     },
                     ln_2: ln(),
                     mlp: Mlp {
-                        c_fc: LinearConfig::new(d, 4 * d).init(device),
-                        c_proj: LinearConfig::new(4 * d, d).init(device),
+                        c_fc: linear(d, 4 * d, std),
+                        c_proj: linear(4 * d, d, proj_std),
                     },
                 })
                 .collect(),
@@ -155,11 +209,66 @@ impl<B: Backend> Gpt2<B> {
     ) -> Tensor<B, 3> {
         let h = self.hidden(input_ids, attention_mask);
         let [batch, seq, d] = h.dims();
-        let w = self.wte.weight.val(); // [vocab, d]
-        let vocab = w.dims()[0];
-        h.reshape([batch * seq, d])
-            .matmul(w.transpose())
-            .reshape([batch, seq, vocab])
+        let logits = self.project(h.reshape([batch * seq, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Logits at one position per row (e.g. each row's last attended token), without
+    /// projecting the other positions onto the vocabulary.
+    ///
+    /// # Shapes
+    /// - `positions`: one index per row, each `< seq`
+    /// - output: `[batch, vocab]`
+    pub fn logits_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        positions: &[usize],
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let h = self.hidden(input_ids, attention_mask);
+        let [batch, seq, d] = h.dims();
+        debug_assert_eq!(positions.len(), batch);
+        let flat: Vec<i64> = positions
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| (b * seq + p) as i64)
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [batch]), &device);
+        self.project(h.reshape([batch * seq, d]).select(0, index))
+    }
+
+    /// The tied LM head: hidden states `[n, n_embd]` to logits `[n, vocab]`.
+    pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        hidden.matmul(self.wte.weight.val().transpose())
+    }
+
+    /// The vocabulary size (rows of the token embedding).
+    pub fn vocab_size(&self) -> usize {
+        self.wte.weight.dims()[0]
+    }
+
+    /// Grows the token embedding (and so the tied LM head) to `vocab_size` rows after special
+    /// tokens were added; new rows are the mean of the existing ones, as Hugging Face's
+    /// `resize_token_embeddings(mean_resizing=True)` starts them. Shrinking keeps the first
+    /// rows.
+    pub fn resize_token_embeddings(mut self, vocab_size: usize) -> Self {
+        let old = self.vocab_size();
+        if vocab_size == old {
+            return self;
+        }
+        self.wte.weight = self.wte.weight.map(|w: Tensor<B, 2>| {
+            let d = w.dims()[1];
+            if vocab_size < old {
+                w.narrow(0, 0, vocab_size)
+            } else {
+                let mean = w.clone().mean_dim(0); // [1, d]
+                let extra = mean.expand([vocab_size - old, d]);
+                Tensor::cat(vec![w, extra], 0)
+            }
+        });
+        self
     }
 
     /// The final hidden states (after `ln_f`).

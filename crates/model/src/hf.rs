@@ -24,6 +24,10 @@ struct HfConfig {
     n_head: usize,
     #[serde(default = "default_eps")]
     layer_norm_epsilon: f64,
+    #[serde(default)]
+    initializer_range: Option<f64>,
+    #[serde(default)]
+    eos_token_id: Option<usize>,
 }
 
 fn default_eps() -> f64 {
@@ -50,23 +54,90 @@ pub fn read_config(path: &Path) -> Result<Gpt2Config> {
             message: format!("model_type is {t:?}, not \"gpt2\""),
         });
     }
-    if hf.n_head == 0 || !hf.n_embd.is_multiple_of(hf.n_head) {
-        return Err(Error::Config {
-            path: path.to_owned(),
-            message: format!(
-                "n_embd {} is not a multiple of n_head {}",
-                hf.n_embd, hf.n_head
-            ),
-        });
-    }
-    Ok(Gpt2Config::new(
+    let config = Gpt2Config::new(
         hf.vocab_size,
         hf.n_positions,
         hf.n_embd,
         hf.n_layer,
         hf.n_head,
     )
-    .with_layer_norm_epsilon(hf.layer_norm_epsilon))
+    .with_layer_norm_epsilon(hf.layer_norm_epsilon)
+    .with_initializer_range(hf.initializer_range.unwrap_or(0.02))
+    .with_eos_token_id(hf.eos_token_id);
+    config.check().map_err(|message| Error::Config {
+        path: path.to_owned(),
+        message,
+    })?;
+    Ok(config)
+}
+
+/// The `config.json` Hugging Face's `GPT2LMHeadModel.from_pretrained` reads for `config`
+/// (dropout 0: kiln's GPT-2 has none).
+pub fn config_json(config: &Gpt2Config) -> serde_json::Value {
+    let mut json = serde_json::json!({
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": config.initializer_range,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "tie_word_embeddings": true,
+        "scale_attn_weights": true,
+        "use_cache": true,
+    });
+    if let Some(eos) = config.eos_token_id {
+        json["bos_token_id"] = eos.into();
+        json["eos_token_id"] = eos.into();
+    }
+    json
+}
+
+/// Saves `model` as a Hugging Face GPT-2 directory: `config.json` and `model.safetensors`
+/// (keys `transformer.…`, Conv1D layout, `format: pt` metadata), loadable by
+/// `transformers.GPT2LMHeadModel.from_pretrained(dir)` and by [`load`]. Files are written
+/// under temporary names and renamed, so a crash never leaves a complete-looking
+/// half-written checkpoint.
+///
+/// # Errors
+/// When the directory or a file cannot be written.
+pub fn save<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, dir: &Path) -> Result<()> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+    let mut config = config.clone();
+    config.vocab_size = model.vocab_size();
+    let weights = dir.join("model.safetensors");
+    let tmp = dir.join(".model.safetensors.tmp");
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .with_key_remapping(r"^blocks\.", "transformer.h.")
+        .with_key_remapping(r"^(wte|wpe|ln_f)\.", "transformer.$1.")
+        .with_key_remapping(r"\.gamma$", ".weight")
+        .with_key_remapping(r"\.beta$", ".bias")
+        .clear_metadata()
+        .metadata("format", "pt")
+        .overwrite(true);
+    model.save_into(&mut store).map_err(|e| Error::Weights {
+        path: weights.clone(),
+        message: format!("cannot write: {e}"),
+    })?;
+    std::fs::rename(&tmp, &weights).map_err(io("cannot write", &weights))?;
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config_json(&config)).unwrap_or_default();
+    let tmp = dir.join(".config.json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(io("cannot write", &tmp))?;
+    std::fs::rename(&tmp, &config_path).map_err(io("cannot write", &config_path))?;
+    Ok(())
 }
 
 /// Loads a Hugging Face GPT-2 directory (`config.json` + `model.safetensors`).

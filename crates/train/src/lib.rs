@@ -1,5 +1,23 @@
-//! kiln's training loop and objectives (causal LM, prompt internalization) as stage kinds (issue 5).
+//! Training for kiln: the research objectives on GPT-2 in burn, resumable, recorded in the
+//! results store.
 //!
-//! The crate is part of the workspace so the crate graph is in place; its code arrives with
-//! the issue named above.
+//! - [`loss`]: masked cross-entropy (−100 ignored) and the prompt-internalization loss.
+//! - [`objective`]: [`objective::Lm`] (causal LM, full or completion-masked labels) and
+//!   [`objective::Internalize`] (a frozen teacher reading text + prompt).
+//! - [`trainer`]: the loop (AdamW, schedule, clipping, accumulation, evaluation,
+//!   checkpoints, exact resume).
+//! - [`checkpoint`]: checkpoint layout; [`schedule`]: learning-rate schedules.
+//! - [`stages`]: the stage kinds `model.init`, `model.hf`, `train.lm`, `train.internalize`.
 #![deny(missing_docs)]
+
+pub mod bench;
+pub mod checkpoint;
+pub mod device;
+mod error;
+pub mod loss;
+pub mod objective;
+pub mod schedule;
+pub mod stages;
+pub mod trainer;
+
+pub use error::{Error, Result};

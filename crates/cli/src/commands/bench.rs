@@ -8,8 +8,54 @@ use kiln_store::{MetricPoint, NewRun, RunStatus, Store};
 use crate::Cli;
 use crate::args::BenchKind;
 
-pub async fn run(cli: &Cli, which: BenchKind, rows: usize, repeat: usize) -> Result<()> {
+/// The training benchmark's options.
+pub struct TrainArgs {
+    pub steps: usize,
+    pub device: String,
+    pub precision: String,
+}
+
+struct TrainJob(usize);
+
+impl kiln_train::device::Job for TrainJob {
+    type Output = kiln_train::Result<kiln_train::bench::Throughput>;
+    fn run<B: kiln_model::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Self::Output {
+        kiln_train::bench::run::<B>(kiln_train::bench::Shape::default(), self.0, 3, &device)
+    }
+}
+
+pub async fn run(
+    cli: &Cli,
+    which: BenchKind,
+    rows: usize,
+    repeat: usize,
+    train: &TrainArgs,
+) -> Result<()> {
     let mut results: Vec<(&str, f64, &str, &str)> = Vec::new();
+    if which == BenchKind::Train {
+        let device = train
+            .device
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
+        let precision = train
+            .precision
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
+        let out = kiln_train::device::dispatch(device, precision, TrainJob(train.steps))??;
+        eprintln!(
+            "train: {} steps in {:.2} s on {} ({})",
+            out.steps, out.seconds, train.device, train.precision
+        );
+        results.push((
+            "train_tokens_per_s",
+            out.tokens_per_s,
+            "tok/s",
+            "≥ 1.0× PyTorch eager",
+        ));
+    }
     if matches!(which, BenchKind::All | BenchKind::Noop) {
         let ms = noop_run(repeat)?;
         results.push(("noop_run_ms", ms, "ms", "≤ 50 ms"));

@@ -43,7 +43,17 @@ pub async fn execute(cli: Cli) -> Result<()> {
             which,
             rows,
             repeat,
-        } => bench::run(&cli, *which, *rows, *repeat).await,
+            steps,
+            device,
+            precision,
+        } => {
+            let train = bench::TrainArgs {
+                steps: *steps,
+                device: device.clone(),
+                precision: precision.clone(),
+            };
+            bench::run(&cli, *which, *rows, *repeat, &train).await
+        }
         Command::Data { command } => data::run(command),
         Command::Tokenize {
             tokenizer,
@@ -57,6 +67,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
 pub fn registry() -> Registry {
     let mut registry = Registry::with_builtins();
     kiln_data::stages::register(&mut registry);
+    kiln_train::stages::register(&mut registry);
     registry
 }
 

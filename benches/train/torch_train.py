@@ -1,0 +1,48 @@
+"""PyTorch eager's side of the training benchmark: GPT-2 (transformers) training steps on the
+CPU with AdamW, random token batches, dropout off. Prints one JSON line.
+
+  python torch_train.py --vocab 8192 --layers 4 --dims 256 --heads 4 --seq 64 --batch 32
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+p = argparse.ArgumentParser()
+p.add_argument("--vocab", type=int, default=8192)
+p.add_argument("--layers", type=int, default=4)
+p.add_argument("--dims", type=int, default=256)
+p.add_argument("--heads", type=int, default=4)
+p.add_argument("--seq", type=int, default=64)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--steps", type=int, default=20)
+p.add_argument("--warmup", type=int, default=3)
+a = p.parse_args()
+
+torch.manual_seed(0)
+config = GPT2Config(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.dims, n_layer=a.layers,
+                    n_head=a.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+model = GPT2LMHeadModel(config).train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.0)
+ids = torch.randint(0, a.vocab, (a.batch, a.seq))
+
+
+def step():
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+for _ in range(a.warmup):
+    step()
+start = time.perf_counter()
+for _ in range(a.steps):
+    step()
+seconds = time.perf_counter() - start
+tokens = a.steps * a.batch * a.seq
+print(json.dumps({"path": "pytorch-eager", "threads": torch.get_num_threads(), "steps": a.steps,
+                  "seconds": seconds, "tokens_per_s": tokens / seconds}))

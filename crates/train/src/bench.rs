@@ -1,0 +1,115 @@
+//! Training throughput: the work of one optimizer step of causal-LM training (forward over
+//! every position, masked cross-entropy, backward, AdamW) on random tokens, timed. The
+//! PyTorch counterpart is `benches/train/torch_train.py`; `benches/train/run.sh` runs both.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use kiln_data::shard::Example;
+use kiln_model::gpt2::Gpt2Config;
+
+use crate::objective::{Lm, Objective};
+
+/// The benchmark's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Hidden size.
+    pub dims: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Rows per batch.
+    pub batch: usize,
+}
+
+impl Default for Shape {
+    /// The CPU configuration: vocab 8192, 4 layers, 256 dims, 4 heads, seq 64,
+    /// batch 32.
+    fn default() -> Self {
+        Self {
+            vocab: 8192,
+            layers: 4,
+            dims: 256,
+            heads: 4,
+            seq: 64,
+            batch: 32,
+        }
+    }
+}
+
+/// Result of [`run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Timed steps.
+    pub steps: usize,
+    /// Their wall time.
+    pub seconds: f64,
+    /// Training tokens per second.
+    pub tokens_per_s: f64,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones, on backend `B`.
+pub fn run<B: AutodiffBackend>(
+    shape: Shape,
+    steps: usize,
+    warmup: usize,
+    device: &B::Device,
+) -> crate::Result<Throughput> {
+    B::seed(device, 0);
+    let config = Gpt2Config::new(
+        shape.vocab,
+        shape.seq,
+        shape.dims,
+        shape.layers,
+        shape.heads,
+    );
+    let mut model = config.init::<B>(device);
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.0)
+        .init::<B, kiln_model::gpt2::Gpt2<B>>();
+    // Random rows one token longer than seq: inputs are seq tokens, every target trained.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let rows: Vec<Example> = (0..shape.batch)
+        .map(|_| Example {
+            input_ids: (0..=shape.seq)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % shape.vocab as u64) as u32
+                })
+                .collect(),
+            label: None,
+            labels: None,
+        })
+        .collect();
+    let mut lm = Lm {
+        pad: 0,
+        max_length: Some(shape.seq),
+    };
+    let mut started = Instant::now();
+    for i in 0..warmup + steps {
+        if i == warmup {
+            started = Instant::now();
+        }
+        let out = Objective::<B>::loss(&mut lm, &model, &rows)?;
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        model = optim.step(1e-4, model, grads);
+    }
+    // Make sure queued work (on asynchronous backends) is done before stopping the clock.
+    let _ = model.valid().wte.weight.val().sum().into_scalar();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Throughput {
+        steps,
+        seconds,
+        tokens_per_s: (steps * shape.batch * shape.seq) as f64 / seconds,
+    })
+}

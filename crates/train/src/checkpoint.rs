@@ -1,0 +1,210 @@
+//! Training checkpoints: a Hugging Face model directory plus what exact resumption needs.
+//!
+//! ```text
+//! checkpoints/step-00000050/
+//!   config.json, model.safetensors   the model (Hugging Face layout, loadable anywhere)
+//!   optimizer.bin                    AdamW moments (burn record, keyed by parameter id)
+//!   param_ids.json                   the parameter ids in module order, so the reloaded
+//!                                    model's parameters meet their optimizer state again
+//!   trainer.json                     step, data position, best metric ([`TrainerState`])
+//! ```
+//!
+//! A checkpoint is written as `step-N.tmp/` and renamed when complete, so a kill leaves either
+//! the previous checkpoints or a `.tmp` directory that is ignored and replaced.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::Optimizer;
+use burn::prelude::*;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use kiln_model::gpt2::{Gpt2, Gpt2Config};
+use kiln_model::hf;
+
+use crate::error::{Error, Result, io};
+
+/// Where training is: everything besides weights and optimizer state that resuming needs.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// The epoch the next batch comes from (0-based).
+    pub epoch: usize,
+    /// Batches already taken from that epoch.
+    pub batch_in_epoch: usize,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+    /// The best value of the chosen metric so far, and the step it was seen at.
+    pub best: Option<(f64, usize)>,
+    /// The options' hash: resuming with other options is refused.
+    pub options_hash: String,
+}
+
+/// The directory of the checkpoint at `step`.
+pub fn step_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!("step-{step:08}"))
+}
+
+/// Complete checkpoints under `root`, oldest first.
+pub fn list(root: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("trainer.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+struct CollectIds(Vec<ParamId>);
+
+impl<B: Backend> ModuleVisitor<B> for CollectIds {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.id);
+    }
+}
+
+struct SetIds {
+    ids: Vec<ParamId>,
+    next: usize,
+}
+
+impl<B: Backend> ModuleMapper<B> for SetIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let id = self.ids.get(self.next).copied().unwrap_or(id);
+        self.next += 1;
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// The parameter ids of `model` in module order.
+pub fn param_ids<B: Backend, M: Module<B>>(model: &M) -> Vec<ParamId> {
+    let mut v = CollectIds(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// Writes a checkpoint of `model`, `optim` and `state` at `state.step` under `root`.
+///
+/// # Errors
+/// When a file cannot be written.
+pub fn save<B, O>(
+    root: &Path,
+    model: &Gpt2<B>,
+    config: &Gpt2Config,
+    optim: &O,
+    state: &TrainerState,
+) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Gpt2<B>, B>,
+{
+    let dir = step_dir(root, state.step);
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io("cannot clear", &tmp))?;
+    }
+    hf::save(model, config, &tmp)?;
+    BinFileRecorder::<FullPrecisionSettings>::new()
+        .record(optim.to_record(), tmp.join("optimizer"))
+        .map_err(|e| Error::Checkpoint {
+            path: tmp.clone(),
+            message: format!("cannot write the optimizer state: {e}"),
+        })?;
+    let ids: Vec<u64> = param_ids(model).iter().map(|id| id.val()).collect();
+    write_json(&tmp.join("param_ids.json"), &ids)?;
+    write_json(&tmp.join("trainer.json"), state)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io("cannot replace", &dir))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(io("cannot complete", &dir))?;
+    Ok(dir)
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, text).map_err(io("cannot write", path))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io("cannot read", path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// A loaded checkpoint.
+pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
+    /// The model, its parameters carrying their saved ids.
+    pub model: Gpt2<B>,
+    /// The optimizer with its state.
+    pub optim: O,
+    /// Where training was.
+    pub state: TrainerState,
+}
+
+/// Loads the checkpoint in `dir` into a fresh `optim`.
+///
+/// # Errors
+/// Missing or corrupt files, or a model that does not fit.
+pub fn load<B, O>(dir: &Path, optim: O, device: &B::Device) -> Result<Loaded<B, O>>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Gpt2<B>, B>,
+{
+    let (_, model) = hf::load::<B>(dir, device)?;
+    let ids: Vec<u64> = read_json(&dir.join("param_ids.json"))?;
+    let expected = param_ids(&model).len();
+    if ids.len() != expected {
+        return Err(Error::Checkpoint {
+            path: dir.to_owned(),
+            message: format!(
+                "param_ids.json lists {} parameters, the model has {expected}",
+                ids.len()
+            ),
+        });
+    }
+    let model = model.map(&mut SetIds {
+        ids: ids.into_iter().map(ParamId::from).collect(),
+        next: 0,
+    });
+    let record = BinFileRecorder::<FullPrecisionSettings>::new()
+        .load(dir.join("optimizer"), device)
+        .map_err(|e| Error::Checkpoint {
+            path: dir.to_owned(),
+            message: format!("cannot read the optimizer state: {e}"),
+        })?;
+    let optim = optim.load_record(record);
+    let state = read_json(&dir.join("trainer.json"))?;
+    Ok(Loaded {
+        model,
+        optim,
+        state,
+    })
+}
+
+/// Deletes checkpoints beyond the `keep` most recent, sparing the one at `best_step`.
+pub fn prune(root: &Path, keep: usize, best_step: Option<usize>) {
+    let all = list(root);
+    let cut = all.len().saturating_sub(keep);
+    for (step, dir) in &all[..cut] {
+        if Some(*step) != best_step {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

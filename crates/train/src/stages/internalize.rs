@@ -1,0 +1,104 @@
+//! `train.internalize`: prompt internalization. A frozen teacher reads each text plus the
+//! prompt (e.g. `" I feel"`); the student, reading the text alone, learns
+//! α·CE(label token) + (1−α)·T²·KL(teacher ‖ student) at the last attended token.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+use serde_json::Value;
+
+use super::{ObjectiveSpec, TRAIN_PARAMS, path, run_training, validate_common};
+
+/// The `train.internalize` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainInternalize;
+
+static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
+    let mut p = vec![
+        ParamSpec::optional(
+            "teacher",
+            ParamType::Path,
+            "the frozen teacher's model directory (required unless alpha is 1)",
+        ),
+        ParamSpec::required(
+            "prompt",
+            ParamType::String,
+            "text the teacher reads after each row, e.g. \" I feel\"",
+        ),
+        ParamSpec::optional(
+            "alpha",
+            ParamType::Float,
+            "weight of the label cross-entropy, in [0, 1] (default 0.5)",
+        ),
+        ParamSpec::optional(
+            "temperature",
+            ParamType::Float,
+            "softmax temperature of the KL term (default 1)",
+        ),
+    ];
+    p.extend_from_slice(TRAIN_PARAMS);
+    p
+});
+
+impl Stage for TrainInternalize {
+    fn kind(&self) -> &'static str {
+        "train.internalize"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        &PARAMS
+    }
+    fn validate(&self, params: &BTreeMap<String, Value>) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        validate_common(params, &mut problems);
+        let alpha = params.get("alpha").and_then(Value::as_f64);
+        if let Some(a) = alpha
+            && !(0.0..=1.0).contains(&a)
+        {
+            problems.push(("alpha".into(), format!("{a} is not in [0, 1]")));
+        }
+        if let Some(t) = params.get("temperature").and_then(Value::as_f64)
+            && !(t > 0.0 && t.is_finite())
+        {
+            problems.push(("temperature".into(), format!("{t} must be positive")));
+        }
+        if alpha.unwrap_or(0.5) < 1.0 && !params.contains_key("teacher") {
+            problems.push((
+                "teacher".into(),
+                "a teacher model is needed when alpha < 1".into(),
+            ));
+        }
+        if params.get("prompt").and_then(Value::as_str) == Some("") {
+            problems.push(("prompt".into(), "must not be empty".into()));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let alpha = ctx
+            .params
+            .get("alpha")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.5);
+        let spec = ObjectiveSpec::Internalize {
+            teacher: path(ctx, "teacher").unwrap_or_default(),
+            prompt: ctx.param_str("prompt").unwrap_or_default(),
+            alpha,
+            temperature: ctx
+                .params
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0),
+        };
+        run_training(ctx, spec)
+    }
+}

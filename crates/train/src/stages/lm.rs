@@ -1,0 +1,40 @@
+//! `train.lm`: causal language modelling over a dataset's shards (pre-training from scratch,
+//! or instruction tuning with full or completion-masked labels).
+
+use std::collections::BTreeMap;
+
+use kiln_core::{ParamSpec, Stage, StageContext, StageResult};
+use serde_json::Value;
+
+use super::{ObjectiveSpec, TRAIN_PARAMS, run_training, validate_common};
+
+/// The `train.lm` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainLm;
+
+impl Stage for TrainLm {
+    fn kind(&self) -> &'static str {
+        "train.lm"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "causal LM training (next-token; labels −100 where masked), writes model/"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        TRAIN_PARAMS
+    }
+    fn validate(&self, params: &BTreeMap<String, Value>) -> Result<(), Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        validate_common(params, &mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        run_training(ctx, ObjectiveSpec::Lm)
+    }
+}

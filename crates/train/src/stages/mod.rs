@@ -1,0 +1,495 @@
+//! The train crate's stage kinds. One file per kind; one line each in [`register`].
+//!
+//! Every model-producing kind writes a Hugging Face directory at `model/` in its output
+//! (`config.json`, `model.safetensors`, and `tokenizer.json` when known), so the next stage
+//! takes `model: ${stages.X.dir}/model`, and `transformers` can load it too.
+
+mod internalize;
+mod lm;
+mod model_hf;
+mod model_init;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_core::{ParamSpec, ParamType, Registry, StageContext, StageError};
+use serde_json::Value;
+
+use burn::tensor::backend::AutodiffBackend;
+use kiln_data::shard::{Manifest, ShardReader};
+use kiln_data::tokenizer::Tok;
+
+use crate::device::{Device, Precision};
+use crate::schedule::Decay;
+use crate::trainer::{Data, Observer, TrainOptions, train};
+
+pub use internalize::TrainInternalize;
+pub use lm::TrainLm;
+pub use model_hf::ModelHf;
+pub use model_init::ModelInit;
+
+/// Adds the train kinds to `registry`.
+pub fn register(registry: &mut Registry) {
+    registry.add(ModelInit);
+    registry.add(ModelHf);
+    registry.add(TrainLm);
+    registry.add(TrainInternalize);
+}
+
+/// Parameters every training kind takes (after its own).
+pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
+    ParamSpec::required(
+        "data",
+        ParamType::Path,
+        "dataset directory (a data stage's output)",
+    ),
+    ParamSpec::required(
+        "model",
+        ParamType::Path,
+        "model directory to start from (Hugging Face layout)",
+    ),
+    ParamSpec::optional("device", ParamType::String, "cpu (default), cuda or cuda:N"),
+    ParamSpec::optional(
+        "precision",
+        ParamType::String,
+        "f32 (default) or bf16 (CUDA)",
+    ),
+    ParamSpec::optional("seed", ParamType::Int, "data order seed (default 0)"),
+    ParamSpec::optional(
+        "batch_size",
+        ParamType::Int,
+        "rows per micro-batch (default 16)",
+    ),
+    ParamSpec::optional(
+        "grad_accum",
+        ParamType::Int,
+        "micro-batches per step (default 1)",
+    ),
+    ParamSpec::optional(
+        "max_steps",
+        ParamType::Int,
+        "optimizer steps (default: epochs)",
+    ),
+    ParamSpec::optional(
+        "epochs",
+        ParamType::Int,
+        "passes over the train split when max_steps is not given (default 1)",
+    ),
+    ParamSpec::optional("lr", ParamType::Float, "peak learning rate (default 1e-4)"),
+    ParamSpec::optional(
+        "schedule",
+        ParamType::String,
+        "constant (default), linear or cosine, after warm-up",
+    ),
+    ParamSpec::optional(
+        "warmup_steps",
+        ParamType::Int,
+        "linear warm-up steps (default 0)",
+    ),
+    ParamSpec::optional(
+        "weight_decay",
+        ParamType::Float,
+        "AdamW weight decay (default 0)",
+    ),
+    ParamSpec::optional("adam_eps", ParamType::Float, "AdamW epsilon (default 1e-8)"),
+    ParamSpec::optional(
+        "clip_grad_norm",
+        ParamType::Float,
+        "clip the global gradient norm (default: no clipping)",
+    ),
+    ParamSpec::optional(
+        "eval_every",
+        ParamType::Int,
+        "evaluate on val every N steps (default: at the end)",
+    ),
+    ParamSpec::optional(
+        "eval_batches",
+        ParamType::Int,
+        "at most N val batches per evaluation (default all)",
+    ),
+    ParamSpec::optional(
+        "checkpoint_every",
+        ParamType::Int,
+        "checkpoint every N steps (default: at evaluations and the end)",
+    ),
+    ParamSpec::optional(
+        "keep_checkpoints",
+        ParamType::Int,
+        "keep the N latest checkpoints plus the best (default 2)",
+    ),
+    ParamSpec::optional(
+        "best_metric",
+        ParamType::String,
+        "metric picking the best checkpoint (default val_loss)",
+    ),
+    ParamSpec::optional(
+        "load_best_at_end",
+        ParamType::Bool,
+        "end with the best checkpoint's weights (default true)",
+    ),
+    ParamSpec::optional(
+        "max_length",
+        ParamType::Int,
+        "cut rows to N tokens (default: the model's n_positions)",
+    ),
+    ParamSpec::optional(
+        "test_data",
+        ParamType::Path,
+        "a dataset to evaluate the final model on (test_* metrics)",
+    ),
+    ParamSpec::optional("test_split", ParamType::String, "its split (default test)"),
+];
+
+/// Reads the params every training kind shares.
+pub(crate) struct Common {
+    pub data: PathBuf,
+    pub model: PathBuf,
+    pub device: Device,
+    pub precision: Precision,
+    pub opts: TrainOptions,
+    pub max_length: Option<usize>,
+    pub test: Option<(PathBuf, String)>,
+}
+
+fn get<'a>(params: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a Value> {
+    params.get(key)
+}
+
+fn uint(params: &BTreeMap<String, Value>, key: &str) -> Option<usize> {
+    get(params, key).and_then(Value::as_u64).map(|v| v as usize)
+}
+
+fn float(params: &BTreeMap<String, Value>, key: &str) -> Option<f64> {
+    get(params, key).and_then(Value::as_f64)
+}
+
+fn text(params: &BTreeMap<String, Value>, key: &str) -> Option<String> {
+    get(params, key).map(kiln_core::value::display)
+}
+
+/// A path param, relative to the project root.
+pub(crate) fn path(ctx: &StageContext, key: &str) -> Option<PathBuf> {
+    text(&ctx.params, key).map(|p| ctx.workdir.join(p))
+}
+
+impl Common {
+    pub(crate) fn read(ctx: &StageContext) -> Result<Self, StageError> {
+        let p = &ctx.params;
+        let defaults = TrainOptions::default();
+        let device = text(p, "device")
+            .unwrap_or_else(|| "cpu".into())
+            .parse::<Device>()?;
+        let precision = text(p, "precision")
+            .unwrap_or_else(|| "f32".into())
+            .parse::<Precision>()?;
+        let decay = text(p, "schedule")
+            .unwrap_or_else(|| "constant".into())
+            .parse::<Decay>()?;
+        let opts = TrainOptions {
+            seed: get(p, "seed")
+                .and_then(Value::as_u64)
+                .unwrap_or(defaults.seed),
+            batch_size: uint(p, "batch_size").unwrap_or(defaults.batch_size),
+            grad_accum: uint(p, "grad_accum").unwrap_or(defaults.grad_accum),
+            max_steps: uint(p, "max_steps"),
+            epochs: uint(p, "epochs").unwrap_or(defaults.epochs),
+            lr: float(p, "lr").unwrap_or(defaults.lr),
+            decay,
+            warmup_steps: uint(p, "warmup_steps").unwrap_or(0),
+            weight_decay: float(p, "weight_decay").unwrap_or(defaults.weight_decay),
+            eps: float(p, "adam_eps").unwrap_or(defaults.eps),
+            clip_grad_norm: float(p, "clip_grad_norm"),
+            eval_every: uint(p, "eval_every"),
+            eval_batches: uint(p, "eval_batches"),
+            checkpoint_every: uint(p, "checkpoint_every"),
+            keep_checkpoints: uint(p, "keep_checkpoints").unwrap_or(defaults.keep_checkpoints),
+            best_metric: text(p, "best_metric").unwrap_or(defaults.best_metric),
+            load_best_at_end: get(p, "load_best_at_end")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            ..defaults
+        };
+        let data = path(ctx, "data").ok_or("give `data`: a dataset directory")?;
+        let model = path(ctx, "model").ok_or("give `model`: a model directory")?;
+        let test = path(ctx, "test_data")
+            .map(|d| (d, text(p, "test_split").unwrap_or_else(|| "test".into())));
+        Ok(Self {
+            data,
+            model,
+            device,
+            precision,
+            opts,
+            max_length: uint(p, "max_length"),
+            test,
+        })
+    }
+}
+
+/// Checks what can be checked before running: enum-like strings and ranges.
+pub(crate) fn validate_common(
+    params: &BTreeMap<String, Value>,
+    problems: &mut Vec<(String, String)>,
+) {
+    let parsed = |key: &str,
+                  f: &dyn Fn(&str) -> Result<(), String>,
+                  problems: &mut Vec<(String, String)>| {
+        if let Some(v) = params.get(key).and_then(Value::as_str)
+            && !v.contains("${")
+            && let Err(m) = f(v)
+        {
+            problems.push((key.to_owned(), m));
+        }
+    };
+    parsed("device", &|v| v.parse::<Device>().map(drop), problems);
+    parsed("precision", &|v| v.parse::<Precision>().map(drop), problems);
+    parsed("schedule", &|v| v.parse::<Decay>().map(drop), problems);
+    for key in ["batch_size", "grad_accum", "keep_checkpoints"] {
+        if params.get(key).and_then(Value::as_u64) == Some(0) {
+            problems.push((key.to_owned(), "must be at least 1".into()));
+        }
+    }
+    if let Some(lr) = params.get("lr").and_then(Value::as_f64)
+        && !(lr > 0.0 && lr.is_finite())
+    {
+        problems.push(("lr".into(), format!("{lr} must be a positive number")));
+    }
+}
+
+/// Passes training events to the stage's metrics, progress display, log and cancel token.
+pub(crate) struct StageObserver<'a> {
+    pub ctx: &'a StageContext,
+}
+
+impl Observer for StageObserver<'_> {
+    fn metric(&mut self, name: &str, step: usize, value: f64) {
+        self.ctx.metrics.record(name, step as i64, value);
+    }
+    fn progress(&mut self, step: usize, total: usize, message: &str) {
+        self.ctx
+            .progress
+            .update(step as u64, Some(total as u64), Some(message));
+    }
+    fn log(&mut self, line: &str) {
+        self.ctx.log(line);
+        tracing::info!(stage = %self.ctx.stage, "{line}");
+    }
+    fn should_stop(&mut self, _step: usize) -> bool {
+        self.ctx.cancel.is_cancelled()
+    }
+}
+
+/// Copies a dataset's or model's `tokenizer.json` into `model_dir`, when there is one.
+pub(crate) fn copy_tokenizer(from_dirs: &[&Path], model_dir: &Path) -> Result<(), StageError> {
+    for dir in from_dirs {
+        let t = dir.join("tokenizer.json");
+        if t.is_file() {
+            std::fs::copy(&t, model_dir.join("tokenizer.json"))
+                .map_err(|e| format!("cannot copy {}: {e}", t.display()))?;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Moves the checkpoints from the stage's resumable state into its output.
+pub(crate) fn keep_checkpoints(ctx: &StageContext) -> Result<(), StageError> {
+    let from = ctx.state_dir.join("checkpoints");
+    if !from.is_dir() {
+        return Ok(());
+    }
+    let to = ctx.out_dir.join("checkpoints");
+    std::fs::create_dir_all(&to)?;
+    for (_, dir) in crate::checkpoint::list(&from) {
+        if let Some(name) = dir.file_name() {
+            std::fs::rename(&dir, to.join(name))
+                .map_err(|e| format!("cannot move checkpoint {}: {e}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What a training kind optimizes.
+pub(crate) enum ObjectiveSpec {
+    /// Causal LM.
+    Lm,
+    /// Prompt internalization.
+    Internalize {
+        teacher: PathBuf,
+        prompt: String,
+        alpha: f64,
+        temperature: f64,
+    },
+}
+
+/// A training stage's work, run on the backend its `device` param picks.
+pub(crate) struct TrainJob<'a> {
+    pub ctx: &'a StageContext,
+    pub common: Common,
+    pub spec: ObjectiveSpec,
+}
+
+/// Runs a training kind: load the model, train, save `model/`, evaluate on `test_data`.
+pub(crate) fn run_training(ctx: &StageContext, spec: ObjectiveSpec) -> Result<(), StageError> {
+    let common = Common::read(ctx)?;
+    let (device, precision) = (common.device, common.precision);
+    crate::device::dispatch(device, precision, TrainJob { ctx, common, spec })?
+}
+
+impl crate::device::Job for TrainJob<'_> {
+    type Output = Result<(), StageError>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        use crate::objective::{Internalize, Lm};
+        let Self { ctx, common, spec } = self;
+        let started = std::time::Instant::now();
+        let (mut config, mut model) = kiln_model::hf::load::<B>(&common.model, &device)?;
+        let manifest = Manifest::load(&common.data)?;
+        let tok_path = common.data.join("tokenizer.json");
+        let tok = Tok::load(&tok_path)?;
+        if manifest.vocab_size > model.vocab_size() {
+            ctx.log(&format!(
+                "resizing token embeddings {} -> {} for the dataset's added tokens (new rows: mean embedding)",
+                model.vocab_size(),
+                manifest.vocab_size
+            ));
+            model = model.resize_token_embeddings(manifest.vocab_size);
+            config.vocab_size = manifest.vocab_size;
+        }
+        let pad = config
+            .eos_token_id
+            .map(|e| e as u32)
+            .or_else(|| tok.eos_id())
+            .ok_or("no padding token: neither the model's config.json (eos_token_id) nor the tokenizer has one")?;
+        let checkpoints = ctx.state_dir.join("checkpoints");
+        let data = Data {
+            dir: common.data.clone(),
+        };
+        let mut observer = StageObserver { ctx };
+        let cut = |reserve: usize| {
+            Some(
+                common
+                    .max_length
+                    .unwrap_or(config.n_positions)
+                    .min(config.n_positions.saturating_sub(reserve)),
+            )
+        };
+        B::seed(&device, common.opts.seed);
+        let (outcome, test) = match spec {
+            ObjectiveSpec::Lm => {
+                let mut objective = Lm {
+                    pad,
+                    max_length: cut(0),
+                };
+                let outcome = train(
+                    model,
+                    &config,
+                    &mut objective,
+                    &data,
+                    &common.opts,
+                    &checkpoints,
+                    &mut observer,
+                )?;
+                let test = evaluate_test::<B, _>(&mut objective, &outcome.model, &common)?;
+                (outcome, test)
+            }
+            ObjectiveSpec::Internalize {
+                teacher,
+                prompt,
+                alpha,
+                temperature,
+            } => {
+                let prompt_ids = tok.encode(&prompt)?;
+                if prompt_ids.is_empty() {
+                    return Err("`prompt` encodes to no tokens".into());
+                }
+                let teacher = if alpha < 1.0 {
+                    let (_, t) = kiln_model::hf::load::<B::InnerBackend>(&teacher, &device)?;
+                    Some(t.resize_token_embeddings(config.vocab_size))
+                } else {
+                    None
+                };
+                let label_pair = match (
+                    manifest.label_map.get("negative"),
+                    manifest.label_map.get("positive"),
+                ) {
+                    (Some(n), Some(p)) => Some((n.id, p.id)),
+                    _ => None,
+                };
+                for label in manifest.label_map.values() {
+                    if label.id as usize >= config.vocab_size {
+                        return Err(format!(
+                            "label token {:?} (id {}) is outside the model's vocabulary ({})",
+                            label.token, label.id, config.vocab_size
+                        )
+                        .into());
+                    }
+                }
+                let mut objective = Internalize::<B> {
+                    teacher,
+                    prompt: prompt_ids.clone(),
+                    alpha,
+                    temperature,
+                    pad,
+                    max_length: cut(prompt_ids.len()),
+                    label_pair,
+                };
+                let outcome = train(
+                    model,
+                    &config,
+                    &mut objective,
+                    &data,
+                    &common.opts,
+                    &checkpoints,
+                    &mut observer,
+                )?;
+                let test = evaluate_test::<B, _>(&mut objective, &outcome.model, &common)?;
+                (outcome, test)
+            }
+        };
+        for (name, value) in &test {
+            ctx.metrics.record(name, outcome.steps as i64, *value);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        ctx.metrics
+            .record("train_seconds", outcome.steps as i64, seconds);
+        let model_dir = ctx.out_dir.join("model");
+        kiln_model::hf::save(&outcome.model, &config, &model_dir)?;
+        copy_tokenizer(&[&common.data, &common.model], &model_dir)?;
+        keep_checkpoints(ctx)?;
+        let summary = serde_json::json!({
+            "steps": outcome.steps,
+            "resumed_from": outcome.resumed_from,
+            "best": outcome.best.map(|(value, step)| serde_json::json!({"metric": common.opts.best_metric, "value": value, "step": step})),
+            "last_eval": outcome.last_eval.iter().cloned().collect::<BTreeMap<String, f64>>(),
+            "test": test.iter().cloned().collect::<BTreeMap<String, f64>>(),
+            "seconds": seconds,
+            "options": common.opts,
+        });
+        std::fs::write(
+            ctx.out_dir.join("train.json"),
+            serde_json::to_string_pretty(&summary)?,
+        )?;
+        ctx.log(&format!(
+            "trained {} steps in {seconds:.1} s",
+            outcome.steps
+        ));
+        Ok(())
+    }
+}
+
+fn evaluate_test<B: AutodiffBackend, O: crate::objective::Objective<B>>(
+    objective: &mut O,
+    model: &kiln_model::gpt2::Gpt2<B>,
+    common: &Common,
+) -> Result<Vec<(String, f64)>, StageError> {
+    use burn::module::AutodiffModule;
+    let Some((dir, split)) = &common.test else {
+        return Ok(Vec::new());
+    };
+    let mut reader = ShardReader::open(dir, split, common.opts.batch_size, None)?;
+    Ok(objective
+        .evaluate(&model.valid(), &mut reader)?
+        .into_iter()
+        .map(|(k, v)| (format!("test_{k}"), v))
+        .collect())
+}
