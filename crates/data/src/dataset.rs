@@ -108,9 +108,10 @@ pub fn split_indices(n: usize, f: Fractions, seed: u64) -> Result<Vec<(&'static 
             });
         }
         let (head, tail) = rest.split_at(count.min(rest.len()));
-        let mut part = head.to_vec();
-        part.sort_unstable(); // file order within a split; readers shuffle per epoch
-        out.push((name, part));
+        // Kept in shuffled order: sources are often sorted (sentiment140 lists every negative
+        // tweet first), and readers shuffle only within a shard, so shards written in file
+        // order would feed training long runs of one label.
+        out.push((name, head.to_vec()));
         rest = tail;
     }
     Ok(out)

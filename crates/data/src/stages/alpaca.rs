@@ -67,7 +67,7 @@ impl Stage for Alpaca {
         "data.alpaca"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: rows written in shuffled order
     }
     fn doc(&self) -> &'static str {
         "Alpaca-format instructions (single or multi-turn) into tokenized LM shards with masked labels"

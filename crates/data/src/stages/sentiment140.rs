@@ -102,7 +102,7 @@ impl Stage for Sentiment140 {
         "data.sentiment140"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: rows written in shuffled order
     }
     fn doc(&self) -> &'static str {
         "labelled tweets (sentiment140, HF parquet or a table) into tokenized classification shards"
