@@ -20,3 +20,7 @@ lint:
 # kiln's own benchmarks.
 bench:
     cargo run --release -- bench
+
+# Training tokens/s on the CPU, kiln against PyTorch eager (sets up .venv-fixtures).
+bench-train:
+    benches/train/run.sh

@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod data;
+mod eval;
 mod executor;
 mod model;
 mod store;

@@ -13,7 +13,7 @@ use kiln_model::burn::prelude::*;
 use kiln_model::burn::tensor::TensorData;
 use kiln_model::gpt2::{Gpt2, Gpt2Config};
 use kiln_model::{Cpu, hf};
-use kiln_train::device::CpuBackend;
+use kiln_train::device::FlexBackend;
 use kiln_train::objective::{Internalize, Lm, Objective, scalar};
 use kiln_train::trainer::{self, Data, Observer, TrainOptions};
 use kiln_train::{Error, checkpoint, loss};
@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use crate::support::{Project, fixture, repo_root};
 
-type Ad = CpuBackend;
+type Ad = FlexBackend;
+type Inner = kiln_model::burn::backend::Flex<f32, i32>;
 
 fn expected() -> Value {
     let text = std::fs::read_to_string(fixture("numerics/expected.json")).expect("expected.json");
@@ -45,7 +46,7 @@ fn internalization_loss_matches_transformers() {
     let device = Default::default();
     let (_, student) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("student");
     let (_, teacher) =
-        hf::load::<Cpu>(&fixture("numerics/tiny-gpt2-teacher"), &device).expect("teacher");
+        hf::load::<Inner>(&fixture("numerics/tiny-gpt2-teacher"), &device).expect("teacher");
     let exp = expected();
     let case = &exp["internalization"];
     let rows = ids(&case["rows"]);
@@ -597,7 +598,191 @@ fn transformers_reads_what_kiln_saves() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-4, "max |kiln - transformers| = {worst}");
     // And training changed the weights: this is not the untrained fixture.
-    let (_, untrained) =
-        hf::load::<Cpu>(&fixture("numerics/tiny-gpt2"), &device).expect("fixture");
+    let (_, untrained) = hf::load::<Cpu>(&fixture("numerics/tiny-gpt2"), &device).expect("fixture");
     assert_ne!(weights(&model), weights(&untrained));
+}
+
+/// A loopback stand-in for the Hugging Face hub: serves `files` (URL path → bytes), 404 for
+/// anything else; returns its base URL and the paths it was asked for.
+fn hub(files: Vec<(String, Vec<u8>)>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut first = String::new();
+            let _ = reader.read_line(&mut first);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_owned();
+            log.lock().expect("log").push(path.clone());
+            let body = files
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, b)| b.clone());
+            let (status, body) = body.map_or((404, Vec::new()), |b| (200, b));
+            let head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    (base, asked)
+}
+
+#[test]
+fn model_hf_downloads_from_the_hub_once_and_explains_offline() {
+    let tiny = fixture("numerics/tiny-gpt2");
+    let read = |f: &str| std::fs::read(tiny.join(f)).expect("fixture file");
+    let (base, asked) = hub(vec![
+        (
+            "/acme/tiny/resolve/main/config.json".into(),
+            read("config.json"),
+        ),
+        (
+            "/acme/tiny/resolve/main/model.safetensors".into(),
+            read("model.safetensors"),
+        ),
+    ]);
+    let p = Project::new();
+    p.write(
+        "hub.yaml",
+        "name: hub\nstages:\n  base:\n    uses: model.hf\n    with: {source: \"hf://acme/tiny\"}\n",
+    );
+    let run = |endpoint: &str, extra: &[&str]| {
+        let mut args = vec!["--quiet", "run", "hub.yaml"];
+        args.extend_from_slice(extra);
+        let out = p
+            .cmd(&args)
+            .env("HF_ENDPOINT", endpoint)
+            .output()
+            .expect("kiln runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&base, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let entry = p
+        .cache_entries()
+        .into_iter()
+        .map(|e| p.path().join("results/cache").join(e).join("model"))
+        .find(|m| m.join("model.safetensors").is_file())
+        .expect("model/ written");
+    let (config, _) = hf::load::<Cpu>(&entry, &Default::default()).expect("loads");
+    assert_eq!(config.vocab_size, 512);
+    let weights_asked = |a: &[String]| {
+        a.iter()
+            .filter(|x| x.ends_with("model.safetensors"))
+            .count()
+    };
+    assert_eq!(weights_asked(&asked.lock().expect("log")), 1);
+    // Forced again: the download cache answers, the hub is not asked for the weights again.
+    let (code, stderr) = run(&base, &["--force", "base"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(weights_asked(&asked.lock().expect("log")), 1);
+
+    // Offline (nothing listens): the error names what to download and where to put it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    p.write(
+        "hub.yaml",
+        "name: hub\nstages:\n  base:\n    uses: model.hf\n    with: {source: \"acme/other\"}\n",
+    );
+    let (code, stderr) = run(&format!("http://127.0.0.1:{port}"), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot get config.json of acme/other")
+            && stderr.contains("put config.json, model.safetensors"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn lora_trains_only_adapters_and_merges_on_export() {
+    use kiln_model::lora::LoraConfig;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = sample_dataset(tmp.path());
+    let device = Default::default();
+    let (config, base) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+    let base_weights = weights(&base);
+    let lora = LoraConfig::new(4).with_c_proj(true);
+    let model = base.with_lora(&lora, &device).expect("adapters");
+    assert!(model.has_lora());
+    let opts = TrainOptions {
+        eval_every: None,
+        checkpoint_every: Some(3),
+        ..lm_options(6)
+    };
+    let out = trainer::train(
+        model,
+        &config,
+        &mut Lm {
+            pad: 511,
+            max_length: Some(64),
+        },
+        &Data { dir: data },
+        &opts,
+        &tmp.path().join("ck"),
+        &mut Collect::default(),
+    )
+    .expect("trains");
+    // The base weights did not move; the adapters did.
+    let merged_free = out.model.clone().merge_lora();
+    let block = &out.model.blocks[0].attn;
+    let b: Vec<f32> = block
+        .lora_attn
+        .as_ref()
+        .expect("adapter")
+        .b
+        .val()
+        .into_data()
+        .to_vec()
+        .expect("f32");
+    assert!(b.iter().any(|x| *x != 0.0), "B stayed at zero");
+    let mut unmerged = out.model.clone();
+    for block in &mut unmerged.blocks {
+        block.attn.lora_attn = None;
+        block.attn.lora_proj = None;
+    }
+    assert_eq!(weights(&unmerged), base_weights, "a frozen weight changed");
+    // Merged and exported, the model computes what the adapted one does.
+    let input = Tensor::<Ad, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 5, 9, 20, 33, 2, 7, 8], [2, 4]),
+        &device,
+    );
+    let adapted: Vec<f32> = out
+        .model
+        .forward(input.clone(), None)
+        .into_data()
+        .to_vec()
+        .expect("f32");
+    let dir = tmp.path().join("export");
+    hf::save(&out.model, &config, &dir).expect("saves");
+    let (_, exported) = hf::load::<Ad>(&dir, &device).expect("loads");
+    for other in [merged_free, exported] {
+        let got: Vec<f32> = other
+            .forward(input.clone(), None)
+            .into_data()
+            .to_vec()
+            .expect("f32");
+        let worst = got
+            .iter()
+            .zip(&adapted)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-4, "merged differs by {worst}");
+    }
 }

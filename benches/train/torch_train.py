@@ -23,7 +23,8 @@ a = p.parse_args()
 
 torch.manual_seed(0)
 config = GPT2Config(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.dims, n_layer=a.layers,
-                    n_head=a.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                    n_head=a.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                    bos_token_id=0, eos_token_id=0)
 model = GPT2LMHeadModel(config).train()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.0)
 ids = torch.randint(0, a.vocab, (a.batch, a.seq))

@@ -135,6 +135,79 @@ pub enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// The most probable next tokens after a text.
+    Topk {
+        /// Model directory (Hugging Face layout with a tokenizer).
+        #[arg(long, short)]
+        model: PathBuf,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+        /// How many.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
+    /// Negative log-likelihood of a text in nats (BOS prefixed), or of a text given another.
+    Nll {
+        /// Model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// Score the text as a continuation of this one (joined with a space).
+        #[arg(long, allow_hyphen_values = true)]
+        given: Option<String>,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+    },
+    /// Generate text: sampling with temperature and top-k, or product of experts.
+    Generate {
+        /// Model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// The prompt.
+        #[arg(long, allow_hyphen_values = true, required_unless_present = "poe")]
+        prompt: Option<String>,
+        /// A product-of-experts context (repeat: each keeps its own context; tokens come from
+        /// the sum of their logits).
+        #[arg(long, allow_hyphen_values = true, conflicts_with = "prompt")]
+        poe: Vec<String>,
+        /// Wrap the prompt in the Alpaca instruction template.
+        #[arg(long)]
+        instruction: bool,
+        /// Temperature (0: greedy).
+        #[arg(long, short, default_value_t = 1.0)]
+        temperature: f64,
+        /// Sample among the k most probable tokens.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Most tokens to generate.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        max_new_tokens: usize,
+        /// Re-read the whole context for every token (no KV cache).
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Per-token sentiment trace: p(positive) vs p(negative) label token at every position.
+    Trace {
+        /// Model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+        /// The negative and positive label tokens.
+        #[arg(long, num_args = 2, value_names = ["NEGATIVE", "POSITIVE"], default_values = [" bad", " good"])]
+        labels: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
     /// Show how a tokenizer splits text: ids and tokens.
     Tokenize {
         /// A tokenizer.json, or a directory with tokenizer.json or vocab.json + merges.txt.
@@ -200,4 +273,7 @@ pub enum BenchKind {
     /// Training tokens/s of a small GPT-2 (vocab 8192, 4 layers, 256 dims, seq 64, batch
     /// 32); not part of `all`.
     Train,
+    /// Greedy decoding tokens/s of a DistilGPT-2-shaped model with and without the KV cache
+    /// (32-token prompt, 64 new tokens); not part of `all`.
+    Generate,
 }

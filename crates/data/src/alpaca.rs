@@ -144,6 +144,21 @@ pub struct Segment {
     pub trained: bool,
 }
 
+/// The Alpaca prompt for an instruction (and input, when not empty), up to and including
+/// `### Response:`, exactly as the training template writes it: what generation continues.
+pub fn prompt(instruction: &str, input: &str) -> String {
+    let record = Record::Single {
+        instruction: instruction.to_owned(),
+        input: input.to_owned(),
+        output: String::new(),
+    };
+    segments(&record, "")
+        .into_iter()
+        .next()
+        .map(|s| s.text)
+        .unwrap_or_default()
+}
+
 /// The template's segments for a record. Prompts (preamble, instruction, input, markers, human
 /// turns) are untrained; responses and the end-of-text token after each are trained.
 pub fn segments(record: &Record, eos: &str) -> Vec<Segment> {

@@ -11,7 +11,9 @@ use burn::module::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
+
+use crate::lora::Lora;
 
 /// GPT-2's hyper-parameters.
 #[derive(Config, Debug, PartialEq)]
@@ -128,6 +130,8 @@ impl Gpt2Config {
                         c_attn: linear(d, 3 * d, std),
                         c_proj: linear(d, d, proj_std),
                         n_head: self.n_head,
+                        lora_attn: None,
+                        lora_proj: None,
                     },
                     ln_2: ln(),
                     mlp: Mlp {
@@ -176,6 +180,10 @@ pub struct Attention<B: Backend> {
     pub c_proj: Linear<B>,
     /// Heads.
     pub n_head: usize,
+    /// LoRA adapter on `c_attn`, when attached ([`Gpt2::with_lora`]).
+    pub lora_attn: Option<Lora<B>>,
+    /// LoRA adapter on `c_proj`, when attached.
+    pub lora_proj: Option<Lora<B>>,
 }
 
 /// The block's feed-forward network.
@@ -187,11 +195,14 @@ pub struct Mlp<B: Backend> {
     pub c_proj: Linear<B>,
 }
 
-/// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2).
+/// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2):
+/// `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, computed as the equal `x·σ(2c·x·(1 + 0.044715·x²))`
+/// because a sigmoid is one fused backend op (with its own backward) where tanh and `powf`
+/// were several slow ones.
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let c = (2.0 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powf_scalar(3.0) * 0.044715) * c;
-    x * (inner.tanh() + 1.0) * 0.5
+    let two_c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let inner = x.clone() * ((x.clone() * x.clone()) * (0.044715 * two_c) + two_c);
+    x * sigmoid(inner)
 }
 
 impl<B: Backend> Gpt2<B> {
@@ -285,70 +296,190 @@ impl<B: Backend> Gpt2<B> {
         let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
             .reshape([1, seq])
             .expand([batch, seq]);
-        let mut x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let d = x.dims()[2];
         let mask = attend_mask::<B>(batch, seq, attention_mask, &device);
+        // Rows of all positions: every projection is then one [batch·seq, ·] matrix product
+        // instead of `batch` broadcast ones.
+        let mut x = x.reshape([batch * seq, d]);
         for block in &self.blocks {
-            x = block.forward(x, mask.clone());
+            x = block.forward(x, mask.clone(), batch, seq);
         }
-        self.ln_f.forward(x)
+        self.ln_f.forward(x).reshape([batch, seq, d])
     }
 }
 
-/// `[batch, 1, seq, seq]`: true where query i may attend to key j (j ≤ i and key j not padding).
+/// Keys and values of the positions a model has already read, per block, for incremental
+/// decoding: each new token attends to them instead of recomputing the whole prefix.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for a model of `n_layer` blocks.
+    pub fn new(n_layer: usize) -> Self {
+        Self {
+            layers: vec![None; n_layer],
+            len: 0,
+        }
+    }
+
+    /// Positions read so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was read yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<B: Backend> Gpt2<B> {
+    /// Reads `input_ids` after the positions already in `cache` (no padding) and returns the
+    /// logits of the last new position, `[batch, vocab]`, adding the new keys and values to
+    /// `cache`.
+    ///
+    /// # Panics
+    /// When the cache would exceed the model's positions (callers check the length first).
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let past = cache.len;
+        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device)
+            .reshape([1, seq])
+            .expand([batch, seq]);
+        let x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let d = x.dims()[2];
+        // Query i (absolute past + i) must not see key j > past + i.
+        let total = past + seq;
+        let blocked: Vec<bool> = (0..seq)
+            .flat_map(|i| (0..total).map(move |j| j > past + i))
+            .collect();
+        let mask =
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [1, 1, seq, total]), &device)
+                .expand([batch, 1, seq, total]);
+        let mut x = x.reshape([batch * seq, d]);
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let h = block.ln_1.forward(x.clone());
+            let (a, kv) = block.attn.attend(h, mask.clone(), batch, seq, slot.take());
+            *slot = Some(kv);
+            let x1 = x + a;
+            x = x1.clone() + block.mlp.forward(block.ln_2.forward(x1));
+        }
+        cache.len = total;
+        let last = x
+            .reshape([batch, seq, d])
+            .narrow(1, seq - 1, 1)
+            .reshape([batch, d]);
+        self.project(self.ln_f.forward(last))
+    }
+}
+
+/// `[batch, 1, seq, seq]`: true where query i must NOT attend to key j (j > i, or key j is
+/// padding), ready for `mask_fill`.
 fn attend_mask<B: Backend>(
     batch: usize,
     seq: usize,
     attention_mask: Option<Tensor<B, 2, Int>>,
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
-    let causal: Vec<bool> = (0..seq)
-        .flat_map(|i| (0..seq).map(move |j| j <= i))
+    let future: Vec<bool> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| j > i))
         .collect();
-    let causal = Tensor::<B, 4, Bool>::from_data(TensorData::new(causal, [1, 1, seq, seq]), device)
+    let future = Tensor::<B, 4, Bool>::from_data(TensorData::new(future, [1, 1, seq, seq]), device)
         .expand([batch, 1, seq, seq]);
     match attention_mask {
-        None => causal,
+        None => future,
         Some(m) => {
-            let keys = m
-                .equal_elem(1)
+            let padding = m
+                .equal_elem(0)
                 .reshape([batch, 1, 1, seq])
                 .expand([batch, 1, seq, seq]);
-            causal.int().mul(keys.int()).equal_elem(1)
+            future.int().add(padding.int()).greater_elem(0)
         }
     }
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask);
+    /// `x`: `[batch·seq, d]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask, batch, seq);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
 
 impl<B: Backend> Mlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.c_proj.forward(gelu_tanh(self.c_fc.forward(x)))
     }
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
-        let [batch, seq, d] = x.dims();
+    /// `x`: `[batch·seq, d]`.
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        self.attend(x, mask, batch, seq, None).0
+    }
+
+    /// Attention of `seq` new positions over `past` keys/values (if any) and their own; returns
+    /// the output `[batch·seq, d]` and all keys/values `[batch, heads, past + seq, dh]`.
+    fn attend(
+        &self,
+        x: Tensor<B, 2>,
+        mask: Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let d = x.dims()[1];
         let heads = self.n_head;
         let dh = d / heads;
-        let qkv = self.c_attn.forward(x);
+        let qkv = match &self.lora_attn {
+            Some(lora) => self.c_attn.forward(x.clone()) + lora.forward(x),
+            None => self.c_attn.forward(x),
+        };
+        let qkv = qkv.reshape([batch, seq, 3 * d]);
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * d, d)
                 .reshape([batch, seq, heads, dh])
                 .swap_dims(1, 2)
         };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt();
+        let (q, mut k, mut v) = (split(0), split(1), split(2));
+        if let Some((pk, pv)) = past {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
+        }
+        let scores = q.matmul(k.clone().swap_dims(2, 3)) / (dh as f64).sqrt();
         // As Hugging Face: masked scores take the dtype's minimum, not -inf.
-        let scores = scores.mask_fill(mask.bool_not(), f32::MIN);
+        let scores = scores.mask_fill(mask, f32::MIN);
         let probs = softmax(scores, 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, d]);
-        self.c_proj.forward(out)
+        let out = probs
+            .matmul(v.clone())
+            .swap_dims(1, 2)
+            .reshape([batch * seq, d]);
+        let out = match &self.lora_proj {
+            Some(lora) => self.c_proj.forward(out.clone()) + lora.forward(out),
+            None => self.c_proj.forward(out),
+        };
+        (out, (k, v))
     }
 }

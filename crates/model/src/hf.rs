@@ -105,7 +105,7 @@ pub fn config_json(config: &Gpt2Config) -> serde_json::Value {
 /// (keys `transformer.…`, Conv1D layout, `format: pt` metadata), loadable by
 /// `transformers.GPT2LMHeadModel.from_pretrained(dir)` and by [`load`]. Files are written
 /// under temporary names and renamed, so a crash never leaves a complete-looking
-/// half-written checkpoint.
+/// half-written checkpoint. LoRA adapters, when attached, are merged into the saved weights.
 ///
 /// # Errors
 /// When the directory or a file cannot be written.
@@ -127,6 +127,14 @@ pub fn save<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, dir: &Path) -> Res
         .clear_metadata()
         .metadata("format", "pt")
         .overwrite(true);
+    // LoRA adapters are merged on export: the file is a plain GPT-2.
+    let merged;
+    let model = if model.has_lora() {
+        merged = model.clone().merge_lora();
+        &merged
+    } else {
+        model
+    };
     model.save_into(&mut store).map_err(|e| Error::Weights {
         path: weights.clone(),
         message: format!("cannot write: {e}"),

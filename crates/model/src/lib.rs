@@ -1,8 +1,10 @@
-//! GPT-2 models for kiln in burn, generic over the backend, with Hugging Face weights in.
+//! GPT-2 models for kiln in burn, generic over the backend, with Hugging Face weights in and
+//! out.
 //!
 //! - [`gpt2::Gpt2Config`] / [`gpt2::Gpt2`]: the model (named configs `gpt2`, `gpt2-medium`,
 //!   `distilgpt2`, or any size).
-//! - [`hf::load`]: a Hugging Face `config.json` + `model.safetensors` directory.
+//! - [`hf::load`] / [`hf::save`]: Hugging Face `config.json` + `model.safetensors` directories.
+//! - [`lora`]: LoRA adapters on the attention projections, merged on export.
 //!
 //! ```no_run
 //! use kiln_model::{Cpu, hf};
@@ -15,9 +17,13 @@
 mod error;
 pub mod gpt2;
 pub mod hf;
+pub mod lora;
 
 pub use burn;
 pub use error::{Error, Result};
 
-/// The default CPU backend.
+/// burn's ndarray CPU backend.
 pub type Cpu = burn::backend::NdArray<f32>;
+
+/// burn's flex CPU backend (kiln's default for training and evaluation: faster here).
+pub type Flex = burn::backend::Flex<f32, i32>;

@@ -122,6 +122,15 @@ where
             path: tmp.clone(),
             message: format!("cannot write the optimizer state: {e}"),
         })?;
+    if model.has_lora() {
+        // model.safetensors holds the merged weights; resuming needs base and adapters apart.
+        BinFileRecorder::<FullPrecisionSettings>::new()
+            .record(model.clone().into_record(), tmp.join("model"))
+            .map_err(|e| Error::Checkpoint {
+                path: tmp.clone(),
+                message: format!("cannot write the LoRA model state: {e}"),
+            })?;
+    }
     let ids: Vec<u64> = param_ids(model).iter().map(|id| id.val()).collect();
     write_json(&tmp.join("param_ids.json"), &ids)?;
     write_json(&tmp.join("trainer.json"), state)?;
@@ -158,16 +167,45 @@ pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
     pub state: TrainerState,
 }
 
-/// Loads the checkpoint in `dir` into a fresh `optim`.
+/// The model of the checkpoint in `dir`. `template` is the model training started with: a
+/// LoRA checkpoint's base weights and adapters are loaded into it (keeping its structure);
+/// otherwise the Hugging Face weights are read.
 ///
 /// # Errors
 /// Missing or corrupt files, or a model that does not fit.
-pub fn load<B, O>(dir: &Path, optim: O, device: &B::Device) -> Result<Loaded<B, O>>
+pub fn load_model<B: AutodiffBackend>(
+    dir: &Path,
+    template: &Gpt2<B>,
+    device: &B::Device,
+) -> Result<Gpt2<B>> {
+    let record_path = dir.join("model.bin");
+    if template.has_lora() || record_path.is_file() {
+        let record = BinFileRecorder::<FullPrecisionSettings>::new()
+            .load(dir.join("model"), device)
+            .map_err(|e| Error::Checkpoint {
+                path: dir.to_owned(),
+                message: format!("cannot read the LoRA model state: {e}"),
+            })?;
+        return Ok(template.clone().load_record(record));
+    }
+    Ok(hf::load::<B>(dir, device)?.1)
+}
+
+/// Loads the checkpoint in `dir` into a fresh `optim`; see [`load_model`] for `template`.
+///
+/// # Errors
+/// Missing or corrupt files, or a model that does not fit.
+pub fn load<B, O>(
+    dir: &Path,
+    template: &Gpt2<B>,
+    optim: O,
+    device: &B::Device,
+) -> Result<Loaded<B, O>>
 where
     B: AutodiffBackend,
     O: Optimizer<Gpt2<B>, B>,
 {
-    let (_, model) = hf::load::<B>(dir, device)?;
+    let model = load_model(dir, template, device)?;
     let ids: Vec<u64> = read_json(&dir.join("param_ids.json"))?;
     let expected = param_ids(&model).len();
     if ids.len() != expected {

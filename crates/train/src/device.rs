@@ -1,7 +1,8 @@
 //! Where training runs: the `device` param (`cpu`, `cuda`, `cuda:N`) and the `precision`
 //! param (`f32`, or `bf16` on CUDA), turned into a concrete burn backend.
 //!
-//! CPU is burn's ndarray backend. CUDA needs a build with the `cuda` cargo feature and a
+//! CPU is burn-flex or burn-ndarray (`cpu:flex`, `cpu:ndarray`; `cpu` is the faster,
+//! [`DEFAULT_CPU`]). CUDA needs a build with the `cuda` cargo feature and a
 //! machine with an NVIDIA driver; both are checked before anything touches the GPU, so a
 //! missing driver is an error message rather than a panic in burn's device thread.
 
@@ -9,26 +10,42 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::error::{Error, Result};
 
+/// A CPU backend of burn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBackendKind {
+    /// burn-ndarray.
+    NdArray,
+    /// burn-flex.
+    Flex,
+}
+
 /// A device to train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// The CPU (burn ndarray).
-    Cpu,
+    /// The CPU, on a given burn backend (`cpu` picks the faster, [`DEFAULT_CPU`]).
+    Cpu(CpuBackendKind),
     /// CUDA GPU number N.
     Cuda(usize),
 }
+
+/// The CPU backend `device: cpu` means: the faster of the two in `kiln bench train`.
+pub const DEFAULT_CPU: CpuBackendKind = CpuBackendKind::Flex;
 
 impl std::str::FromStr for Device {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "cpu" => Ok(Self::Cpu),
+            "cpu" => Ok(Self::Cpu(DEFAULT_CPU)),
+            "cpu:flex" => Ok(Self::Cpu(CpuBackendKind::Flex)),
+            "cpu:ndarray" => Ok(Self::Cpu(CpuBackendKind::NdArray)),
             "cuda" | "gpu" => Ok(Self::Cuda(0)),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("{s:?} is not a device: write cpu, cuda or cuda:N")),
+                .ok_or_else(|| {
+                    format!("{s:?} is not a device: write cpu (or cpu:flex, cpu:ndarray), cuda or cuda:N")
+                }),
         }
     }
 }
@@ -61,8 +78,11 @@ pub trait Job {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
 }
 
-/// The CPU autodiff backend.
+/// The ndarray CPU autodiff backend.
 pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+
+/// The flex CPU autodiff backend.
+pub type FlexBackend = burn::backend::Autodiff<burn::backend::Flex<f32, i32>>;
 
 /// Runs `job` on `device` at `precision`.
 ///
@@ -71,8 +91,13 @@ pub type CpuBackend = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 /// bf16 on the CPU.
 pub fn dispatch<J: Job>(device: Device, precision: Precision, job: J) -> Result<J::Output> {
     match (device, precision) {
-        (Device::Cpu, Precision::F32) => Ok(job.run::<CpuBackend>(Default::default())),
-        (Device::Cpu, Precision::Bf16) => Err(Error::Device(
+        (Device::Cpu(CpuBackendKind::NdArray), Precision::F32) => {
+            Ok(job.run::<CpuBackend>(Default::default()))
+        }
+        (Device::Cpu(CpuBackendKind::Flex), Precision::F32) => {
+            Ok(job.run::<FlexBackend>(Default::default()))
+        }
+        (Device::Cpu(_), Precision::Bf16) => Err(Error::Device(
             "precision bf16 needs a CUDA device; on the CPU use f32".into(),
         )),
         (Device::Cuda(index), precision) => cuda::dispatch(index, precision, job),
@@ -158,7 +183,11 @@ mod tests {
 
     #[test]
     fn parses_devices() {
-        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cpu".parse(), Ok(Device::Cpu(DEFAULT_CPU)));
+        assert_eq!(
+            "cpu:ndarray".parse(),
+            Ok(Device::Cpu(CpuBackendKind::NdArray))
+        );
         assert_eq!("cuda:1".parse(), Ok(Device::Cuda(1)));
         assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
         assert!("tpu".parse::<Device>().is_err());
@@ -175,7 +204,8 @@ mod tests {
         }
         let err = dispatch(Device::Cuda(0), Precision::F32, Nothing).expect_err("no cuda");
         assert!(err.to_string().contains("--features cuda"), "{err}");
-        let err = dispatch(Device::Cpu, Precision::Bf16, Nothing).expect_err("no bf16 on cpu");
+        let err = dispatch(Device::Cpu(DEFAULT_CPU), Precision::Bf16, Nothing)
+            .expect_err("no bf16 on cpu");
         assert!(err.to_string().contains("bf16"), "{err}");
     }
 }

@@ -322,7 +322,7 @@ where
         ..TrainerState::default()
     };
     if let Some((step, dir)) = checkpoint::list(checkpoints).pop() {
-        let loaded = checkpoint::load::<B, _>(&dir, optim, &device)?;
+        let loaded = checkpoint::load::<B, _>(&dir, &model, optim, &device)?;
         if loaded.state.options_hash != options_hash {
             return Err(Error::Checkpoint {
                 path: dir,
@@ -391,8 +391,11 @@ where
             tokens_since = 0;
             window = Instant::now();
         }
-        let eval_due =
-            has_val && (opts.eval_every.is_some_and(|n| n > 0 && step.is_multiple_of(n)) || step == total);
+        let eval_due = has_val
+            && (opts
+                .eval_every
+                .is_some_and(|n| n > 0 && step.is_multiple_of(n))
+                || step == total);
         if eval_due {
             let valid = model.valid();
             let mut reader = ShardReader::open(&data.dir, &opts.val_split, opts.batch_size, None)?
@@ -449,8 +452,7 @@ where
             "loading the best checkpoint: step {step}, {} = {value}",
             opts.best_metric
         ));
-        let (_, best) = kiln_model::hf::load::<B>(&dir, &device)?;
-        model = best;
+        model = checkpoint::load_model(&dir, &model, &device)?;
     }
     Ok(Outcome {
         model,

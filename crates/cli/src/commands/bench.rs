@@ -56,6 +56,30 @@ pub async fn run(
             "≥ 1.0× PyTorch eager",
         ));
     }
+    if which == BenchKind::Generate {
+        let config = kiln_model::gpt2::Gpt2Config::distilgpt2();
+        let device = Default::default();
+        let run = |cache: bool| {
+            kiln_eval::bench::generate_tokens_per_s::<kiln_model::Flex>(
+                &config, 32, 64, cache, &device,
+            )
+        };
+        let with = run(true)?;
+        let without = run(false)?;
+        results.push((
+            "generate_kv_cache_tokens_per_s",
+            with,
+            "tok/s",
+            "faster than without",
+        ));
+        results.push((
+            "generate_no_cache_tokens_per_s",
+            without,
+            "tok/s",
+            "the baseline",
+        ));
+        results.push(("kv_cache_speedup", with / without, "x", "> 1"));
+    }
     if matches!(which, BenchKind::All | BenchKind::Noop) {
         let ms = noop_run(repeat)?;
         results.push(("noop_run_ms", ms, "ms", "≤ 50 ms"));

@@ -3,6 +3,7 @@
 mod bench;
 mod dag;
 mod data;
+mod lm;
 mod query;
 mod run;
 mod runs;
@@ -55,6 +56,40 @@ pub async fn execute(cli: Cli) -> Result<()> {
             bench::run(&cli, *which, *rows, *repeat, &train).await
         }
         Command::Data { command } => data::run(command),
+        Command::Topk {
+            model,
+            text,
+            k,
+            format,
+        } => lm::topk(model, text, *k, *format),
+        Command::Nll { model, given, text } => lm::nll(model, given.as_deref(), text, cli.json),
+        Command::Generate {
+            model,
+            prompt,
+            poe,
+            instruction,
+            temperature,
+            top_k,
+            seed,
+            max_new_tokens,
+            no_cache,
+        } => {
+            let opts = kiln_eval::decode::GenerateOptions {
+                max_new_tokens: *max_new_tokens,
+                temperature: *temperature,
+                top_k: *top_k,
+                seed: *seed,
+                stop: None,
+                kv_cache: !*no_cache,
+            };
+            lm::generate(model, prompt.as_deref(), poe, *instruction, &opts, cli.json)
+        }
+        Command::Trace {
+            model,
+            text,
+            labels,
+            format,
+        } => lm::trace(model, text, labels, *format),
         Command::Tokenize {
             tokenizer,
             text,
@@ -68,6 +103,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::with_builtins();
     kiln_data::stages::register(&mut registry);
     kiln_train::stages::register(&mut registry);
+    kiln_eval::stages::register(&mut registry);
     registry
 }
 

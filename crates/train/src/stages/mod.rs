@@ -18,6 +18,7 @@ use serde_json::Value;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_data::shard::{Manifest, ShardReader};
 use kiln_data::tokenizer::Tok;
+use kiln_model::lora::LoraConfig;
 
 use crate::device::{Device, Precision};
 use crate::schedule::Decay;
@@ -133,6 +134,26 @@ pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
         "cut rows to N tokens (default: the model's n_positions)",
     ),
     ParamSpec::optional(
+        "lora_rank",
+        ParamType::Int,
+        "train LoRA adapters of this rank instead of every weight (default: full fine-tuning)",
+    ),
+    ParamSpec::optional(
+        "lora_alpha",
+        ParamType::Float,
+        "LoRA scale numerator (update scaled by alpha / rank; default 8)",
+    ),
+    ParamSpec::optional(
+        "lora_dropout",
+        ParamType::Float,
+        "LoRA input dropout (default 0)",
+    ),
+    ParamSpec::optional(
+        "lora_targets",
+        ParamType::List,
+        "projections with adapters: c_attn, c_proj (default [c_attn])",
+    ),
+    ParamSpec::optional(
         "test_data",
         ParamType::Path,
         "a dataset to evaluate the final model on (test_* metrics)",
@@ -149,6 +170,7 @@ pub(crate) struct Common {
     pub opts: TrainOptions,
     pub max_length: Option<usize>,
     pub test: Option<(PathBuf, String)>,
+    pub lora: Option<LoraConfig>,
 }
 
 fn get<'a>(params: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a Value> {
@@ -213,7 +235,27 @@ impl Common {
         let model = path(ctx, "model").ok_or("give `model`: a model directory")?;
         let test = path(ctx, "test_data")
             .map(|d| (d, text(p, "test_split").unwrap_or_else(|| "test".into())));
+        let lora = match uint(p, "lora_rank") {
+            None | Some(0) => None,
+            Some(rank) => {
+                let targets: Vec<String> = get(p, "lora_targets")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().map(kiln_core::value::display).collect())
+                    .unwrap_or_else(|| vec!["c_attn".into()]);
+                if let Some(bad) = targets.iter().find(|t| *t != "c_attn" && *t != "c_proj") {
+                    return Err(format!("lora_targets: {bad:?} is not c_attn or c_proj").into());
+                }
+                Some(
+                    LoraConfig::new(rank)
+                        .with_alpha(float(p, "lora_alpha").unwrap_or(8.0))
+                        .with_dropout(float(p, "lora_dropout").unwrap_or(0.0))
+                        .with_c_attn(targets.iter().any(|t| t == "c_attn"))
+                        .with_c_proj(targets.iter().any(|t| t == "c_proj")),
+                )
+            }
+        };
         Ok(Self {
+            lora,
             data,
             model,
             device,
@@ -354,6 +396,20 @@ impl crate::device::Job for TrainJob<'_> {
             ));
             model = model.resize_token_embeddings(manifest.vocab_size);
             config.vocab_size = manifest.vocab_size;
+        }
+        if let Some(lora) = &common.lora {
+            model = model.with_lora(lora, &device)?;
+            ctx.log(&format!(
+                "LoRA rank {} (alpha {}) on {}: only the adapters train; they are merged on export",
+                lora.rank,
+                lora.alpha,
+                [("c_attn", lora.c_attn), ("c_proj", lora.c_proj)]
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         let pad = config
             .eos_token_id

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Training benchmark: tokens/s of GPT-2 training steps on the CPU (vocab 8192, 4 layers,
+# 256 dims, 4 heads, seq 64, batch 32, AdamW), kiln (burn) against PyTorch eager on the same
+# config, same machine, same run.
+#   benches/train/run.sh [STEPS]        (default 20 timed steps after 3 warm-up steps)
+# Sets up its own virtual environment in .venv-fixtures (torch + transformers, as the
+# numerical fixtures use; PyPI's torch is a large CUDA build that runs on the CPU).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+steps="${1:-20}"
+if [ ! -x .venv-fixtures/bin/python ]; then
+  python3 -m venv .venv-fixtures
+  .venv-fixtures/bin/pip install -q torch transformers safetensors
+fi
+cargo build --release -q
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+repeat=2
+for i in $(seq $repeat); do
+  ./target/release/kiln --store "$work/bench.sqlite" bench train --steps "$steps" 2>&1 | grep -v '^recorded'
+  .venv-fixtures/bin/python benches/train/torch_train.py --steps "$steps" | python3 -c "
+import json,sys; r=json.loads(sys.stdin.read()); print(f\"pytorch eager ({r['threads']} threads): {r['steps']} steps in {r['seconds']:.2f} s = {r['tokens_per_s']:,.0f} tok/s\")"
+done

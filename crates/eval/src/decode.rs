@@ -1,0 +1,219 @@
+//! Decoding: sampling with temperature and top-k (temperature → 0 is greedy), stopping at
+//! EOS, with or without a KV cache; and product-of-experts decoding, where each token is drawn
+//! from the sum of several contexts' logits (each expert keeping its own context).
+//!
+//! Rule for long inputs: the prompt must fit the model's context (an error otherwise);
+//! generation stops early, reporting [`Stop::ContextFull`], when the context is full.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use kiln_data::rng::SplitMix64;
+use kiln_model::gpt2::{Gpt2, KvCache};
+
+use crate::error::{Error, Result};
+use crate::score::check_input;
+
+/// How to decode.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GenerateOptions {
+    /// Tokens to generate at most.
+    pub max_new_tokens: usize,
+    /// Softmax temperature; at or below 1e-5 decoding is greedy (argmax).
+    pub temperature: f64,
+    /// Sample only among the `k` most probable tokens.
+    pub top_k: Option<usize>,
+    /// Seed of the sampler.
+    pub seed: u64,
+    /// Stop after generating this token (EOS).
+    pub stop: Option<u32>,
+    /// Reuse keys and values of earlier positions instead of re-reading the context.
+    pub kv_cache: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 50,
+            temperature: 1.0,
+            top_k: None,
+            seed: 0,
+            stop: None,
+            kv_cache: true,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// The stop token was generated (it is the last of the tokens).
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The model's context is full.
+    ContextFull,
+}
+
+/// Generated tokens and why generation ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Generated {
+    /// The new tokens (not the prompt).
+    pub tokens: Vec<u32>,
+    /// Why it ended.
+    pub stop: Stop,
+}
+
+/// Picks the next token from `logits` (summed over experts, not yet divided by the
+/// temperature).
+fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut SplitMix64) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |acc, (i, &v)| {
+                if v > acc.1 { (i, v) } else { acc }
+            })
+            .0 as u32
+    };
+    if opts.temperature <= 1e-5 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    if let Some(k) = opts.top_k.filter(|&k| k < logits.len()) {
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        order.truncate(k.max(1));
+    }
+    let t = opts.temperature;
+    let max = order
+        .iter()
+        .map(|&i| f64::from(logits[i]) / t)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| (f64::from(logits[i]) / t - max).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    // 53 random bits → [0, 1).
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * total;
+    let mut acc = 0.0;
+    for (w, &i) in weights.iter().zip(&order) {
+        acc += w;
+        if u < acc {
+            return i as u32;
+        }
+    }
+    order.last().map_or_else(argmax, |&i| i as u32)
+}
+
+/// One expert's reading state.
+struct Reader<'a, B: Backend> {
+    model: &'a Gpt2<B>,
+    context: Vec<u32>,
+    cache: Option<KvCache<B>>,
+}
+
+impl<B: Backend> Reader<'_, B> {
+    /// Logits after the whole context (first call) or after the last token appended.
+    fn logits(&mut self, only_last: bool) -> Vec<f32> {
+        let device = self.model.wte.weight.device();
+        let read: &[u32] = match (&self.cache, only_last) {
+            (Some(_), true) => &self.context[self.context.len() - 1..],
+            _ => &self.context,
+        };
+        let ids: Vec<i64> = read.iter().map(|&t| i64::from(t)).collect();
+        let n = ids.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+        let logits = match &mut self.cache {
+            Some(cache) => self.model.forward_cached(ids, cache),
+            None => self.model.logits_at(ids, None, &[n - 1]),
+        };
+        logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default()
+    }
+}
+
+/// Generates from `prompt`.
+///
+/// # Errors
+/// An empty prompt, one longer than the context, or an id outside the vocabulary.
+pub fn generate<B: Backend>(
+    model: &Gpt2<B>,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+) -> Result<Generated> {
+    generate_poe(model, &[prompt.to_vec()], opts)
+}
+
+/// Product-of-experts decoding: every token is drawn from `Σ_experts logits / T` and appended
+/// to every expert's context. With one context this is plain generation.
+///
+/// # Errors
+/// No contexts, or a context that [`generate`] would refuse.
+pub fn generate_poe<B: Backend>(
+    model: &Gpt2<B>,
+    contexts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Generated> {
+    if contexts.is_empty() {
+        return Err(Error::Invalid("no context to generate from".into()));
+    }
+    let n_positions = model.wpe.weight.dims()[0];
+    let vocab = model.vocab_size();
+    for c in contexts {
+        check_input(c, n_positions, vocab)?;
+    }
+    if let Some(k) = opts.top_k
+        && (k == 0 || k > vocab)
+    {
+        return Err(Error::Invalid(format!(
+            "top-k {k} must be between 1 and the vocabulary size ({vocab})"
+        )));
+    }
+    let mut rng = SplitMix64::new(opts.seed);
+    let mut readers: Vec<Reader<'_, B>> = contexts
+        .iter()
+        .map(|c| Reader {
+            model,
+            context: c.clone(),
+            cache: opts.kv_cache.then(|| KvCache::new(model.blocks.len())),
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        if out.len() >= opts.max_new_tokens {
+            return Ok(Generated {
+                tokens: out,
+                stop: Stop::MaxTokens,
+            });
+        }
+        let mut sum = vec![0f32; vocab];
+        for r in &mut readers {
+            for (s, l) in sum.iter_mut().zip(r.logits(!first)) {
+                *s += l;
+            }
+        }
+        first = false;
+        let next = pick(&sum, opts, &mut rng);
+        out.push(next);
+        if opts.stop == Some(next) {
+            return Ok(Generated {
+                tokens: out,
+                stop: Stop::Eos,
+            });
+        }
+        if readers.iter().any(|r| r.context.len() >= n_positions) {
+            return Ok(Generated {
+                tokens: out,
+                stop: Stop::ContextFull,
+            });
+        }
+        for r in &mut readers {
+            r.context.push(next);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Scoring with a language model: next-token distributions and top-k tables, the negative
+//! log-likelihood of a sequence and of a continuation given a prefix, per-token label traces,
+//! and the internalization gap between a teacher (text + prompt) and a student (text).
+//!
+//! All functions take token ids; [`crate::Lm`] adds the tokenizer and the research code's
+//! conventions (BOS prefixed, continuations joined with a space).
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::{log_softmax, softmax};
+use kiln_model::gpt2::Gpt2;
+
+use crate::error::{Error, Result};
+
+fn ids_tensor<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
+}
+
+/// Checks that `ids` can be read by a model with `n_positions` positions and `vocab` tokens.
+///
+/// # Errors
+/// Empty input, input longer than the context, an id outside the vocabulary.
+pub fn check_input(ids: &[u32], n_positions: usize, vocab: usize) -> Result<()> {
+    if ids.is_empty() {
+        return Err(Error::Invalid(
+            "the text is empty (no tokens to read)".into(),
+        ));
+    }
+    if ids.len() > n_positions {
+        return Err(Error::Invalid(format!(
+            "the text is {} tokens, longer than the model's context of {n_positions}; shorten it (kiln does not truncate silently)",
+            ids.len()
+        )));
+    }
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "token id {bad} is outside the model's vocabulary ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap_or_default()
+}
+
+/// Log-probabilities of every position's next token: `[len, vocab]` as rows.
+pub fn log_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<Vec<f32>> {
+    let device = model.wte.weight.device();
+    let logits = model.forward(ids_tensor::<B>(ids, &device), None);
+    let [_, seq, vocab] = logits.dims();
+    let flat = to_vec(log_softmax(logits.reshape([seq, vocab]), 1));
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+/// The next-token distribution after `ids`.
+pub fn next_token_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<f32> {
+    let device = model.wte.weight.device();
+    let logits = model.logits_at(ids_tensor::<B>(ids, &device), None, &[ids.len() - 1]);
+    to_vec(softmax(logits, 1))
+}
+
+/// The `k` most probable entries of `probs`, most probable first (ties by lower id).
+///
+/// # Errors
+/// `k` of 0 or larger than the vocabulary.
+pub fn top_k(probs: &[f32], k: usize) -> Result<Vec<(u32, f32)>> {
+    if k == 0 || k > probs.len() {
+        return Err(Error::Invalid(format!(
+            "k = {k} must be between 1 and the vocabulary size ({})",
+            probs.len()
+        )));
+    }
+    let mut order: Vec<u32> = (0..probs.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        probs[b as usize]
+            .total_cmp(&probs[a as usize])
+            .then(a.cmp(&b))
+    });
+    Ok(order
+        .into_iter()
+        .take(k)
+        .map(|i| (i, probs[i as usize]))
+        .collect())
+}
+
+/// `−Σ log p(ids[i] | ids[..i])` over `i ≥ from` (`from ≥ 1`: the first token is context).
+pub fn nll_from<B: Backend>(model: &Gpt2<B>, ids: &[u32], from: usize) -> f64 {
+    let rows = log_probs(model, ids);
+    (from.max(1)..ids.len())
+        .map(|i| -f64::from(rows[i - 1][ids[i] as usize]))
+        .sum()
+}
+
+/// One position of a label trace.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TracePoint {
+    /// Position in the text's tokens.
+    pub position: usize,
+    /// The token read at this position.
+    pub token: u32,
+    /// p(positive label) / (p(positive) + p(negative)) for the next token.
+    pub positive: f32,
+    /// p(negative label) / (p(positive) + p(negative)).
+    pub negative: f32,
+    /// The most probable next token.
+    pub top_token: u32,
+    /// Its probability.
+    pub top_prob: f32,
+}
+
+/// For every position of `ids`: the next-token softmax restricted to the two label tokens
+/// (`negative`, `positive`), and the most probable next token.
+pub fn label_trace<B: Backend>(
+    model: &Gpt2<B>,
+    ids: &[u32],
+    negative: u32,
+    positive: u32,
+) -> Vec<TracePoint> {
+    log_probs(model, ids)
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let (ln, lp) = (row[negative as usize], row[positive as usize]);
+            let m = ln.max(lp);
+            let (en, ep) = ((ln - m).exp(), (lp - m).exp());
+            let (top, top_lp) =
+                row.iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |acc, (j, &v)| {
+                        if v > acc.1 { (j, v) } else { acc }
+                    });
+            TracePoint {
+                position: i,
+                token: ids[i],
+                positive: ep / (en + ep),
+                negative: en / (en + ep),
+                top_token: top as u32,
+                top_prob: top_lp.exp(),
+            }
+        })
+        .collect()
+}
+
+/// How far a student (text alone) is from its teacher (text + prompt) at the last position.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Gap {
+    /// max over the vocabulary of |p_teacher − p_student|.
+    pub max: f64,
+    /// mean over the vocabulary.
+    pub mean: f64,
+    /// sum over the vocabulary (twice the total variation distance).
+    pub sum: f64,
+}
+
+/// The internalization gap for one text: the teacher reads `ids` + `prompt`, the student
+/// reads `ids`; both distributions are taken at their last position.
+pub fn internalization_gap<B: Backend>(
+    student: &Gpt2<B>,
+    teacher: &Gpt2<B>,
+    ids: &[u32],
+    prompt: &[u32],
+) -> Gap {
+    let s = next_token_probs(student, ids);
+    let mut with_prompt = ids.to_vec();
+    with_prompt.extend_from_slice(prompt);
+    let t = next_token_probs(teacher, &with_prompt);
+    let diffs: Vec<f64> = s
+        .iter()
+        .zip(&t)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .collect();
+    let sum: f64 = diffs.iter().sum();
+    Gap {
+        max: diffs.iter().copied().fold(0.0, f64::max),
+        mean: sum / diffs.len().max(1) as f64,
+        sum,
+    }
+}

@@ -1,0 +1,87 @@
+//! `eval.gap`: the internalization gap averaged over a dataset split: for each row, max, mean
+//! and sum over the vocabulary of |p_teacher(text + prompt) − p_student(text)| at the last
+//! position.
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+use kiln_data::shard::ShardReader;
+use kiln_data::tokenizer::Tok;
+use kiln_model::Flex;
+
+use super::{path, uint, write_json};
+use crate::score;
+
+/// The `eval.gap` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalGap;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required("model", ParamType::Path, "the student's model directory"),
+    ParamSpec::required("teacher", ParamType::Path, "the teacher's model directory"),
+    ParamSpec::required("data", ParamType::Path, "dataset directory"),
+    ParamSpec::required(
+        "prompt",
+        ParamType::String,
+        "the prompt the teacher reads after each text",
+    ),
+    ParamSpec::optional("split", ParamType::String, "split (default val)"),
+    ParamSpec::optional(
+        "max_rows",
+        ParamType::Int,
+        "score at most N rows (default all)",
+    ),
+];
+
+impl Stage for EvalGap {
+    fn kind(&self) -> &'static str {
+        "eval.gap"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let device = Default::default();
+        let (config, student) = kiln_model::hf::load::<Flex>(&path(ctx, "model")?, &device)?;
+        let (_, teacher) = kiln_model::hf::load::<Flex>(&path(ctx, "teacher")?, &device)?;
+        let data = path(ctx, "data")?;
+        let tok = Tok::load(&data)?;
+        let prompt = tok.encode(&ctx.param_str("prompt").unwrap_or_default())?;
+        if prompt.is_empty() {
+            return Err("`prompt` encodes to no tokens".into());
+        }
+        let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
+        let limit = uint(ctx, "max_rows").unwrap_or(usize::MAX);
+        let (mut n, mut max, mut mean, mut sum) = (0usize, 0.0, 0.0, 0.0);
+        'rows: for batch in ShardReader::open(&data, &split, 64, None)? {
+            for row in batch? {
+                if n >= limit || ctx.cancel.is_cancelled() {
+                    break 'rows;
+                }
+                let keep = config.n_positions.saturating_sub(prompt.len());
+                let ids = &row.input_ids[..row.input_ids.len().min(keep)];
+                score::check_input(ids, config.n_positions, student.vocab_size())?;
+                let gap = score::internalization_gap(&student, &teacher, ids, &prompt);
+                max += gap.max;
+                mean += gap.mean;
+                sum += gap.sum;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(format!("{}: split {split:?} has no rows", data.display()).into());
+        }
+        let k = n as f64;
+        let summary = serde_json::json!({"rows": n, "gap_max": max / k, "gap_mean": mean / k, "gap_sum": sum / k});
+        for key in ["gap_max", "gap_mean", "gap_sum"] {
+            ctx.metrics
+                .record(key, 0, summary[key].as_f64().unwrap_or(f64::NAN));
+        }
+        write_json(ctx, "gap.json", &summary)?;
+        Ok(())
+    }
+}

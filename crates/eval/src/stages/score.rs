@@ -1,0 +1,78 @@
+//! `eval.score`: batch NLL of a file of texts (one per line), optionally each given a common
+//! prefix: `scores.csv` and the mean NLL (total and per token) as metrics.
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+use kiln_model::Flex;
+
+use super::path;
+use crate::Lm;
+
+/// The `eval.score` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalScore;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required(
+        "model",
+        ParamType::Path,
+        "model directory (with its tokenizer)",
+    ),
+    ParamSpec::required(
+        "source",
+        ParamType::Path,
+        "a text file, one text per line (blank lines skipped)",
+    ),
+    ParamSpec::optional(
+        "given",
+        ParamType::String,
+        "score each line as a continuation of this text",
+    ),
+];
+
+impl Stage for EvalScore {
+    fn kind(&self) -> &'static str {
+        "eval.score"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
+        let source = path(ctx, "source")?;
+        let text = std::fs::read_to_string(&source)
+            .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+        let given = ctx.param_str("given");
+        let mut csv = String::from("line,tokens,nll,nll_per_token\n");
+        let (mut total, mut tokens, mut n) = (0.0, 0usize, 0usize);
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let nll = match &given {
+                Some(g) => lm.conditional_nll(g, line),
+                None => lm.nll(line),
+            }
+            .map_err(|e| format!("{}:{}: {e}", source.display(), i + 1))?;
+            let count = lm.tok.encode(line)?.len().max(1);
+            csv.push_str(&format!("{},{count},{nll},{}\n", i + 1, nll / count as f64));
+            total += nll;
+            tokens += count;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{}: no texts to score", source.display()).into());
+        }
+        std::fs::write(ctx.out_dir.join("scores.csv"), csv)?;
+        ctx.metrics.record("mean_nll", 0, total / n as f64);
+        ctx.metrics
+            .record("nll_per_token", 0, total / tokens as f64);
+        ctx.metrics.record("texts", 0, n as f64);
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! `eval.sentiment`: accuracy (argmax over the vocabulary is the label token), two-way
+//! accuracy, label loss and confusion matrix of a model on a classification dataset split.
+//! To score a labelled file (e.g. sentiment140's official test set), make it a dataset with
+//! `data.sentiment140` (`val: 0`, `test: 0`) and evaluate its `train` split.
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+use kiln_model::Flex;
+
+use super::{path, uint, write_json};
+
+/// The `eval.sentiment` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSentiment;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required("model", ParamType::Path, "model directory"),
+    ParamSpec::required("data", ParamType::Path, "classification dataset directory"),
+    ParamSpec::optional("split", ParamType::String, "split to score (default val)"),
+    ParamSpec::optional("batch_size", ParamType::Int, "rows per batch (default 32)"),
+    ParamSpec::optional(
+        "max_length",
+        ParamType::Int,
+        "cut rows to N tokens (default: the model's context)",
+    ),
+];
+
+impl Stage for EvalSentiment {
+    fn kind(&self) -> &'static str {
+        "eval.sentiment"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let dir = path(ctx, "model")?;
+        let (config, model) = kiln_model::hf::load::<Flex>(&dir, &Default::default())?;
+        let data = path(ctx, "data")?;
+        let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
+        let pad = config
+            .eos_token_id
+            .map(|e| e as u32)
+            .or_else(|| {
+                kiln_data::tokenizer::Tok::load(&data)
+                    .ok()
+                    .and_then(|t| t.eos_id())
+            })
+            .unwrap_or(0);
+        let max_length = uint(ctx, "max_length")
+            .unwrap_or(config.n_positions)
+            .min(config.n_positions);
+        let report = crate::classify::evaluate(
+            &model,
+            &data,
+            &split,
+            uint(ctx, "batch_size").unwrap_or(32),
+            Some(max_length),
+            pad,
+        )?;
+        for (name, value) in [
+            ("accuracy", report.accuracy),
+            ("accuracy_2way", report.accuracy_2way),
+            ("loss", report.loss),
+            ("rows", report.rows as f64),
+        ] {
+            ctx.metrics.record(name, 0, value);
+        }
+        for (truth, row) in &report.confusion {
+            for (predicted, count) in row {
+                ctx.metrics.record(
+                    &format!("confusion_{truth}_as_{predicted}"),
+                    0,
+                    *count as f64,
+                );
+            }
+        }
+        write_json(ctx, "sentiment.json", &report)?;
+        ctx.log(&format!(
+            "{split}: {} rows, accuracy {:.4}, two-way {:.4}, loss {:.4}",
+            report.rows, report.accuracy, report.accuracy_2way, report.loss
+        ));
+        Ok(())
+    }
+}

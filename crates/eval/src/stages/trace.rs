@@ -1,0 +1,91 @@
+//! `eval.trace`: per-token sentiment traces of probe sentences: for every token, the softmax
+//! over the two label tokens and the top predicted next token, as `traces.json`, one CSV per
+//! text, and plots (`trace-N.svg`, `trace-N.png`).
+
+use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
+use kiln_model::Flex;
+
+use super::{path, strings, write_json};
+use crate::Lm;
+
+/// The `eval.trace` stage kind.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalTrace;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::required(
+        "model",
+        ParamType::Path,
+        "model directory (with its tokenizer)",
+    ),
+    ParamSpec::required("texts", ParamType::List, "probe sentences"),
+    ParamSpec::optional(
+        "negative",
+        ParamType::String,
+        "negative label token (default \" bad\")",
+    ),
+    ParamSpec::optional(
+        "positive",
+        ParamType::String,
+        "positive label token (default \" good\")",
+    ),
+];
+
+impl Stage for EvalTrace {
+    fn kind(&self) -> &'static str {
+        "eval.trace"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn doc(&self) -> &'static str {
+        "per-token sentiment traces of probe sentences: tables and SVG/PNG plots"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn run(&self, ctx: &mut StageContext) -> StageResult {
+        let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
+        let neg = ctx.param_str("negative").unwrap_or_else(|| " bad".into());
+        let pos = ctx.param_str("positive").unwrap_or_else(|| " good".into());
+        let texts = strings(ctx, "texts");
+        if texts.is_empty() {
+            return Err("`texts` is empty: give at least one probe sentence".into());
+        }
+        let mut all = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let points = lm.trace(text, &neg, &pos)?;
+            let tokens: Vec<String> = points.iter().map(|p| lm.token_text(p.token)).collect();
+            let mut csv = String::from("position,token,positive,negative,top_token,top_prob\n");
+            for (p, t) in points.iter().zip(&tokens) {
+                csv.push_str(&format!(
+                    "{},{:?},{},{},{:?},{}\n",
+                    p.position,
+                    t,
+                    p.positive,
+                    p.negative,
+                    lm.token_text(p.top_token),
+                    p.top_prob
+                ));
+            }
+            std::fs::write(ctx.out_dir.join(format!("trace-{i}.csv")), csv)?;
+            let values: Vec<f32> = points.iter().map(|p| p.positive).collect();
+            for ext in ["svg", "png"] {
+                crate::plot::trace(
+                    &ctx.out_dir.join(format!("trace-{i}.{ext}")),
+                    text,
+                    &tokens,
+                    &values,
+                    &format!("p({pos:?}) vs p({neg:?})"),
+                )?;
+            }
+            if let Some(last) = points.last() {
+                ctx.metrics
+                    .record("final_positive", i as i64, f64::from(last.positive));
+            }
+            all.push(serde_json::json!({"text": text, "tokens": tokens, "points": points}));
+        }
+        write_json(ctx, "traces.json", &all)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! Evaluation and decoding (issue 6) against the transformers fixtures
+//! (tests/fixtures/numerics/expected_eval.json, made by generate_eval.py).
+
+use kiln_eval::decode::{self, GenerateOptions, Stop};
+use kiln_eval::{Lm, score};
+use kiln_model::burn::backend::Flex;
+use kiln_model::hf;
+use serde_json::Value;
+
+use crate::support::{fixture, repo_root};
+
+type B = Flex<f32, i32>;
+
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture("numerics/expected_eval.json"))
+        .expect("expected_eval.json");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    serde_json::from_value(v.clone()).expect("ids")
+}
+
+fn tiny() -> kiln_model::gpt2::Gpt2<B> {
+    hf::load::<B>(&fixture("numerics/tiny-gpt2"), &Default::default())
+        .expect("tiny model")
+        .1
+}
+
+#[test]
+fn top_k_probabilities_match_transformers() {
+    let model = tiny();
+    let exp = expected();
+    let case = &exp["topk"];
+    let probs = score::next_token_probs(&model, &ids(&case["ids"]));
+    let got = score::top_k(&probs, 10).expect("k = 10");
+    let want_ids = ids(&case["top_ids"]);
+    let want: Vec<f64> = serde_json::from_value(case["top_probs"].clone()).expect("probs");
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), want_ids);
+    for ((_, p), w) in got.iter().zip(&want) {
+        assert!((f64::from(*p) - w).abs() < 1e-5, "{p} vs {w}");
+    }
+    let err = score::top_k(&probs, 513).expect_err("k > vocab");
+    assert_eq!(
+        err.to_string(),
+        "k = 513 must be between 1 and the vocabulary size (512)"
+    );
+}
+
+#[test]
+fn nll_and_conditional_nll_match_transformers() {
+    let model = tiny();
+    let exp = expected();
+    let nll = score::nll_from(&model, &ids(&exp["nll"]["ids"]), 1);
+    let want = exp["nll"]["nll"].as_f64().expect("nll");
+    assert!((nll - want).abs() < 1e-3, "NLL {nll} vs {want}");
+    let c = &exp["conditional"];
+    let prefix = ids(&c["prefix"]);
+    let full = [prefix.clone(), ids(&c["continuation"])].concat();
+    let conditional = score::nll_from(&model, &full, prefix.len());
+    let joint = score::nll_from(&model, &full, 1);
+    let marginal = score::nll_from(&model, &prefix, 1);
+    for (name, got) in [
+        ("conditional", conditional),
+        ("joint", joint),
+        ("marginal", marginal),
+    ] {
+        let want = c[name].as_f64().expect(name);
+        assert!((got - want).abs() < 1e-3, "{name}: {got} vs {want}");
+    }
+    assert!(
+        (joint - marginal - conditional).abs() < 1e-3,
+        "joint − marginal = {} vs conditional {conditional}",
+        joint - marginal
+    );
+}
+
+fn greedy(max: usize, stop: Option<u32>, kv_cache: bool) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens: max,
+        temperature: 0.0,
+        top_k: None,
+        seed: 0,
+        stop,
+        kv_cache,
+    }
+}
+
+#[test]
+fn greedy_and_product_of_experts_decoding_match_transformers() {
+    let model = tiny();
+    let exp = expected();
+    let g = &exp["greedy"];
+    let want = ids(&g["tokens"]);
+    for kv_cache in [true, false] {
+        let out = decode::generate(&model, &ids(&g["prompt"]), &greedy(12, Some(511), kv_cache))
+            .expect("generates");
+        assert_eq!(out.tokens, want, "kv cache {kv_cache}");
+    }
+    let p = &exp["poe_greedy"];
+    let contexts: Vec<Vec<u32>> = serde_json::from_value(p["contexts"].clone()).expect("contexts");
+    for kv_cache in [true, false] {
+        let out =
+            decode::generate_poe(&model, &contexts, &greedy(10, None, kv_cache)).expect("poe");
+        assert_eq!(out.tokens, ids(&p["tokens"]), "kv cache {kv_cache}");
+        assert_eq!(out.stop, Stop::MaxTokens);
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_and_cold_sampling_is_greedy() {
+    let model = tiny();
+    let prompt = [5, 17, 300];
+    let sample = |seed: u64, temperature: f64, kv_cache: bool| {
+        decode::generate(
+            &model,
+            &prompt,
+            &GenerateOptions {
+                max_new_tokens: 20,
+                temperature,
+                top_k: Some(50),
+                seed,
+                stop: None,
+                kv_cache,
+            },
+        )
+        .expect("samples")
+        .tokens
+    };
+    assert_eq!(sample(7, 1.0, true), sample(7, 1.0, true));
+    assert_eq!(
+        sample(7, 1.0, true),
+        sample(7, 1.0, false),
+        "cache changes nothing"
+    );
+    assert_ne!(sample(7, 1.0, true), sample(8, 1.0, true), "seeds differ");
+    let greedy_tokens = decode::generate(&model, &prompt, &greedy(20, None, true))
+        .expect("greedy")
+        .tokens;
+    assert_eq!(sample(7, 1e-6, true), greedy_tokens);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let model = tiny();
+    let err = score::check_input(&[], 64, 512).expect_err("empty");
+    assert_eq!(err.to_string(), "the text is empty (no tokens to read)");
+    let long: Vec<u32> = (0..65).collect();
+    let err = decode::generate(&model, &long, &greedy(1, None, true)).expect_err("too long");
+    assert!(
+        err.to_string()
+            .starts_with("the text is 65 tokens, longer than the model's context of 64"),
+        "{err}"
+    );
+    // Generation stops when the context is full.
+    let near: Vec<u32> = (1..63).collect();
+    let out = decode::generate(&model, &near, &greedy(10, None, true)).expect("fits");
+    assert_eq!(out.stop, Stop::ContextFull);
+    assert_eq!(out.tokens.len(), 3);
+
+    // A model directory with a tokenizer: text-level errors.
+    let dir = tempfile::tempdir().expect("tmp");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("numerics/tiny-gpt2").join(f), dir.path().join(f)).expect("copy");
+    }
+    let rows = kiln_data::sentiment::read(
+        &repo_root().join("data/samples/sentiment140.sample.csv"),
+        &kiln_data::sentiment::ReadOptions::default(),
+    )
+    .expect("samples");
+    let tok = kiln_data::tokenizer::Tok::train(rows.texts.iter(), 400, 2).expect("tokenizer");
+    tok.save(&dir.path().join("tokenizer.json")).expect("save");
+    let lm = Lm::<B>::load(dir.path(), &Default::default()).expect("loads");
+    assert_eq!(
+        lm.top_k("", 5).expect_err("empty").to_string(),
+        "the text is empty"
+    );
+    let err = lm
+        .trace("I love it", " not one token at all", " good")
+        .expect_err("label");
+    assert!(err.to_string().contains("must be one token"), "{err}");
+    let trace = lm.trace("I love it", " bad", " good").expect("trace");
+    assert!(!trace.is_empty());
+    for point in &trace {
+        assert!((point.positive + point.negative - 1.0).abs() < 1e-5);
+    }
+    let joint = lm.nll("I love it so much").expect("nll");
+    let marginal = lm.nll("I love it").expect("nll");
+    let conditional = lm.conditional_nll("I love it", "so much").expect("cond");
+    assert!((joint - marginal - conditional).abs() < 1e-3);
+}
+
+const EVAL_PIPELINE: &str = r#"name: eval
+stages:
+  tokenizer:
+    uses: data.tokenizer
+    inputs: {train_on: data/samples/sentiment140.sample.csv}
+    with: {vocab_size: 400}
+  tweets:
+    uses: data.sentiment140
+    inputs: {source: data/samples/sentiment140.sample.csv}
+    with:
+      tokenizer: ${stages.tokenizer.dir}
+      labels: {negative: " bad", positive: " good"}
+      val: 0.1
+      test: 0.1
+  init:
+    uses: model.init
+    with: {tokenizer: "${stages.tweets.dir}", n_embd: 32, n_layer: 2, n_head: 4, n_positions: 512, seed: 1}
+  pretrain:
+    uses: train.lm
+    with: {data: "${stages.tweets.dir}", model: "${stages.init.dir}/model", max_steps: 4, batch_size: 8, lr: 0.003}
+  accuracy:
+    uses: eval.sentiment
+    with: {model: "${stages.pretrain.dir}/model", data: "${stages.tweets.dir}", split: test}
+  traces:
+    uses: eval.trace
+    with:
+      model: ${stages.pretrain.dir}/model
+      texts: ["The food was good but the service was terrible.", "I love it"]
+  gap:
+    uses: eval.gap
+    with: {model: "${stages.init.dir}/model", teacher: "${stages.pretrain.dir}/model", data: "${stages.tweets.dir}", prompt: " I feel", max_rows: 10}
+  scores:
+    uses: eval.score
+    inputs: {source: texts.txt}
+    with: {model: "${stages.pretrain.dir}/model", source: texts.txt}
+  answers:
+    uses: eval.generate
+    inputs: {source: data/samples/alpaca.sample.json}
+    with: {model: "${stages.pretrain.dir}/model", source: data/samples/alpaca.sample.json, limit: 3, max_new_tokens: 4}
+"#;
+
+#[test]
+fn eval_stages_record_metrics_tables_and_plots() {
+    let p = crate::support::Project::new();
+    std::fs::create_dir_all(p.path().join("data/samples")).expect("mkdir");
+    for f in ["sentiment140.sample.csv", "alpaca.sample.json"] {
+        std::fs::copy(
+            repo_root().join("data/samples").join(f),
+            p.path().join("data/samples").join(f),
+        )
+        .expect("copy");
+    }
+    p.write("texts.txt", "I love it\n\nthis is bad\n");
+    p.write("eval.yaml", EVAL_PIPELINE);
+    p.run("eval.yaml", &[]).ok();
+    let metric = |stage: &str, name: &str| -> f64 {
+        p.scalar(&format!(
+            "SELECT value FROM metrics WHERE stage = '{stage}' AND name = '{name}'"
+        ))
+        .parse()
+        .expect("a number")
+    };
+    let rows = metric("accuracy", "rows");
+    assert!(rows > 0.0);
+    let confusion: f64 = [
+        "positive_as_positive",
+        "positive_as_negative",
+        "negative_as_positive",
+        "negative_as_negative",
+    ]
+    .iter()
+    .map(|c| {
+        p.query(&format!(
+            "SELECT value FROM metrics WHERE stage = 'accuracy' AND name = 'confusion_{c}'"
+        ))
+        .first()
+        .map_or(0.0, |r| r[0].parse::<f64>().expect("number"))
+    })
+    .sum();
+    assert_eq!(confusion, rows, "the confusion matrix counts every row");
+    for (stage, name) in [
+        ("accuracy", "accuracy"),
+        ("accuracy", "accuracy_2way"),
+        ("gap", "gap_max"),
+        ("gap", "gap_sum"),
+    ] {
+        let v = metric(stage, name);
+        assert!((0.0..=2.0).contains(&v), "{stage}.{name} = {v}");
+    }
+    assert_eq!(metric("scores", "texts"), 2.0);
+    assert!(metric("scores", "mean_nll") > 0.0);
+    assert_eq!(metric("answers", "generated"), 3.0);
+    // Plots: an SVG with the trace drawn, and a PNG.
+    let dir = p
+        .cache_entries()
+        .into_iter()
+        .map(|e| p.path().join("results/cache").join(e))
+        .find(|d| d.join("traces.json").is_file())
+        .expect("traces entry");
+    let svg = std::fs::read_to_string(dir.join("trace-0.svg")).expect("svg");
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "no line drawn"
+    );
+    assert!(svg.contains("service"), "tokens are the x ticks");
+    let png = std::fs::read(dir.join("trace-1.png")).expect("png");
+    assert_eq!(&png[..4], b"\x89PNG");
+    let csv = std::fs::read_to_string(dir.join("trace-0.csv")).expect("csv");
+    assert!(csv.lines().count() > 5);
+}
