@@ -300,3 +300,99 @@ fn eval_stages_record_metrics_tables_and_plots() {
     let csv = std::fs::read_to_string(dir.join("trace-0.csv")).expect("csv");
     assert!(csv.lines().count() > 5);
 }
+
+/// The tiny fixture model with a small tokenizer trained on the sample tweets, in `dir`.
+fn model_dir(dir: &std::path::Path) {
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("numerics/tiny-gpt2").join(f), dir.join(f)).expect("copy");
+    }
+    let rows = kiln_data::sentiment::read(
+        &repo_root().join("data/samples/sentiment140.sample.csv"),
+        &kiln_data::sentiment::ReadOptions::default(),
+    )
+    .expect("samples");
+    let tok = kiln_data::tokenizer::Tok::train(rows.texts.iter(), 400, 2).expect("tokenizer");
+    tok.save(&dir.join("tokenizer.json")).expect("save");
+}
+
+#[test]
+fn lm_commands_print_tables_generate_and_explain_bad_input() {
+    let p = crate::support::Project::new();
+    model_dir(p.path());
+    let m = p.path().to_string_lossy().into_owned();
+    let ran = p
+        .kiln(&[
+            "topk",
+            "--model",
+            &m,
+            "I love it",
+            "-k",
+            "3",
+            "--format",
+            "json",
+        ])
+        .ok();
+    let rows: Vec<Value> = serde_json::from_str(&ran.stdout).expect("JSON rows");
+    assert_eq!(rows.len(), 3);
+    let probs: Vec<f64> = rows
+        .iter()
+        .map(|r| r["prob"].as_f64().expect("prob"))
+        .collect();
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "{probs:?}");
+
+    let nll: f64 = p
+        .kiln(&["nll", "--model", &m, "I love it"])
+        .ok()
+        .stdout
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(nll > 0.0);
+    let given: f64 = p
+        .kiln(&["nll", "--model", &m, "--given", "I love", "it"])
+        .ok()
+        .stdout
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(given > 0.0 && given < nll);
+
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["--json", "generate", "--model", &m, "-t", "0", "-n", "6"];
+        args.extend_from_slice(extra);
+        let out: Value = serde_json::from_str(&p.kiln(&args).ok().stdout).expect("JSON");
+        out["tokens"].clone()
+    };
+    let cached = generate(&["--prompt", "I love"]);
+    assert_eq!(cached, generate(&["--prompt", "I love", "--no-cache"]));
+    let poe = generate(&["--poe", "I love", "--poe", "so bad"]);
+    assert!(poe.as_array().is_some_and(|a| !a.is_empty()));
+
+    let svg = p.path().join("trace.svg");
+    p.kiln(&[
+        "trace",
+        "--model",
+        &m,
+        "I love it",
+        "--plot",
+        &svg.to_string_lossy(),
+    ])
+    .ok();
+    assert!(std::fs::read_to_string(&svg).expect("svg").contains("<svg"));
+
+    let bad = p.kiln(&["topk", "--model", &m, "I love it", "-k", "0"]);
+    assert_ne!(bad.status, 0);
+    assert!(
+        bad.stderr
+            .contains("k = 0 must be between 1 and the vocabulary size"),
+        "{}",
+        bad.stderr
+    );
+    let empty = p.kiln(&["nll", "--model", &m, ""]);
+    assert_ne!(empty.status, 0);
+    assert!(
+        empty.stderr.contains("the text is empty"),
+        "{}",
+        empty.stderr
+    );
+}

@@ -11,11 +11,12 @@ import tempfile
 import time
 
 import pandas as pd
-from datasets import Dataset, disable_caching
+from datasets import Dataset, disable_caching, disable_progress_bars
 from transformers import GPT2TokenizerFast
 
 csv_path, tokenizer_dir = sys.argv[1], sys.argv[2]
 disable_caching()
+disable_progress_bars()
 
 start = time.perf_counter()
 # transformers 5 builds an EMPTY tokenizer from GPT2TokenizerFast(vocab_file=…, merges_file=…);

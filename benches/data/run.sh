@@ -16,7 +16,7 @@ if [ ! -x .venv-bench/bin/python ]; then
 fi
 cargo build --release -q
 
-repeat=3
+repeat=5
 echo "kiln (release build, whole process: read, clean, tokenize, split, write zstd Arrow shards):"
 work=$(mktemp -d)
 for i in $(seq $repeat); do
@@ -31,7 +31,7 @@ done
 echo "python (tokenizer load, pandas read_csv, datasets.map with the fast GPT-2 tokenizer, save_to_disk;"
 echo "        in brackets: read + tokenize + split alone, without the tokenizer load and the writing):"
 for i in $(seq $repeat); do
-  .venv-bench/bin/python benches/data/python_path.py "$csv" "$tok" | python3 -c "
+  .venv-bench/bin/python benches/data/python_path.py "$csv" "$tok" 2>/dev/null | python3 -c "
 import json,sys; r=json.loads(sys.stdin.read()); print(f\"  run $i: {r['rows']} rows in {r['seconds']:.3f} s = {r['rows_per_s']:,.0f} rows/s  [{r['seconds_core']:.3f} s = {r['rows_per_s_core']:,.0f} rows/s]\")"
 done
 rm -rf "$work"

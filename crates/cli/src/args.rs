@@ -207,6 +207,36 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         format: TableFormat,
+        /// Also draw the trace to this file (.svg or .png).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split.
+    Sentiment {
+        /// Model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// Classification dataset directory (a data.sentiment140 output).
+        #[arg(long, short)]
+        data: PathBuf,
+        /// The split.
+        #[arg(long, default_value = "val")]
+        split: String,
+    },
+    /// The internalization gap for a text: teacher (text + prompt) against student (text).
+    Gap {
+        /// The student's model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// The teacher's model directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// The prompt the teacher reads after the text.
+        #[arg(long, allow_hyphen_values = true)]
+        prompt: String,
+        /// The text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
     },
     /// Show how a tokenizer splits text: ids and tokens.
     Tokenize {

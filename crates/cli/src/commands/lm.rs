@@ -92,13 +92,31 @@ pub fn generate(
     Ok(())
 }
 
-pub fn trace(model: &Path, text: &str, labels: &[String], format: TableFormat) -> Result<()> {
+pub fn trace(
+    model: &Path,
+    text: &str,
+    labels: &[String],
+    format: TableFormat,
+    plot: Option<&Path>,
+) -> Result<()> {
     let lm = load(model)?;
     let (neg, pos) = match labels {
         [n, p] => (n.as_str(), p.as_str()),
         _ => anyhow::bail!("--labels takes two tokens: NEGATIVE POSITIVE"),
     };
     let points = lm.trace(text, neg, pos)?;
+    if let Some(path) = plot {
+        let tokens: Vec<String> = points.iter().map(|p| lm.token_text(p.token)).collect();
+        let values: Vec<f32> = points.iter().map(|p| p.positive).collect();
+        kiln_eval::plot::trace(
+            path,
+            text,
+            &tokens,
+            &values,
+            &format!("p({pos:?}) vs p({neg:?})"),
+        )?;
+        eprintln!("plot written to {}", path.display());
+    }
     let table = QueryResult {
         columns: vec![
             "position".into(),
@@ -123,4 +141,38 @@ pub fn trace(model: &Path, text: &str, labels: &[String], format: TableFormat) -
             .collect(),
     };
     crate::output::print(&table, format)
+}
+
+pub fn sentiment(model: &Path, data: &Path, split: &str, json: bool) -> Result<()> {
+    let (config, m) = kiln_model::hf::load::<Flex>(model, &Default::default())
+        .with_context(|| format!("loading the model {}", model.display()))?;
+    let pad = config.eos_token_id.map_or(0, |e| e as u32);
+    let report = kiln_eval::classify::evaluate(&m, data, split, 32, Some(config.n_positions), pad)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{split}: {} rows", report.rows);
+        println!("accuracy       {:.4}", report.accuracy);
+        println!("accuracy_2way  {:.4}", report.accuracy_2way);
+        println!("loss           {:.4}", report.loss);
+        for (truth, row) in &report.confusion {
+            for (predicted, count) in row {
+                println!("{truth:>8} predicted {predicted:<8} {count}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn gap(model: &Path, teacher: &Path, prompt: &str, text: &str, json: bool) -> Result<()> {
+    let lm = load(model)?;
+    let (_, t) = kiln_model::hf::load::<Flex>(teacher, &Default::default())
+        .with_context(|| format!("loading the teacher {}", teacher.display()))?;
+    let g = lm.gap(&t, text, prompt)?;
+    if json {
+        println!("{}", serde_json::to_string(&g)?);
+    } else {
+        println!("max {:.6}  mean {:.3e}  sum {:.6}", g.max, g.mean, g.sum);
+    }
+    Ok(())
 }

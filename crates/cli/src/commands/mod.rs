@@ -89,7 +89,15 @@ pub async fn execute(cli: Cli) -> Result<()> {
             text,
             labels,
             format,
-        } => lm::trace(model, text, labels, *format),
+            plot,
+        } => lm::trace(model, text, labels, *format, plot.as_deref()),
+        Command::Sentiment { model, data, split } => lm::sentiment(model, data, split, cli.json),
+        Command::Gap {
+            model,
+            teacher,
+            prompt,
+            text,
+        } => lm::gap(model, teacher, prompt, text, cli.json),
         Command::Tokenize {
             tokenizer,
             text,
