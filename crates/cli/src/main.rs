@@ -6,6 +6,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (position 15 of `mi_option_e` in the bundled v2
+/// header): how long freed memory waits before going back to the OS. Training frees and
+/// reallocates the same large tensors every step, so it should never go back (-1): that made
+/// CPU training about 15% faster than the default 10 ms.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> std::process::ExitCode {
+    // SAFETY: sets a process-wide allocator option; no allocation state is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     kiln_cli::main()
 }
