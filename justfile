@@ -4,9 +4,9 @@
 test:
     cargo test --workspace
 
-# Run an experiment sweep (until sweeps land in issue 7, this runs the demo pipeline).
-sweep EXP="pipelines/demo.yaml":
-    cargo run --release -- run {{EXP}}
+# Run an experiment's sweep (default: the quickstart on the sample tweets).
+sweep EXP="experiments/quickstart.yaml":
+    cargo run --release -- sweep {{EXP}}
 
 # Format the code.
 fmt:

@@ -8,5 +8,6 @@ mod eval;
 mod executor;
 mod model;
 mod store;
+mod sweep;
 mod train;
 mod validate;

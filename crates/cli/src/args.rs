@@ -94,6 +94,26 @@ pub enum Command {
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
     },
+    /// Run an experiment's sweep: every trial is a run of its pipeline, linked to the
+    /// experiment in the store; finished trials are not rerun.
+    Sweep {
+        /// The experiment file.
+        file: PathBuf,
+        #[command(flatten)]
+        set: SetArgs,
+        /// Print the trial table and exit.
+        #[arg(long)]
+        dry_run: bool,
+        /// Trials running at once (default: the experiment's `lanes`).
+        #[arg(long)]
+        lanes: Option<usize>,
+        /// Most stages executing at once within a trial.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
+        /// GPUs the sweep may use, shared by its lanes.
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+    },
     /// Show, per stage, whether it is cached, stale (and why) or never run.
     Status {
         /// The pipeline file.

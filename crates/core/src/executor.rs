@@ -40,6 +40,8 @@ pub struct RunMeta {
     pub kiln_version: String,
     /// The experiment this run belongs to.
     pub experiment_id: Option<i64>,
+    /// The run's trial number in that experiment's sweep.
+    pub trial: Option<i64>,
 }
 
 /// How to execute a plan.
@@ -161,6 +163,7 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
             let run = NewRun {
                 pipeline_id,
                 experiment_id: opts.meta.experiment_id,
+                trial: opts.meta.trial,
                 config_hash: plan.config_hash.clone(),
                 config: plan.config.to_string(),
                 git_commit: opts.meta.git_commit.clone(),

@@ -27,6 +27,7 @@ pub mod cache;
 pub mod error;
 pub mod event;
 pub mod executor;
+pub mod experiment;
 pub mod fingerprint;
 pub mod interp;
 pub mod plan;

@@ -21,6 +21,7 @@ mod records;
 mod writer;
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -46,8 +47,10 @@ pub const DEFAULT_STORE: &str = "results/kiln.sqlite";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The schema migrations, embedded at compile time and applied in order on open.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "trials", include_str!("../migrations/0002_trials.sql")),
+];
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
@@ -201,6 +204,61 @@ impl Store {
         Ok(row.get(0))
     }
 
+    /// The id of the experiment row for (name, path, spec hash), inserting it if new.
+    ///
+    /// # Errors
+    /// When a statement fails.
+    pub async fn experiment_id(&self, name: &str, path: &str, spec_hash: &str) -> Result<i64> {
+        sqlx::query(
+            "INSERT INTO experiments (name, path, spec_hash, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name, path, spec_hash) DO NOTHING",
+        )
+        .bind(name)
+        .bind(path)
+        .bind(spec_hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(sql("insert experiment"))?;
+        let row =
+            sqlx::query("SELECT id FROM experiments WHERE name = ? AND path = ? AND spec_hash = ?")
+                .bind(name)
+                .bind(path)
+                .bind(spec_hash)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql("find experiment"))?;
+        Ok(row.get(0))
+    }
+
+    /// The experiment's trials that have a succeeded run: trial number → (config hash, run id).
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn succeeded_trials(
+        &self,
+        experiment_id: i64,
+    ) -> Result<BTreeMap<i64, (String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT trial, config_hash, max(id) FROM runs
+             WHERE experiment_id = ? AND status = 'succeeded' AND trial IS NOT NULL
+             GROUP BY trial, config_hash",
+        )
+        .bind(experiment_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql("find finished trials"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>(0),
+                    (r.get::<String, _>(1), r.get::<i64, _>(2)),
+                )
+            })
+            .collect())
+    }
+
     /// Inserts a run (status `running`) with its parameters and returns its id.
     ///
     /// # Errors
@@ -212,12 +270,13 @@ impl Store {
             .await
             .map_err(sql("begin run"))?;
         let id: i64 = sqlx::query(
-            "INSERT INTO runs (pipeline_id, experiment_id, config_hash, config, git_commit, git_dirty,
-                               kiln_version, seed, host, started_at, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
+            "INSERT INTO runs (pipeline_id, experiment_id, trial, config_hash, config, git_commit,
+                               git_dirty, kiln_version, seed, host, started_at, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
         )
         .bind(run.pipeline_id)
         .bind(run.experiment_id)
+        .bind(run.trial)
         .bind(&run.config_hash)
         .bind(&run.config)
         .bind(&run.git_commit)

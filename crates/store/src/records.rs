@@ -9,6 +9,8 @@ pub struct NewRun {
     pub pipeline_id: i64,
     /// The experiment row, when the run belongs to a sweep.
     pub experiment_id: Option<i64>,
+    /// The trial's number within its sweep.
+    pub trial: Option<i64>,
     /// blake3 of the fully resolved configuration.
     pub config_hash: String,
     /// The fully resolved configuration, as JSON.

@@ -9,6 +9,7 @@ mod run;
 mod runs;
 mod stages;
 mod status;
+mod sweep;
 mod tokenize;
 mod validate;
 
@@ -55,6 +56,14 @@ pub async fn execute(cli: Cli) -> Result<()> {
             };
             bench::run(&cli, *which, *rows, *repeat, &train).await
         }
+        Command::Sweep {
+            file,
+            set,
+            dry_run,
+            lanes,
+            jobs,
+            gpus,
+        } => sweep::run(&cli, file, set, *dry_run, *lanes, *jobs, *gpus).await,
         Command::Data { command } => data::run(command),
         Command::Topk {
             model,
@@ -121,7 +130,7 @@ fn load(file: &Path) -> Result<Pipeline> {
 }
 
 /// Parses `--set key=value` arguments.
-fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
+pub(crate) fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for item in &set.set {
         let (key, value) = item

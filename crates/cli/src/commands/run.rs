@@ -97,7 +97,7 @@ pub async fn run(
 }
 
 /// Git commit, dirty flag, host and version for the run record.
-fn run_meta(workdir: &Path) -> RunMeta {
+pub(crate) fn run_meta(workdir: &Path) -> RunMeta {
     let git = |args: &[&str]| {
         Process::new("git")
             .args(args)
@@ -118,5 +118,6 @@ fn run_meta(workdir: &Path) -> RunMeta {
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
         experiment_id: None,
+        trial: None,
     }
 }

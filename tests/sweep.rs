@@ -1,0 +1,211 @@
+//! Experiments and `kiln sweep` (issue 7): validation before anything runs, trials sharing
+//! cached stages, trials linked to their experiment in the store, finished trials not rerun.
+
+use crate::support::Project;
+
+const PIPELINE: &str = r#"name: toy
+params:
+  alpha: 0.5
+  temperature: 1
+  seed: 0
+stages:
+  prep:
+    uses: shell
+    with:
+      run: echo prepared > "$KILN_OUT/data.txt"
+    outputs: [data.txt]
+  train:
+    uses: shell
+    needs: [prep]
+    with:
+      alpha: ${alpha}
+      temperature: ${temperature}
+      seed: ${seed}
+      run: |
+        echo "{\"metric\": \"score\", \"value\": $(awk "BEGIN { print $KILN_PARAM_ALPHA * $KILN_PARAM_TEMPERATURE + $KILN_PARAM_SEED }")}"
+"#;
+
+fn project(experiment: &str) -> Project {
+    let p = Project::new();
+    p.write("pipelines/toy.yaml", PIPELINE);
+    p.write("experiments/exp.yaml", experiment);
+    p
+}
+
+const GRID: &str = r#"name: grid
+pipeline: pipelines/toy.yaml
+sweep:
+  method: grid
+  params:
+    alpha: [0.0, 0.5, 1.0]
+    temperature: [1, 2, 4]
+"#;
+
+#[test]
+fn a_3x3_grid_preprocesses_once_and_is_not_rerun() {
+    let p = project(GRID);
+    let dry = p.kiln(&["sweep", "experiments/exp.yaml", "--dry-run"]).ok();
+    assert!(dry.stdout.contains("9 trial(s)"), "{}", dry.stdout);
+    assert!(
+        !p.path().join("results/cache").exists(),
+        "a dry run runs nothing"
+    );
+
+    p.kiln(&["--quiet", "sweep", "experiments/exp.yaml"]).ok();
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM runs WHERE experiment_id IS NOT NULL"),
+        "9"
+    );
+    assert_eq!(p.scalar("SELECT count(DISTINCT trial) FROM runs"), "9");
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM stage_runs WHERE stage = 'prep' AND status = 'succeeded'"),
+        "1",
+        "preprocessing executes once"
+    );
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM stage_runs WHERE stage = 'prep' AND status = 'cached'"),
+        "8"
+    );
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM stage_runs WHERE stage = 'train' AND status = 'succeeded'"),
+        "9"
+    );
+    // α = 1, T = 4 → score 4.
+    assert_eq!(
+        p.scalar(
+            "SELECT m.value FROM metrics m JOIN params a ON a.run_id = m.run_id AND a.key = 'alpha'
+             JOIN params t ON t.run_id = m.run_id AND t.key = 'temperature'
+             WHERE m.name = 'score' AND a.value_num = 1 AND t.value_num = 4"
+        ),
+        "4"
+    );
+    // Again: every trial is done; nothing runs.
+    let again = p.kiln(&["--quiet", "sweep", "experiments/exp.yaml"]).ok();
+    assert!(
+        again.stdout.contains("0 trial(s) run now, 9 done before"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(p.scalar("SELECT count(*) FROM runs"), "9");
+}
+
+#[test]
+fn seeds_repeat_trials_and_random_sweeps_are_seeded() {
+    let p = project(
+        "name: rnd\npipeline: pipelines/toy.yaml\nsweep:\n  method: random\n  samples: 3\n  seed: 5\n  params:\n    alpha: {min: 0.1, max: 1.0, log: true}\n    temperature: [1, 2]\n  seeds: [1, 2]\nlanes: 2\n",
+    );
+    let first = p.kiln(&["sweep", "experiments/exp.yaml", "--dry-run"]).ok();
+    let second = p.kiln(&["sweep", "experiments/exp.yaml", "--dry-run"]).ok();
+    assert_eq!(first.stdout, second.stdout, "the draw is seeded");
+    assert!(first.stdout.contains("6 trial(s)"), "{}", first.stdout);
+    p.kiln(&["--quiet", "sweep", "experiments/exp.yaml"]).ok();
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM runs WHERE status = 'succeeded'"),
+        "6"
+    );
+    assert_eq!(p.scalar("SELECT count(DISTINCT seed) FROM runs"), "2");
+}
+
+#[test]
+fn bad_experiments_are_clear_errors_before_anything_runs() {
+    let cases = [
+        (
+            "name: x\npipeline: pipelines/toy.yaml\nsweep:\n  params:\n    alpah: [1, 2]\n",
+            "experiments/exp.yaml:5:5: sweep param \"alpah\" is not a param of pipeline",
+        ),
+        (
+            "name: x\npipeline: pipelines/toy.yaml\nsweep:\n  params:\n    alpha: []\n",
+            "experiments/exp.yaml:5:5: sweep param \"alpha\": the value list is empty",
+        ),
+        (
+            "name: x\npipeline: pipelines/toy.yaml\nlanes: 0\nsweep:\n  params:\n    alpha: [1]\n",
+            "experiments/exp.yaml:3:1: lanes must be a whole number ≥ 1",
+        ),
+        (
+            "name: x\npipeline: pipelines/toy.yaml\nsweep:\n  method: grid\n  params:\n    alpha: {min: 0, max: 1}\n",
+            "a range needs method: random",
+        ),
+        (
+            "name: x\npipeline: pipelines/toy.yaml\nsweeep: {}\n",
+            "experiments/exp.yaml:3:1: unknown key \"sweeep\" (did you mean \"sweep\"?)",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let p = project(yaml);
+        let ran = p.kiln(&["sweep", "experiments/exp.yaml"]);
+        assert_eq!(ran.status, 2, "{yaml}\n{}", ran.stderr);
+        assert!(
+            ran.stderr.contains(expected),
+            "{yaml}\nwanted {expected:?}\ngot {}",
+            ran.stderr
+        );
+        assert!(!p.path().join("results/cache").exists(), "nothing ran");
+    }
+    // The did-you-mean names the pipeline's param.
+    let p =
+        project("name: x\npipeline: pipelines/toy.yaml\nsweep:\n  params:\n    alpah: [1, 2]\n");
+    let ran = p.kiln(&["sweep", "experiments/exp.yaml"]);
+    assert!(
+        ran.stderr.contains("(did you mean \"alpha\"?)"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// The README's quickstart: `kiln sweep experiments/quickstart.yaml` on the repo's sample
+/// data, then the README's "which α, T won?" query exactly as written there.
+#[test]
+fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
+    let root = crate::support::repo_root();
+    let p = Project::new();
+    for f in [
+        "data/samples/sentiment140.sample.csv",
+        "pipelines/quickstart.yaml",
+        "experiments/quickstart.yaml",
+    ] {
+        let to = p.path().join(f);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+        std::fs::copy(root.join(f), to).expect("copy");
+    }
+    let ran = p
+        .kiln(&["--quiet", "sweep", "experiments/quickstart.yaml"])
+        .ok();
+    assert!(ran.stdout.contains("6 trial(s) run now"), "{}", ran.stdout);
+    for (stage, executed, cached) in [
+        ("tweets", "1", "5"),
+        ("teacher", "1", "5"),
+        ("student", "6", "0"),
+    ] {
+        assert_eq!(
+            p.scalar(&format!(
+                "SELECT count(*) FROM stage_runs WHERE stage = '{stage}' AND status = 'succeeded'"
+            )),
+            executed,
+            "{stage}"
+        );
+        assert_eq!(
+            p.scalar(&format!(
+                "SELECT count(*) FROM stage_runs WHERE stage = '{stage}' AND status = 'cached'"
+            )),
+            cached,
+            "{stage}"
+        );
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let start = readme
+        .find("query \"SELECT r.trial")
+        .expect("the README's query")
+        + "query \"".len();
+    let end = start + readme[start..].find("\"\n").expect("closing quote");
+    let sql = &readme[start..end];
+    let rows = p.query(sql);
+    assert_eq!(rows.len(), 6, "one row per trial:\n{sql}");
+    let accuracy: Vec<f64> = rows
+        .iter()
+        .map(|r| r[3].parse().expect("accuracy"))
+        .collect();
+    assert!(
+        accuracy.windows(2).all(|w| w[0] >= w[1]),
+        "ranked best first: {accuracy:?}"
+    );
+}
