@@ -209,3 +209,127 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
         "ranked best first: {accuracy:?}"
     );
 }
+
+const TRAINING: &str = r#"name: training
+params:
+  lr: 0.003
+stages:
+  tokenizer:
+    uses: data.tokenizer
+    inputs: {train_on: data/samples/sentiment140.sample.csv}
+    with: {vocab_size: 400}
+  tweets:
+    uses: data.sentiment140
+    inputs: {source: data/samples/sentiment140.sample.csv}
+    with: {tokenizer: "${stages.tokenizer.dir}", labels: {negative: " bad", positive: " good"}}
+  init:
+    uses: model.init
+    with: {tokenizer: "${stages.tweets.dir}", n_positions: 64, n_embd: 32, n_layer: 2, n_head: 4}
+  lm:
+    uses: train.lm
+    with:
+      data: ${stages.tweets.dir}
+      model: ${stages.init.dir}/model
+      max_steps: 400
+      batch_size: 8
+      lr: ${lr}
+      checkpoint_every: 20
+      eval_every: 100
+      eval_batches: 2
+"#;
+
+#[test]
+fn a_sweep_killed_mid_trial_completes_when_run_again_without_lost_or_doubled_metrics() {
+    let root = crate::support::repo_root();
+    let p = Project::new();
+    let csv = p.path().join("data/samples/sentiment140.sample.csv");
+    std::fs::create_dir_all(csv.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(root.join("data/samples/sentiment140.sample.csv"), &csv).expect("copy");
+    p.write("pipelines/training.yaml", TRAINING);
+    p.write(
+        "experiments/exp.yaml",
+        "name: kill\npipeline: pipelines/training.yaml\nsweep:\n  params:\n    lr: [0.003, 0.001]\n",
+    );
+    let mut child = p
+        .cmd(&["--quiet", "sweep", "experiments/exp.yaml"])
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    // Wait until the second trial's training is well under way, then kill -9.
+    let store = p.path().join("results/kiln.sqlite");
+    let started = std::time::Instant::now();
+    let steps_of_trial_1 = || -> i64 {
+        if !store.exists() {
+            return 0;
+        }
+        let out = p
+            .cmd(&[
+                "query",
+                "--format",
+                "csv",
+                "SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.trial = 1 AND m.name = 'loss'",
+            ])
+            .output()
+            .expect("query");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    loop {
+        let n = steps_of_trial_1();
+        if n >= 50 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120 && child.try_wait().expect("wait").is_none(),
+            "the second trial never got going (or finished before it could be killed): {n} steps"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let before = steps_of_trial_1();
+    assert!(
+        before < 400,
+        "killed mid-trial: {before} of 400 steps recorded"
+    );
+
+    let again = p.kiln(&["--quiet", "sweep", "experiments/exp.yaml"]).ok();
+    assert!(
+        again.stdout.contains("1 trial(s) run now, 1 done before"),
+        "{}",
+        again.stdout
+    );
+    // Trial 0 ran once; trial 1 has the killed run and the completed one.
+    assert_eq!(p.scalar("SELECT count(*) FROM runs WHERE trial = 0"), "1");
+    assert_eq!(p.scalar("SELECT count(*) FROM runs WHERE trial = 1"), "2");
+    let done = p.scalar("SELECT id FROM runs WHERE trial = 1 AND status = 'succeeded'");
+    for name in ["loss", "lr", "grad_norm"] {
+        let rows = p.scalar(&format!(
+            "SELECT count(*) FROM metrics WHERE run_id = {done} AND stage = 'lm' AND name = '{name}'"
+        ));
+        let steps = p.scalar(&format!(
+            "SELECT count(DISTINCT step) FROM metrics WHERE run_id = {done} AND stage = 'lm' AND name = '{name}'"
+        ));
+        assert_eq!(
+            (rows.as_str(), steps.as_str()),
+            ("400", "400"),
+            "{name}: rows, distinct steps"
+        );
+    }
+    // It continued from a checkpoint rather than starting over.
+    let log = p.scalar(&format!(
+        "SELECT log_path FROM stage_runs WHERE run_id = {done} AND stage = 'lm'"
+    ));
+    let log = std::fs::read_to_string(p.path().join(&log)).expect("stage log");
+    assert!(
+        log.contains("resuming from the checkpoint at step"),
+        "{log}"
+    );
+    // The killed run keeps what it recorded: nothing is lost from the store.
+    let killed = p.scalar("SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.trial = 1 AND r.status != 'succeeded' AND m.name = 'loss'");
+    assert!(killed.parse::<i64>().expect("count") >= before);
+}

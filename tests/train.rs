@@ -284,12 +284,31 @@ fn resuming_at_step_50_of_100_matches_an_uninterrupted_run() {
     assert_eq!(resumed.resumed_from, 50);
     assert_eq!(resumed.steps, 100);
 
-    let mut losses = first.losses.clone();
-    losses.extend(second.losses.iter().copied());
-    assert_eq!(losses.len(), 100);
+    // The resumed attempt reports every step: 1..50 again from the checkpoint (as the first
+    // attempt reported them), 51..100 newly computed; all equal the uninterrupted run's.
+    assert_eq!(first.losses.len(), 50);
+    assert_eq!(second.losses.len(), 100);
+    assert_eq!(second.losses[..50], first.losses[..]);
     assert_eq!(
-        losses, whole.losses,
+        second.losses, whole.losses,
         "per-step losses differ after resuming"
+    );
+    // Every metric, not only the loss: same names and steps, same values (tokens/s is a
+    // timing and differs).
+    let comparable = |m: &[(String, usize, f64)]| -> Vec<(String, usize, Option<u64>)> {
+        m.iter()
+            .map(|(n, s, v)| (n.clone(), *s, (n != "tokens_per_s").then(|| v.to_bits())))
+            .collect()
+    };
+    let (a, b) = (comparable(&second.metrics), comparable(&whole.metrics));
+    let first_difference = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert!(
+        a.len() == b.len() && first_difference.is_none(),
+        "resumed {} metrics vs {}; first difference at {first_difference:?}: {:?} vs {:?}",
+        a.len(),
+        b.len(),
+        first_difference.map(|i| &a[i]),
+        first_difference.map(|i| &b[i]),
     );
     let (a, b) = (weights(&straight.model), weights(&resumed.model));
     assert_eq!(a.len(), b.len());

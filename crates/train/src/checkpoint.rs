@@ -7,6 +7,7 @@
 //!   param_ids.json                   the parameter ids in module order, so the reloaded
 //!                                    model's parameters meet their optimizer state again
 //!   trainer.json                     step, data position, best metric ([`TrainerState`])
+//!   metrics.json                     every metric reported up to this step
 //! ```
 //!
 //! A checkpoint is written as `step-N.tmp/` and renamed when complete, so a kill leaves either
@@ -23,6 +24,10 @@ use kiln_model::gpt2::{Gpt2, Gpt2Config};
 use kiln_model::hf;
 
 use crate::error::{Error, Result, io};
+
+/// A metric the trainer reported: (name, step, value). A checkpoint keeps every one reported
+/// up to it, so a resumed run can report them again and its record is complete.
+pub type Recorded = (String, usize, f64);
 
 /// Where training is: everything besides weights and optimizer state that resuming needs.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -105,6 +110,7 @@ pub fn save<B, O>(
     config: &Gpt2Config,
     optim: &O,
     state: &TrainerState,
+    history: &[Recorded],
 ) -> Result<PathBuf>
 where
     B: AutodiffBackend,
@@ -134,6 +140,7 @@ where
     let ids: Vec<u64> = param_ids(model).iter().map(|id| id.val()).collect();
     write_json(&tmp.join("param_ids.json"), &ids)?;
     write_json(&tmp.join("trainer.json"), state)?;
+    write_json(&tmp.join("metrics.json"), &history)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io("cannot replace", &dir))?;
     }
@@ -165,6 +172,8 @@ pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
     pub optim: O,
     /// Where training was.
     pub state: TrainerState,
+    /// The metrics reported up to the checkpoint.
+    pub history: Vec<Recorded>,
 }
 
 /// The model of the checkpoint in `dir`. `template` is the model training started with: a
@@ -229,10 +238,12 @@ where
         })?;
     let optim = optim.load_record(record);
     let state = read_json(&dir.join("trainer.json"))?;
+    let history = read_json(&dir.join("metrics.json"))?;
     Ok(Loaded {
         model,
         optim,
         state,
+        history,
     })
 }
 

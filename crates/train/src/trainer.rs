@@ -317,6 +317,15 @@ where
         .with_weight_decay(opts.weight_decay as f32)
         .init::<B, Gpt2<B>>();
     let mut model = model;
+    let mut history: Vec<checkpoint::Recorded> = Vec::new();
+    let report = |observer: &mut dyn Observer,
+                  history: &mut Vec<checkpoint::Recorded>,
+                  name: &str,
+                  step: usize,
+                  value: f64| {
+        observer.metric(name, step, value);
+        history.push((name.to_owned(), step, value));
+    };
     let mut state = TrainerState {
         options_hash: options_hash.clone(),
         ..TrainerState::default()
@@ -329,10 +338,19 @@ where
                 message: "made with other training options; delete it to start over".into(),
             });
         }
-        observer.log(&format!("resuming from the checkpoint at step {step}"));
+        observer.log(&format!(
+            "resuming from the checkpoint at step {step} (reporting its {} earlier metric values again)",
+            loaded.history.len()
+        ));
         model = loaded.model;
         optim = loaded.optim;
         state = loaded.state;
+        // This attempt's record is complete: the steps before the checkpoint are reported
+        // again, exactly as they were.
+        for (name, step, value) in &loaded.history {
+            observer.metric(name, *step, *value);
+        }
+        history = loaded.history;
     }
     let resumed_from = state.step;
     B::seed(&device, opts.seed.wrapping_add(state.step as u64));
@@ -383,11 +401,12 @@ where
         let loss = loss_sum / opts.grad_accum.max(1) as f64;
         if step.is_multiple_of(opts.log_every.max(1)) || step == total {
             let seconds = window.elapsed().as_secs_f64().max(1e-9);
-            observer.metric("loss", step, loss);
-            observer.metric("lr", step, lr);
-            observer.metric("grad_norm", step, grad_norm);
-            observer.metric("tokens_per_s", step, tokens_since as f64 / seconds);
-            observer.metric("epoch", step, state.epoch as f64);
+            report(observer, &mut history, "loss", step, loss);
+            report(observer, &mut history, "lr", step, lr);
+            report(observer, &mut history, "grad_norm", step, grad_norm);
+            let tokens_per_s = tokens_since as f64 / seconds;
+            report(observer, &mut history, "tokens_per_s", step, tokens_per_s);
+            report(observer, &mut history, "epoch", step, state.epoch as f64);
             tokens_since = 0;
             window = Instant::now();
         }
@@ -406,7 +425,7 @@ where
                 .map(|(k, v)| (format!("val_{k}"), v))
                 .collect();
             for (k, v) in &last_eval {
-                observer.metric(k, step, *v);
+                report(observer, &mut history, k, step, *v);
             }
             if let Some(&(_, v)) = last_eval.iter().find(|(k, _)| *k == opts.best_metric) {
                 let better = match state.best {
@@ -427,7 +446,7 @@ where
                 .checkpoint_every
                 .is_some_and(|n| n > 0 && step.is_multiple_of(n));
         if checkpoint_due {
-            checkpoint::save(checkpoints, &model, config, &optim, &state)?;
+            checkpoint::save(checkpoints, &model, config, &optim, &state, &history)?;
             checkpoint::prune(
                 checkpoints,
                 opts.keep_checkpoints.max(1),
