@@ -333,3 +333,63 @@ fn a_sweep_killed_mid_trial_completes_when_run_again_without_lost_or_doubled_met
     let killed = p.scalar("SELECT count(*) FROM metrics m JOIN runs r ON r.id = m.run_id WHERE r.trial = 1 AND r.status != 'succeeded' AND m.name = 'loss'");
     assert!(killed.parse::<i64>().expect("count") >= before);
 }
+
+#[test]
+fn rerun_reproduces_a_cpu_run_and_compare_shows_two_runs() {
+    let root = crate::support::repo_root();
+    let p = Project::new();
+    let csv = p.path().join("data/samples/sentiment140.sample.csv");
+    std::fs::create_dir_all(csv.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(root.join("data/samples/sentiment140.sample.csv"), &csv).expect("copy");
+    p.write(
+        "pipelines/training.yaml",
+        &TRAINING.replace("max_steps: 400", "max_steps: 60"),
+    );
+    p.run("pipelines/training.yaml", &[]).ok();
+    // What makes the run reproducible is recorded with it.
+    let lock = p.scalar("SELECT cargo_lock_hash FROM runs WHERE id = 1");
+    assert_eq!(lock.len(), 64, "blake3 of Cargo.lock: {lock}");
+    assert!(
+        p.scalar("SELECT config FROM runs WHERE id = 1")
+            .contains("\"lr\":0.003")
+    );
+
+    let rerun = p
+        .kiln(&["--quiet", "rerun", "1", "--expect-identical"])
+        .ok();
+    assert!(rerun.stdout.contains("all identical"), "{}", rerun.stdout);
+    let compared: usize = p
+        .scalar("SELECT count(*) FROM metrics WHERE run_id = 2 AND name NOT LIKE '%seconds%' AND name NOT LIKE '%per_s%'")
+        .parse()
+        .expect("count");
+    assert!(
+        compared > 60 * 3,
+        "the rerun recorded its metrics ({compared})"
+    );
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM stage_runs WHERE run_id = 2 AND status = 'succeeded'"),
+        "4",
+        "a rerun executes every stage"
+    );
+
+    let compare = p.kiln(&["compare", "1", "2", "--format", "csv"]).ok();
+    assert!(
+        compare
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("param,lr,0.003,0.003,")),
+        "{}",
+        compare.stdout
+    );
+    assert!(
+        compare
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("metric,lm.loss,")),
+        "{}",
+        compare.stdout
+    );
+    let missing = p.kiln(&["compare", "1", "99"]);
+    assert_ne!(missing.status, 0);
+    assert!(missing.stderr.contains("no run 99"), "{}", missing.stderr);
+}

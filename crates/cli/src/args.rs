@@ -114,6 +114,27 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         gpus: u32,
     },
+    /// Execute a recorded run again (every stage) and compare the metrics.
+    Rerun {
+        /// The run's id.
+        run: i64,
+        /// Most stages executing at once.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
+        /// Exit 1 when a metric value differs.
+        #[arg(long)]
+        expect_identical: bool,
+    },
+    /// Two runs side by side: parameters and final metrics.
+    Compare {
+        /// The first run.
+        a: i64,
+        /// The second run.
+        b: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
     /// Show, per stage, whether it is cached, stale (and why) or never run.
     Status {
         /// The pipeline file.

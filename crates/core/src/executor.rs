@@ -42,6 +42,8 @@ pub struct RunMeta {
     pub experiment_id: Option<i64>,
     /// The run's trial number in that experiment's sweep.
     pub trial: Option<i64>,
+    /// blake3 of the Cargo.lock kiln was built from.
+    pub cargo_lock_hash: Option<String>,
 }
 
 /// How to execute a plan.
@@ -164,6 +166,7 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
                 pipeline_id,
                 experiment_id: opts.meta.experiment_id,
                 trial: opts.meta.trial,
+                cargo_lock_hash: opts.meta.cargo_lock_hash.clone(),
                 config_hash: plan.config_hash.clone(),
                 config: plan.config.to_string(),
                 git_commit: opts.meta.git_commit.clone(),

@@ -270,13 +270,15 @@ impl Store {
             .await
             .map_err(sql("begin run"))?;
         let id: i64 = sqlx::query(
-            "INSERT INTO runs (pipeline_id, experiment_id, trial, config_hash, config, git_commit,
-                               git_dirty, kiln_version, seed, host, started_at, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
+            "INSERT INTO runs (pipeline_id, experiment_id, trial, cargo_lock_hash, config_hash,
+                               config, git_commit, git_dirty, kiln_version, seed, host, started_at,
+                               status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
         )
         .bind(run.pipeline_id)
         .bind(run.experiment_id)
         .bind(run.trial)
+        .bind(&run.cargo_lock_hash)
         .bind(&run.config_hash)
         .bind(&run.config)
         .bind(&run.git_commit)

@@ -11,6 +11,8 @@ pub struct NewRun {
     pub experiment_id: Option<i64>,
     /// The trial's number within its sweep.
     pub trial: Option<i64>,
+    /// blake3 of the Cargo.lock kiln was built from.
+    pub cargo_lock_hash: Option<String>,
     /// blake3 of the fully resolved configuration.
     pub config_hash: String,
     /// The fully resolved configuration, as JSON.

@@ -1,10 +1,12 @@
 //! One file per command; each maps arguments to library calls and prints the result.
 
 mod bench;
+mod compare;
 mod dag;
 mod data;
 mod lm;
 mod query;
+mod rerun;
 mod run;
 mod runs;
 mod stages;
@@ -64,6 +66,12 @@ pub async fn execute(cli: Cli) -> Result<()> {
             jobs,
             gpus,
         } => sweep::run(&cli, file, set, *dry_run, *lanes, *jobs, *gpus).await,
+        Command::Rerun {
+            run,
+            jobs,
+            expect_identical,
+        } => rerun::run(&cli, *run, *jobs, *expect_identical).await,
+        Command::Compare { a, b, format } => compare::run(&cli, *a, *b, *format).await,
         Command::Data { command } => data::run(command),
         Command::Topk {
             model,

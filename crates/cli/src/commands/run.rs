@@ -119,5 +119,11 @@ pub(crate) fn run_meta(workdir: &Path) -> RunMeta {
         kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
         experiment_id: None,
         trial: None,
+        // The lock file kiln was built from, embedded at compile time.
+        cargo_lock_hash: Some(
+            blake3::hash(include_bytes!("../../../../Cargo.lock"))
+                .to_hex()
+                .to_string(),
+        ),
     }
 }
