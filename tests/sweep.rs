@@ -393,3 +393,45 @@ fn rerun_reproduces_a_cpu_run_and_compare_shows_two_runs() {
     assert_ne!(missing.status, 0);
     assert!(missing.stderr.contains("no run 99"), "{}", missing.stderr);
 }
+
+/// The checked-in research experiments plan every trial (nothing runs: `--dry-run`) against
+/// the real data in `KILN_SHARED_DATA`.
+#[test]
+fn the_checked_in_experiments_plan() {
+    let Some(data) = crate::data::shared_data() else {
+        return;
+    };
+    let root = crate::support::repo_root();
+    let data = data.to_string_lossy().into_owned();
+    for (file, trials) in [
+        ("experiments/sentiment140-from-scratch.yaml", 6),
+        ("experiments/internalize-gpt2.yaml", 3),
+        ("experiments/alpaca-sft.yaml", 2),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "sweep",
+                file,
+                "--dry-run",
+                "--set",
+                &format!("data_dir={data}"),
+            ])
+            .current_dir(&root)
+            .env(
+                "KILN_RESULTS",
+                std::env::temp_dir().join("kiln-dry-run-results"),
+            )
+            .output()
+            .expect("kiln runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("{trials} trial(s)")),
+            "{file}: {stdout}"
+        );
+    }
+}
