@@ -208,6 +208,104 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
         accuracy.windows(2).all(|w| w[0] >= w[1]),
         "ranked best first: {accuracy:?}"
     );
+
+    // The report: one self-contained HTML file and a Markdown summary.
+    let id = p.scalar("SELECT max(id) FROM experiments");
+    let report = p.kiln(&["report", &id]).ok();
+    assert!(
+        report.stdout.contains("# Sweep report: quickstart"),
+        "{}",
+        report.stdout
+    );
+    let html_path = p
+        .path()
+        .join(format!("results/reports/quickstart-{id}.html"));
+    let html = std::fs::read_to_string(&html_path).expect("report.html");
+    assert!(
+        std::fs::read_to_string(p.path().join(format!("results/reports/quickstart-{id}.md")))
+            .is_ok()
+    );
+    for fetch in [
+        "src=\"http",
+        "href=\"http",
+        "url(http",
+        "<link",
+        "<script src",
+    ] {
+        assert!(
+            !html.contains(fetch),
+            "the report fetches something: {fetch}"
+        );
+    }
+    let section = |id: &str| {
+        let start = html
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no {id} section"));
+        let end = html[start..].find("</section>").expect("section end") + start;
+        html[start..end].to_owned()
+    };
+    let heatmap = section("heatmap");
+    assert!(
+        heatmap.matches("<rect").count() >= 6,
+        "a cell per (alpha, T)"
+    );
+    let curves = section("curves");
+    assert!(
+        curves.contains("<polyline") || curves.contains("<path"),
+        "loss curves drawn"
+    );
+    assert!(html.contains("class=\"trace\""), "the best trial's traces");
+    assert_eq!(html.matches("<tr class=\"best\">").count(), 1);
+    screenshot(&html_path, &p.path().join("report.png"));
+}
+
+/// Renders `html` with headless Chromium (Debian's `chromium`; `.ci/run` installs it and sets
+/// KILN_REQUIRE_CHROMIUM) and checks the picture holds a drawing, not a blank page.
+fn screenshot(html: &std::path::Path, png: &std::path::Path) {
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("KILN_REQUIRE_CHROMIUM").is_none(),
+            "KILN_REQUIRE_CHROMIUM is set but no chromium is installed"
+        );
+        eprintln!("no chromium: skipping the report screenshot");
+        return;
+    };
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,2000",
+            &format!("--screenshot={}", png.display()),
+            &format!("file://{}", html.display()),
+        ])
+        .output()
+        .expect("chromium runs");
+    assert!(
+        png.is_file(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(png).expect("png");
+    assert_eq!(&bytes[..4], b"\x89PNG");
+    // A blank 1200×2000 page compresses to a few kilobytes; tables, a heatmap and curves don't.
+    assert!(
+        bytes.len() > 40_000,
+        "the screenshot looks empty: {} bytes",
+        bytes.len()
+    );
+    if let Some(dir) = std::env::var_os("KILN_KEEP_SCREENSHOT") {
+        let _ = std::fs::copy(png, std::path::Path::new(&dir).join("report.png"));
+    }
 }
 
 const TRAINING: &str = r#"name: training

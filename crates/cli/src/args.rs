@@ -125,6 +125,17 @@ pub enum Command {
         #[arg(long)]
         expect_identical: bool,
     },
+    /// A sweep's report: one self-contained HTML file and a Markdown summary.
+    Report {
+        /// The experiment's id (`kiln sweep` prints it).
+        experiment: i64,
+        /// The metric that ranks trials and colours the heatmap (default: an accuracy).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Where to write (default: results/reports).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Two runs side by side: parameters and final metrics.
     Compare {
         /// The first run.

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+/// Registers the embedded font with plotters (once); every kiln plot calls it first.
+pub fn register_font() {
     REGISTER.call_once(|| {
         // The font is a fixed, valid file; registering cannot fail for it.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);

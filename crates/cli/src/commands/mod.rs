@@ -6,6 +6,7 @@ mod dag;
 mod data;
 mod lm;
 mod query;
+mod report;
 mod rerun;
 mod run;
 mod runs;
@@ -72,6 +73,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
             expect_identical,
         } => rerun::run(&cli, *run, *jobs, *expect_identical).await,
         Command::Compare { a, b, format } => compare::run(&cli, *a, *b, *format).await,
+        Command::Report {
+            experiment,
+            metric,
+            out,
+        } => report::run(&cli, *experiment, metric.as_deref(), out.as_deref()).await,
         Command::Data { command } => data::run(command),
         Command::Topk {
             model,
