@@ -214,6 +214,10 @@ pub async fn run(
         }
         .into());
     }
+    // Every trial has a succeeded run: the report comes with the sweep.
+    if let Err(e) = super::report::run(cli, experiment_id, None, None).await {
+        eprintln!("warning: the sweep's report could not be written: {e:#}");
+    }
     Ok(())
 }
 
