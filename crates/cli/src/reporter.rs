@@ -232,3 +232,97 @@ pub fn print_summary(summary: &RunSummary) {
         }
     }
 }
+
+/// The sweep's own display: an overall bar over the trials and one line per lane saying which
+/// trial it runs (live), or a line per trial start and end (plain).
+pub struct SweepDisplay {
+    reporter: Arc<CliReporter>,
+    overall: Option<ProgressBar>,
+    lanes: Vec<ProgressBar>,
+    done: Mutex<usize>,
+    total: usize,
+}
+
+impl CliReporter {
+    /// A sweep display for `total` trials on `lanes` lanes.
+    pub fn sweep_display(self: &Arc<Self>, total: usize, lanes: usize) -> SweepDisplay {
+        let (overall, lane_bars) = match &self.mode {
+            Mode::Live { multi, .. } => {
+                let overall = multi.add(ProgressBar::new(total as u64));
+                overall.set_style(
+                    ProgressStyle::with_template(
+                        "sweep {elapsed:>5} [{bar:30}] {pos}/{len} trials eta {eta}",
+                    )
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
+                );
+                let lane_bars = (0..lanes)
+                    .map(|i| {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(spinner_style());
+                        bar.set_prefix(format!("lane {}", i + 1));
+                        bar.set_message("idle");
+                        bar
+                    })
+                    .collect();
+                (Some(overall), lane_bars)
+            }
+            _ => (None, Vec::new()),
+        };
+        SweepDisplay {
+            reporter: self.clone(),
+            overall,
+            lanes: lane_bars,
+            done: Mutex::new(0),
+            total,
+        }
+    }
+}
+
+impl SweepDisplay {
+    /// Trial `trial` (described by `label`) starts on `lane`.
+    pub fn started(&self, lane: usize, trial: usize, label: &str) {
+        match self.lanes.get(lane) {
+            Some(bar) => {
+                bar.set_message(format!("trial {trial}: {label}"));
+                bar.enable_steady_tick(Duration::from_millis(120));
+            }
+            None => self.reporter.line(&format!(
+                "trial {trial} started on lane {}: {label}",
+                lane + 1
+            )),
+        }
+    }
+
+    /// Trial `trial` on `lane` ended with `status`.
+    pub fn finished(&self, lane: usize, trial: usize, status: &str) {
+        let done = {
+            let mut d = self
+                .done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *d += 1;
+            *d
+        };
+        if let Some(bar) = &self.overall {
+            bar.inc(1);
+        }
+        match self.lanes.get(lane) {
+            Some(bar) => bar.set_message("idle"),
+            None => self.reporter.line(&format!(
+                "trial {trial} {status} ({done}/{} trials)",
+                self.total
+            )),
+        }
+    }
+
+    /// Removes the bars.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.overall {
+            bar.finish_and_clear();
+        }
+        for bar in &self.lanes {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -132,6 +132,21 @@ pub async fn run(
     let reporter = crate::reporter::for_cli(cli);
     let mut results: BTreeMap<usize, (RunStatus, Option<i64>)> = BTreeMap::new();
     let results_dir = cli.results.clone();
+    let display = reporter.sweep_display(pending.len(), lanes);
+    let label = |t: &kiln_core::experiment::Trial| {
+        experiment
+            .sweep
+            .iter()
+            .map(|(k, _, _)| k)
+            .chain(experiment.seeds.first().map(|_| &experiment.seed_param.0))
+            .filter_map(|k| {
+                t.params
+                    .get(k)
+                    .map(|v| format!("{k}={}", kiln_core::value::display(v)))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let run_trial = |t: kiln_core::experiment::Trial, p: kiln_core::Plan, gpus: u32| {
         let mut meta = meta.clone();
         meta.experiment_id = Some(experiment_id);
@@ -157,33 +172,50 @@ pub async fn run(
     let mut queue = pending.into_iter();
     // The first trial alone: it makes the shared stages that the others then find cached.
     if let Some((t, p)) = queue.next() {
+        display.started(0, t.index, &label(&t));
         let (t, summary) = run_trial(t, p, gpus).await;
         let summary = summary?;
+        display.finished(0, t.index, summary.status.as_str());
         results.insert(t.index, (summary.status, summary.run_id));
     }
     type Done = (
+        usize,
         kiln_core::experiment::Trial,
         kiln_core::Result<kiln_core::RunSummary>,
     );
     let mut running: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
+    let mut free: Vec<usize> = (0..lanes).rev().collect();
+    let mut record = |joined: std::result::Result<Done, tokio::task::JoinError>,
+                      free: &mut Vec<usize>|
+     -> Result<()> {
+        let (lane, t, summary) = joined.context("a trial task ended abnormally")?;
+        free.push(lane);
+        let summary = summary?;
+        display.finished(lane, t.index, summary.status.as_str());
+        results.insert(t.index, (summary.status, summary.run_id));
+        Ok(())
+    };
     for (t, p) in queue {
-        while running.len() >= lanes {
+        while free.is_empty() {
             if let Some(joined) = running.join_next().await {
-                let (t, summary) = joined.context("a trial task ended abnormally")?;
-                let summary = summary?;
-                results.insert(t.index, (summary.status, summary.run_id));
+                record(joined, &mut free)?;
             }
         }
         if cancel.is_cancelled() {
             break;
         }
-        running.spawn(run_trial(t, p, lane_gpus));
+        let lane = free.pop().unwrap_or(0);
+        display.started(lane, t.index, &label(&t));
+        let fut = run_trial(t, p, lane_gpus);
+        running.spawn(async move {
+            let (t, summary) = fut.await;
+            (lane, t, summary)
+        });
     }
     while let Some(joined) = running.join_next().await {
-        let (t, summary) = joined.context("a trial task ended abnormally")?;
-        let summary = summary?;
-        results.insert(t.index, (summary.status, summary.run_id));
+        record(joined, &mut free)?;
     }
+    display.finish();
     reporter.finish();
     store.close().await;
     let failed: Vec<String> = results
