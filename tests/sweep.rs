@@ -533,3 +533,40 @@ fn the_checked_in_experiments_plan() {
         );
     }
 }
+
+#[test]
+fn lanes_never_use_more_gpus_than_the_sweep_has() {
+    let p = Project::new();
+    p.write(
+        "pipelines/gpu.yaml",
+        r#"name: gpu
+params:
+  x: 1
+stages:
+  fit:
+    uses: shell
+    resources: {gpu: 1}
+    with:
+      x: ${x}
+      run: |
+        echo "{\"metric\": \"x\", \"value\": $KILN_PARAM_X}"
+"#,
+    );
+    p.write(
+        "experiments/exp.yaml",
+        "name: gpu\npipeline: pipelines/gpu.yaml\nsweep:\n  params:\n    x: [1, 2, 3, 4]\nlanes: 3\n",
+    );
+    let ran = p
+        .kiln(&["--quiet", "sweep", "experiments/exp.yaml", "--gpus", "1"])
+        .ok();
+    assert!(
+        ran.stderr
+            .contains("3 lane(s) asked for, but trials need 1 GPU(s) each of 1: running 1 at once"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        p.scalar("SELECT count(*) FROM runs WHERE status = 'succeeded'"),
+        "4"
+    );
+}

@@ -127,7 +127,24 @@ pub async fn run(
         pending.len(),
         lanes
     );
-    let lane_gpus = gpus / lanes as u32;
+    // GPUs are split between lanes; when a trial needs more GPUs than its share, fewer lanes
+    // run at once, so that together they never use more than --gpus.
+    let need = pending
+        .iter()
+        .flat_map(|(_, p)| p.stages.iter().map(|s| s.gpu))
+        .max()
+        .unwrap_or(0);
+    let lanes = match gpus.checked_div(need) {
+        Some(fit) if (fit.max(1) as usize) < lanes => {
+            let fit = fit.max(1) as usize;
+            eprintln!(
+                "{lanes} lane(s) asked for, but trials need {need} GPU(s) each of {gpus}: running {fit} at once"
+            );
+            fit
+        }
+        _ => lanes,
+    };
+    let lane_gpus = if need > 0 { gpus / lanes as u32 } else { 0 };
     let meta = super::run::run_meta(&workdir);
     let reporter = crate::reporter::for_cli(cli);
     let mut results: BTreeMap<usize, (RunStatus, Option<i64>)> = BTreeMap::new();
