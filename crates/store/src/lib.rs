@@ -182,26 +182,7 @@ impl Store {
     /// # Errors
     /// When the statement fails.
     pub async fn pipeline_id(&self, name: &str, path: &str, spec_hash: &str) -> Result<i64> {
-        sqlx::query(
-            "INSERT INTO pipelines (name, path, spec_hash, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (name, path, spec_hash) DO NOTHING",
-        )
-        .bind(name)
-        .bind(path)
-        .bind(spec_hash)
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(sql("insert pipeline"))?;
-        let row =
-            sqlx::query("SELECT id FROM pipelines WHERE name = ? AND path = ? AND spec_hash = ?")
-                .bind(name)
-                .bind(path)
-                .bind(spec_hash)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(sql("find pipeline"))?;
-        Ok(row.get(0))
+        self.spec_row("pipelines", name, path, spec_hash).await
     }
 
     /// The id of the experiment row for (name, path, spec hash), inserting it if new.
@@ -209,25 +190,38 @@ impl Store {
     /// # Errors
     /// When a statement fails.
     pub async fn experiment_id(&self, name: &str, path: &str, spec_hash: &str) -> Result<i64> {
-        sqlx::query(
-            "INSERT INTO experiments (name, path, spec_hash, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (name, path, spec_hash) DO NOTHING",
-        )
+        self.spec_row("experiments", name, path, spec_hash).await
+    }
+
+    /// The id of the row for (name, path, spec hash) in `table` (`pipelines` or
+    /// `experiments`, which share that shape), inserting it if new.
+    async fn spec_row(
+        &self,
+        table: &'static str,
+        name: &str,
+        path: &str,
+        spec_hash: &str,
+    ) -> Result<i64> {
+        sqlx::query(&format!(
+            "INSERT INTO {table} (name, path, spec_hash, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name, path, spec_hash) DO NOTHING"
+        ))
         .bind(name)
         .bind(path)
         .bind(spec_hash)
         .bind(now())
         .execute(&self.pool)
         .await
-        .map_err(sql("insert experiment"))?;
-        let row =
-            sqlx::query("SELECT id FROM experiments WHERE name = ? AND path = ? AND spec_hash = ?")
-                .bind(name)
-                .bind(path)
-                .bind(spec_hash)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(sql("find experiment"))?;
+        .map_err(sql("insert spec row"))?;
+        let row = sqlx::query(&format!(
+            "SELECT id FROM {table} WHERE name = ? AND path = ? AND spec_hash = ?"
+        ))
+        .bind(name)
+        .bind(path)
+        .bind(spec_hash)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql("find spec row"))?;
         Ok(row.get(0))
     }
 
