@@ -573,19 +573,7 @@ fn regenerate_kiln_saved_fixture() {
         checkpoint_every: None,
         ..lm_options(10)
     };
-    let out = trainer::train(
-        model,
-        &config,
-        &mut Lm {
-            pad: 511,
-            max_length: Some(64),
-        },
-        &Data { dir: data },
-        &opts,
-        &tmp.path().join("ck"),
-        &mut Collect::default(),
-    )
-    .expect("trains");
+    let out = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
     hf::save(&out.model, &config, &fixture("numerics/kiln-saved")).expect("saves");
 }
 
@@ -745,19 +733,7 @@ fn lora_trains_only_adapters_and_merges_on_export() {
         checkpoint_every: Some(3),
         ..lm_options(6)
     };
-    let out = trainer::train(
-        model,
-        &config,
-        &mut Lm {
-            pad: 511,
-            max_length: Some(64),
-        },
-        &Data { dir: data },
-        &opts,
-        &tmp.path().join("ck"),
-        &mut Collect::default(),
-    )
-    .expect("trains");
+    let out = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
     // The base weights did not move; the adapters did.
     let merged_free = out.model.clone().merge_lora();
     let block = &out.model.blocks[0].attn;
@@ -804,4 +780,28 @@ fn lora_trains_only_adapters_and_merges_on_export() {
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-4, "merged differs by {worst}");
     }
+}
+
+/// Trains an LM on `data` with the fixture's pad id (511), checkpoints under `ck`.
+fn train_fixture_lm(
+    model: Gpt2<Ad>,
+    config: &Gpt2Config,
+    data: PathBuf,
+    opts: &TrainOptions,
+    ck: &Path,
+) -> trainer::Outcome<Ad> {
+    let mut lm = Lm {
+        pad: 511,
+        max_length: Some(64),
+    };
+    trainer::train(
+        model,
+        config,
+        &mut lm,
+        &Data { dir: data },
+        opts,
+        ck,
+        &mut Collect::default(),
+    )
+    .expect("trains")
 }

@@ -436,17 +436,15 @@ impl crate::device::Job for TrainJob<'_> {
                     pad,
                     max_length: cut(0),
                 };
-                let outcome = train(
+                fit(
                     model,
                     &config,
                     &mut objective,
                     &data,
-                    &common.opts,
+                    &common,
                     &checkpoints,
                     &mut observer,
-                )?;
-                let test = evaluate_test::<B, _>(&mut objective, &outcome.model, &common)?;
-                (outcome, test)
+                )?
             }
             ObjectiveSpec::Internalize {
                 teacher,
@@ -489,17 +487,15 @@ impl crate::device::Job for TrainJob<'_> {
                     max_length: cut(prompt_ids.len()),
                     label_pair,
                 };
-                let outcome = train(
+                fit(
                     model,
                     &config,
                     &mut objective,
                     &data,
-                    &common.opts,
+                    &common,
                     &checkpoints,
                     &mut observer,
-                )?;
-                let test = evaluate_test::<B, _>(&mut objective, &outcome.model, &common)?;
-                (outcome, test)
+                )?
             }
         };
         for (name, value) in &test {
@@ -531,6 +527,32 @@ impl crate::device::Job for TrainJob<'_> {
         ));
         Ok(())
     }
+}
+
+/// What training returned, and the `test_*` metrics of its model.
+type Fitted<B> = (crate::trainer::Outcome<B>, Vec<(String, f64)>);
+
+/// Trains with `objective`, then scores the result on the `test_data` split (if any).
+fn fit<B: AutodiffBackend, O: crate::objective::Objective<B>>(
+    model: kiln_model::gpt2::Gpt2<B>,
+    config: &kiln_model::gpt2::Gpt2Config,
+    objective: &mut O,
+    data: &Data,
+    common: &Common,
+    checkpoints: &Path,
+    observer: &mut StageObserver<'_>,
+) -> Result<Fitted<B>, StageError> {
+    let outcome = train(
+        model,
+        config,
+        objective,
+        data,
+        &common.opts,
+        checkpoints,
+        observer,
+    )?;
+    let test = evaluate_test::<B, _>(objective, &outcome.model, common)?;
+    Ok((outcome, test))
 }
 
 fn evaluate_test<B: AutodiffBackend, O: crate::objective::Objective<B>>(
