@@ -367,11 +367,9 @@ impl<B: Backend> Gpt2<B> {
                 .expand([batch, 1, seq, total]);
         let mut x = x.reshape([batch * seq, d]);
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let h = block.ln_1.forward(x.clone());
-            let (a, kv) = block.attn.attend(h, mask.clone(), batch, seq, slot.take());
+            let (out, kv) = block.forward_kv(x, mask.clone(), batch, seq, slot.take());
             *slot = Some(kv);
-            let x1 = x + a;
-            x = x1.clone() + block.mlp.forward(block.ln_2.forward(x1));
+            x = out;
         }
         cache.len = total;
         let last = x
@@ -416,8 +414,25 @@ impl<B: Backend> Block<B> {
         batch: usize,
         seq: usize,
     ) -> Tensor<B, 2> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask, batch, seq);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        self.forward_kv(x, mask, batch, seq, None).0
+    }
+
+    /// The block over `seq` new positions after `past` keys/values (if any); also returns
+    /// all keys/values, for a [`KvCache`].
+    #[allow(clippy::type_complexity)]
+    fn forward_kv(
+        &self,
+        x: Tensor<B, 2>,
+        mask: Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
+        let (a, kv) = self
+            .attn
+            .attend(self.ln_1.forward(x.clone()), mask, batch, seq, past);
+        let x = x + a;
+        (x.clone() + self.mlp.forward(self.ln_2.forward(x)), kv)
     }
 }
 
@@ -428,17 +443,6 @@ impl<B: Backend> Mlp<B> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// `x`: `[batch·seq, d]`.
-    fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        mask: Tensor<B, 4, Bool>,
-        batch: usize,
-        seq: usize,
-    ) -> Tensor<B, 2> {
-        self.attend(x, mask, batch, seq, None).0
-    }
-
     /// Attention of `seq` new positions over `past` keys/values (if any) and their own; returns
     /// the output `[batch·seq, d]` and all keys/values `[batch, heads, past + seq, dh]`.
     fn attend(
