@@ -11,6 +11,7 @@ use kiln_data::tokenizer::Tok;
 use kiln_model::burn::module::{Module, ModuleVisitor, Param};
 use kiln_model::burn::prelude::*;
 use kiln_model::burn::tensor::TensorData;
+use kiln_model::burn::tensor::backend::AutodiffBackend;
 use kiln_model::gpt2::{Gpt2, Gpt2Config};
 use kiln_model::{Cpu, hf};
 use kiln_train::device::FlexBackend;
@@ -111,6 +112,75 @@ fn masked_lm_loss_matches_transformers() {
         Tensor::<Cpu, 1, Int>::from_data(TensorData::new(targets, [b * (s - 1)]), &device);
     let got = scalar(loss::masked_cross_entropy(logits, targets));
     rel_close(got, case["loss"].as_f64().expect("loss"), "masked LM loss");
+}
+
+/// The masked-LM case through the model's hidden states: the loss, and the gradients of the
+/// embedding and of a first-block weight (through every layer), once with the fused LM-head
+/// loss and once with `masked_cross_entropy` of the full logits.
+fn fused_and_plain<B: AutodiffBackend>() -> [(f64, Vec<f32>, Vec<f32>); 2] {
+    let device = Default::default();
+    let (_, model) = hf::load::<B>(&fixture("numerics/tiny-gpt2"), &device).expect("model");
+    let exp = expected();
+    let case = &exp["masked_lm"];
+    let (input, mask, labels) = (ids(&case["ids"]), ids(&case["mask"]), ids(&case["labels"]));
+    let (b, s) = (input.len(), input[0].len());
+    let t = |rows: &[Vec<i64>]| {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(rows.concat(), [rows.len(), rows[0].len()]),
+            &device,
+        )
+    };
+    let targets: Vec<i64> = labels.iter().flat_map(|r| r[1..].to_vec()).collect();
+    let run = |fused: bool| {
+        let h = model.hidden(t(&input), Some(t(&mask)));
+        let d = h.dims()[2];
+        let h = h.narrow(1, 0, s - 1).reshape([b * (s - 1), d]);
+        let l = if fused {
+            loss::linear_cross_entropy(h, model.wte.weight.val(), &targets)
+        } else {
+            let tt = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(targets.clone(), [targets.len()]),
+                &device,
+            );
+            loss::masked_cross_entropy(model.project(h), tt)
+        };
+        let value = l.clone().into_scalar().elem::<f64>();
+        let grads = l.backward();
+        let flat = |g: Option<Tensor<B::InnerBackend, 2>>| {
+            g.expect("a gradient")
+                .into_data()
+                .to_vec::<f32>()
+                .expect("f32")
+        };
+        (
+            value,
+            flat(model.wte.weight.grad(&grads)),
+            flat(model.blocks[0].mlp.c_fc.weight.grad(&grads)),
+        )
+    };
+    [run(true), run(false)]
+}
+
+#[test]
+fn the_fused_lm_head_loss_matches_transformers_and_the_plain_gradients() {
+    let want = expected()["masked_lm"]["loss"].as_f64().expect("loss");
+    let flex = fused_and_plain::<Ad>();
+    let ndarray = fused_and_plain::<kiln_model::burn::backend::Autodiff<Cpu>>();
+    for (backend, [fused, plain]) in [("flex", flex), ("ndarray", ndarray)] {
+        rel_close(fused.0, want, &format!("fused masked LM loss on {backend}"));
+        rel_close(plain.0, want, &format!("plain masked LM loss on {backend}"));
+        for (what, a, b) in [("wte", &fused.1, &plain.1), ("c_fc", &fused.2, &plain.2)] {
+            assert_eq!(a.len(), b.len());
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{what} has a gradient");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * scale,
+                    "{backend} {what} gradient: fused {x} vs plain {y} (largest {scale})"
+                );
+            }
+        }
+    }
 }
 
 #[test]

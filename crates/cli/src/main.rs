@@ -6,7 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (position 15 of `mi_option_e` in the bundled v2
+/// mimalloc's `mi_option_purge_delay` (position 15 of `mi_option_e` in the bundled v3
 /// header): how long freed memory waits before going back to the OS. Training frees and
 /// reallocates the same large tensors every step, so it should never go back (-1): that made
 /// CPU training about 15% faster than the default 10 ms.

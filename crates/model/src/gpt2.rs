@@ -11,7 +11,7 @@ use burn::module::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 
 use crate::lora::Lora;
 
@@ -195,14 +195,10 @@ pub struct Mlp<B: Backend> {
     pub c_proj: Linear<B>,
 }
 
-/// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2):
-/// `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, computed as the equal `x·σ(2c·x·(1 + 0.044715·x²))`
-/// because a sigmoid is one fused backend op (with its own backward) where tanh and `powf`
-/// were several slow ones.
+/// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2); see
+/// [`crate::kernels::gelu_tanh`].
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let two_c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
-    let inner = x.clone() * ((x.clone() * x.clone()) * (0.044715 * two_c) + two_c);
-    x * sigmoid(inner)
+    crate::kernels::gelu_tanh(x)
 }
 
 impl<B: Backend> Gpt2<B> {

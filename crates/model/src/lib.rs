@@ -5,6 +5,7 @@
 //!   `distilgpt2`, or any size).
 //! - [`hf::load`] / [`hf::save`]: Hugging Face `config.json` + `model.safetensors` directories.
 //! - [`lora`]: LoRA adapters on the attention projections, merged on export.
+//! - [`kernels`]: fused row kernels (cross-entropy) with a burn-flex fast path.
 //!
 //! ```no_run
 //! use kiln_model::{Cpu, hf};
@@ -17,6 +18,7 @@
 mod error;
 pub mod gpt2;
 pub mod hf;
+pub mod kernels;
 pub mod lora;
 
 pub use burn;

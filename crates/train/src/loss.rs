@@ -7,6 +7,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
 
 /// The target value that is not trained (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -31,6 +32,158 @@ pub fn masked_cross_entropy<B: Backend>(
     let weight = keep.float();
     let count = weight.clone().sum().clamp_min(1.0);
     -(picked * weight).sum() / count
+}
+
+/// Rows of the LM head per chunk in [`linear_cross_entropy`]: about 2M logits (8 MiB), so the
+/// chunk's logits stay in one reusable allocation instead of a fresh `[n, vocab]` tensor.
+fn chunk_rows(vocab: usize) -> usize {
+    ((1 << 21) / vocab.max(1)).clamp(16, 1024)
+}
+
+/// What [`linear_cross_entropy_parts`] computes.
+#[derive(Debug)]
+pub struct LinearCe<B: Backend> {
+    /// Mean cross-entropy over the targets that are not ignored, `[1]` (0 when none is).
+    pub loss: Tensor<B, 1>,
+    /// Its gradient with respect to the kept rows of `hidden`, `[kept, d]`, when asked for.
+    pub grad_hidden: Option<Tensor<B, 2>>,
+    /// Its gradient with respect to `weight`, `[vocab, d]`, when asked for.
+    pub grad_weight: Option<Tensor<B, 2>>,
+    /// The rows of `hidden` whose target is not ignored, in order.
+    pub kept: Vec<usize>,
+}
+
+/// Mean cross-entropy of the logits `hidden · weightᵀ` against `targets` (entries equal to
+/// [`IGNORE`] skipped), as [`masked_cross_entropy`] of those logits computes it, and on request
+/// its gradients, without ever holding the `[n, vocab]` logits: only the rows with a target
+/// are projected, a chunk of rows at a time, and each chunk's logits become its gradient in
+/// place ([`kiln_model::kernels::softmax_cross_entropy`]). No autodiff: see
+/// [`linear_cross_entropy`].
+///
+/// # Shapes
+/// - `hidden`: `[n, d]`; `weight`: `[vocab, d]` (GPT-2's tied LM head); `targets`: `n`
+pub fn linear_cross_entropy_parts<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: &[i64],
+    grad_hidden: bool,
+    grad_weight: bool,
+) -> LinearCe<B> {
+    let device = hidden.device();
+    let [n, _] = hidden.dims();
+    debug_assert_eq!(targets.len(), n);
+    let kept: Vec<usize> = (0..n).filter(|&i| targets[i] != IGNORE).collect();
+    let rows = kept.len();
+    if rows == 0 {
+        return LinearCe {
+            loss: Tensor::zeros([1], &device),
+            grad_hidden: None,
+            grad_weight: None,
+            kept,
+        };
+    }
+    let hidden = if rows == n {
+        hidden
+    } else {
+        let index: Vec<i64> = kept.iter().map(|&i| i as i64).collect();
+        hidden.select(
+            0,
+            Tensor::from_data(TensorData::new(index, [rows]), &device),
+        )
+    };
+    let target: Vec<usize> = kept.iter().map(|&i| targets[i] as usize).collect();
+    let weights = vec![1.0 / rows as f32; rows];
+    let chunk = chunk_rows(weight.dims()[0]);
+    let grad = grad_hidden || grad_weight;
+    let mut loss: Option<Tensor<B, 1>> = None;
+    let mut dh = Vec::new();
+    let mut dw: Option<Tensor<B, 2>> = None;
+    for start in (0..rows).step_by(chunk) {
+        let len = chunk.min(rows - start);
+        let h = hidden.clone().narrow(0, start, len);
+        let logits = h.clone().matmul(weight.clone().transpose());
+        let (part, g) = kiln_model::kernels::softmax_cross_entropy(
+            logits,
+            &target[start..start + len],
+            &weights[start..start + len],
+            grad,
+        );
+        loss = Some(match loss {
+            Some(total) => total + part,
+            None => part,
+        });
+        if grad_hidden {
+            dh.push(g.clone().matmul(weight.clone()));
+        }
+        if grad_weight {
+            let p = g.transpose().matmul(h);
+            dw = Some(match dw {
+                Some(total) => total + p,
+                None => p,
+            });
+        }
+    }
+    LinearCe {
+        loss: loss.unwrap_or_else(|| Tensor::zeros([1], &device)),
+        grad_hidden: grad_hidden.then(|| Tensor::cat(dh, 0)),
+        grad_weight: dw,
+        kept,
+    }
+}
+
+/// [`linear_cross_entropy_parts`] as a differentiable loss: the gradients are computed in the
+/// forward pass (on the inner backend, with no graph over the logits) and attached to
+/// `hidden` and `weight` as the gradients of `Σ hidden ⊙ Gₕ + Σ weight ⊙ G_w`, a term whose
+/// value is subtracted again, so the result's value is the loss and its backward pass
+/// delivers exactly `Gₕ` and `G_w`. Same value and gradients as [`masked_cross_entropy`] on
+/// the full logits, with neither the `[n, vocab]` logits nor their graph.
+pub fn linear_cross_entropy<B: AutodiffBackend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    targets: &[i64],
+) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let parts = linear_cross_entropy_parts::<B::InnerBackend>(
+        hidden.clone().inner(),
+        weight.clone().inner(),
+        targets,
+        // `is_require_grad` is true only for leaves: `hidden` comes out of the model, so its
+        // gradient is always wanted; `weight` is the embedding, frozen under LoRA.
+        true,
+        weight.is_require_grad(),
+    );
+    let mut link: Option<Tensor<B, 1>> = None;
+    if let Some(g) = parts.grad_hidden {
+        let [n, _] = hidden.dims();
+        let kept = if parts.kept.len() == n {
+            hidden
+        } else {
+            let index: Vec<i64> = parts.kept.iter().map(|&i| i as i64).collect();
+            hidden.select(
+                0,
+                Tensor::from_data(TensorData::new(index, [parts.kept.len()]), &device),
+            )
+        };
+        link = Some((kept * Tensor::from_inner(g)).sum());
+    }
+    if let Some(g) = parts.grad_weight {
+        let term = (weight * Tensor::from_inner(g)).sum();
+        link = Some(match link {
+            Some(l) => l + term,
+            None => term,
+        });
+    }
+    let loss = Tensor::from_inner(parts.loss);
+    match link {
+        // `link − value(link)` is exactly 0 in the forward pass and passes the gradient
+        // through. (Not `detach()`: a detached tensor keeps `require_grad` and so becomes a
+        // leaf that holds the step's graph in memory.)
+        Some(link) => {
+            let value = Tensor::from_inner(link.clone().inner());
+            loss + (link - value)
+        }
+        None => loss,
+    }
 }
 
 /// `KL(p ‖ q)` summed over the vocabulary and averaged over rows (`reduction="batchmean"`),

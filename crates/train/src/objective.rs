@@ -88,28 +88,29 @@ impl Lm {
         }
     }
 
-    /// Loss summed over tokens and the token count, for any backend.
-    fn sums<B: Backend>(&self, model: &Gpt2<B>, rows: &[Example]) -> Result<(Tensor<B, 1>, usize)> {
+    /// The final hidden states of every position, `[rows·seq, d]`, their targets (−100 where
+    /// not trained) and the count of trained targets.
+    fn hidden<B: Backend>(
+        &self,
+        model: &Gpt2<B>,
+        rows: &[Example],
+    ) -> Result<(Tensor<B, 2>, Vec<i64>, usize)> {
         let device = model.wte.weight.device();
         let batch = self.collate(rows);
         check_vocab(&batch, model.vocab_size())?;
         let tokens = batch.targets.iter().filter(|&&t| t != loss::IGNORE).count();
         // Right padding under a causal mask: no real position can see a pad, so the mask
         // would change only the (ignored) pad positions' logits.
-        let logits = model.forward(ids_tensor::<B>(&batch, &device), None);
-        let [b, s, v] = logits.dims();
-        let targets = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(batch.targets.clone(), [b * s]),
-            &device,
-        );
-        let mean = loss::masked_cross_entropy(logits.reshape([b * s, v]), targets);
-        Ok((mean, tokens))
+        let h = model.hidden(ids_tensor::<B>(&batch, &device), None);
+        let [b, s, d] = h.dims();
+        Ok((h.reshape([b * s, d]), batch.targets, tokens))
     }
 }
 
 impl<B: AutodiffBackend> Objective<B> for Lm {
     fn loss(&mut self, model: &Gpt2<B>, rows: &[Example]) -> Result<StepLoss<B>> {
-        let (loss, tokens) = self.sums(model, rows)?;
+        let (hidden, targets, tokens) = self.hidden(model, rows)?;
+        let loss = loss::linear_cross_entropy(hidden, model.wte.weight.val(), &targets);
         Ok(StepLoss { loss, tokens })
     }
 
@@ -120,7 +121,15 @@ impl<B: AutodiffBackend> Objective<B> for Lm {
     ) -> Result<Vec<(String, f64)>> {
         let (mut total, mut count) = (0.0, 0usize);
         for rows in batches {
-            let (mean, tokens) = self.sums(model, &rows?)?;
+            let (hidden, targets, tokens) = self.hidden(model, &rows?)?;
+            let mean = loss::linear_cross_entropy_parts(
+                hidden,
+                model.wte.weight.val(),
+                &targets,
+                false,
+                false,
+            )
+            .loss;
             total += scalar(mean) * tokens as f64;
             count += tokens;
         }

@@ -1,0 +1,467 @@
+//! Fused row kernels behind backend-generic functions.
+//!
+//! Each function here is written once with burn tensor ops, which every backend runs, and has
+//! a fast path for burn-flex (kiln's default CPU backend) that works on the tensor's storage
+//! in place: one pass per row instead of one burn op (and one allocation) per step, a
+//! vectorised `exp` instead of libm's scalar one, and rows spread over rayon's threads. Both
+//! paths compute the same function; the tests compare them.
+
+use std::any::{Any, TypeId};
+use std::mem::MaybeUninit;
+
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::{DType, IndexingUpdateOp, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::Flex;
+
+/// Runs `f` on the storage of `t` when the backend is burn-flex and `t` is a contiguous f32
+/// tensor (as a matrix product's output is), and gives `t` back with `f`'s result; otherwise
+/// gives `t` back untouched with `None`.
+fn on_flex_storage<B: Backend, const D: usize, R>(
+    t: Tensor<B, D>,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> (Tensor<B, D>, Option<R>) {
+    match t.into_primitive() {
+        TensorPrimitive::Float(mut p) => {
+            let any: &mut dyn Any = &mut p;
+            let result = any.downcast_mut::<FlexTensor>().and_then(|ft| {
+                let n = ft.layout().num_elements();
+                if ft.dtype() != DType::F32 || ft.layout().contiguous_offsets() != Some((0, n)) {
+                    return None;
+                }
+                let storage = ft.storage_mut::<f32>();
+                (storage.len() == n).then(|| f(storage))
+            });
+            (Tensor::from_primitive(TensorPrimitive::Float(p)), result)
+        }
+        q => (Tensor::from_primitive(q), None),
+    }
+}
+
+/// `exp(x)` to about 2 ulp, without branches so that loops over it vectorise (Cephes'
+/// `expf`: `2^n · e^r` with `|r| ≤ ln2/2` and a degree-6 polynomial). Inputs are clamped to
+/// [-87, 88], where `exp` is a normal f32.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * (r * r)
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Lanes of the partial sums and maxima: wide enough for AVX-512, and a fixed order of
+/// summation whatever the machine.
+const LANES: usize = 16;
+
+/// One row of [`softmax_cross_entropy`] on the CPU: returns `logsumexp(row) − row[target]`
+/// and, when `grad`, overwrites the row with `weight · (softmax(row) − onehot(target))`.
+/// A row holding NaN or ±inf gives NaN.
+#[inline(always)]
+fn ce_row(row: &mut [f32], target: usize, weight: f32, grad: bool) -> f64 {
+    let picked = row[target];
+    let (chunks, tail) = row.as_chunks::<LANES>();
+    let mut max = [f32::NEG_INFINITY; LANES];
+    // `check` stays 0 unless the row holds NaN or ±inf (then `v · 0` is NaN), which max()
+    // would skip.
+    let mut check = [0f32; LANES];
+    for c in chunks {
+        for l in 0..LANES {
+            max[l] = max[l].max(c[l]);
+            check[l] += c[l] * 0.0;
+        }
+    }
+    let mut m = max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut finite = check.iter().sum::<f32>() == 0.0;
+    for &v in tail {
+        m = m.max(v);
+        finite &= v.is_finite();
+    }
+    if !finite {
+        return f64::NAN;
+    }
+    let mut sum = [0f32; LANES];
+    let (chunks, tail) = row.as_chunks_mut::<LANES>();
+    for c in chunks.iter_mut() {
+        for l in 0..LANES {
+            let e = exp_approx(c[l] - m);
+            c[l] = e;
+            sum[l] += e;
+        }
+    }
+    let mut s: f64 = sum.iter().map(|&v| v as f64).sum();
+    for v in tail.iter_mut() {
+        let e = exp_approx(*v - m);
+        *v = e;
+        s += e as f64;
+    }
+    if grad {
+        let scale = (weight as f64 / s) as f32;
+        for v in row.iter_mut() {
+            *v *= scale;
+        }
+        row[target] -= weight;
+    }
+    s.ln() + m as f64 - picked as f64
+}
+
+/// [`ce_row`] over every row, in parallel; the per-row results are summed in row order so
+/// the total does not depend on the threads.
+#[inline(always)]
+fn ce_rows(data: &mut [f32], vocab: usize, targets: &[usize], weights: &[f32], grad: bool) -> f64 {
+    let mut nll = vec![0f64; targets.len()];
+    data.par_chunks_mut(vocab)
+        .zip(nll.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (row, out))| *out = ce_row(row, targets[i], weights[i], grad));
+    nll.iter().zip(weights).map(|(l, &w)| l * w as f64).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn ce_rows_avx2(
+    data: &mut [f32],
+    vocab: usize,
+    targets: &[usize],
+    weights: &[f32],
+    grad: bool,
+) -> f64 {
+    ce_rows(data, vocab, targets, weights, grad)
+}
+
+fn ce_rows_dispatch(
+    data: &mut [f32],
+    vocab: usize,
+    targets: &[usize],
+    weights: &[f32],
+    grad: bool,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { ce_rows_avx2(data, vocab, targets, weights, grad) };
+    }
+    ce_rows(data, vocab, targets, weights, grad)
+}
+
+/// `Tensor<B, D>` as `Tensor<C, D>` when `B` and `C` are the same backend; otherwise the
+/// tensor back. (How the generic functions here find out that they run on burn-flex.)
+fn cast<B: Backend, C: Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> std::result::Result<Tensor<C, D>, Tensor<B, D>> {
+    if TypeId::of::<B>() != TypeId::of::<C>() {
+        return Err(t);
+    }
+    match t.into_primitive() {
+        TensorPrimitive::Float(p) => {
+            let boxed: Box<dyn Any> = Box::new(p);
+            match boxed.downcast::<C::FloatTensorPrimitive>() {
+                Ok(q) => Ok(Tensor::from_primitive(TensorPrimitive::Float(*q))),
+                Err(boxed) => Err(Tensor::from_primitive(TensorPrimitive::Float(
+                    *boxed
+                        .downcast::<B::FloatTensorPrimitive>()
+                        .expect("a value boxed from B's primitive is B's primitive"),
+                ))),
+            }
+        }
+        q => Err(Tensor::from_primitive(q)),
+    }
+}
+
+/// `2·√(2/π)`: GPT-2's GELU is `x·σ(K1·x + K2·x³)`.
+const K1: f32 = 1.595_769;
+/// `2·√(2/π)·0.044715`.
+const K2: f32 = 0.071_354_82;
+
+#[inline(always)]
+fn gelu_one(x: f32) -> (f32, f32) {
+    let x2 = x * x;
+    let u = x * (K1 + K2 * x2);
+    let s = 1.0 / (1.0 + exp_approx(-u));
+    let y = x * s;
+    // d/dx x·σ(u) = σ + x·σ(1−σ)·u'
+    (y, s + y * (1.0 - s) * (K1 + 3.0 * K2 * x2))
+}
+
+#[inline(always)]
+fn gelu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
+    match d {
+        Some(d) => {
+            for ((x, y), d) in x.iter().zip(y.iter_mut()).zip(d.iter_mut()) {
+                let (v, g) = gelu_one(*x);
+                y.write(v);
+                d.write(g);
+            }
+        }
+        None => {
+            for (x, y) in x.iter().zip(y.iter_mut()) {
+                y.write(gelu_one(*x).0);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gelu_chunk_avx2(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
+    gelu_chunk(x, y, d)
+}
+
+fn gelu_chunk_dispatch(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { gelu_chunk_avx2(x, y, d) };
+    }
+    gelu_chunk(x, y, d)
+}
+
+/// Elements per rayon task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// GELU of a burn-flex tensor and, when `grad`, its derivative, each a new tensor; `None`
+/// when the tensor is not f32.
+fn gelu_flex<const D: usize>(
+    x: Tensor<Flex, D>,
+    grad: bool,
+) -> Option<(Tensor<Flex, D>, Option<Tensor<Flex, D>>)> {
+    let shape = x.shape();
+    let device = x.device();
+    let ft = x.into_primitive().tensor();
+    let ft = if ft.is_contiguous() && ft.layout().start_offset() == 0 {
+        ft
+    } else {
+        ft.to_contiguous()
+    };
+    let n = ft.layout().num_elements();
+    let xs = ft.as_slice::<f32>()?;
+    let mut y: Vec<f32> = Vec::with_capacity(n);
+    let mut d: Vec<f32> = Vec::with_capacity(if grad { n } else { 0 });
+    {
+        let ys = &mut y.spare_capacity_mut()[..n];
+        if grad {
+            let ds = &mut d.spare_capacity_mut()[..n];
+            xs.par_chunks(CHUNK)
+                .zip(ys.par_chunks_mut(CHUNK))
+                .zip(ds.par_chunks_mut(CHUNK))
+                .for_each(|((x, y), d)| gelu_chunk_dispatch(x, y, Some(d)));
+        } else {
+            xs.par_chunks(CHUNK)
+                .zip(ys.par_chunks_mut(CHUNK))
+                .for_each(|(x, y)| gelu_chunk_dispatch(x, y, None));
+        }
+    }
+    // SAFETY: every element of the first `n` was written above (the chunks cover `0..n`).
+    unsafe {
+        y.set_len(n);
+        if grad {
+            d.set_len(n);
+        }
+    }
+    let y = Tensor::from_data(TensorData::new(y, shape.clone()), &device);
+    let d = grad.then(|| Tensor::from_data(TensorData::new(d, shape), &device));
+    Some((y, d))
+}
+
+/// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2):
+/// `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, computed as the equal `x·σ(2c·x·(1 + 0.044715·x²))`.
+///
+/// On burn-flex, one parallel pass; under autodiff over burn-flex (training), that pass also
+/// writes the derivative and the result is `y + (x ⊙ y′ − value(x ⊙ y′))`: the value `y`
+/// exactly, and a backward pass of one product instead of the chain of the composed form.
+/// Elsewhere, [`gelu_tanh_ops`].
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = match cast::<B, Autodiff<Flex>, D>(x) {
+        Ok(x) => {
+            return match gelu_flex(x.clone().inner(), true) {
+                Some((y, Some(d))) => {
+                    let link = x * Tensor::from_inner(d);
+                    let value = Tensor::from_inner(link.clone().inner());
+                    let out = Tensor::<Autodiff<Flex>, D>::from_inner(y) + (link - value);
+                    cast(out).unwrap_or_else(|_| unreachable!("cast back to B"))
+                }
+                _ => cast(gelu_tanh_ops(x)).unwrap_or_else(|_| unreachable!("cast back to B")),
+            };
+        }
+        Err(x) => x,
+    };
+    match cast::<B, Flex, D>(x) {
+        Ok(x) => {
+            let y = match gelu_flex(x.clone(), false) {
+                Some((y, _)) => y,
+                None => gelu_tanh_ops(x),
+            };
+            cast(y).unwrap_or_else(|_| unreachable!("cast back to B"))
+        }
+        Err(x) => gelu_tanh_ops(x),
+    }
+}
+
+/// [`gelu_tanh`] composed of burn ops (any backend): a sigmoid is one fused op with its own
+/// backward, where tanh and `powf` were several slow ones.
+pub fn gelu_tanh_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let two_c = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let inner = x.clone() * ((x.clone() * x.clone()) * (0.044715 * two_c) + two_c);
+    x * sigmoid(inner)
+}
+
+/// Weighted cross-entropy of each row of `logits` against its target:
+/// `Σᵢ weightᵢ · (logsumexp(logitsᵢ) − logitsᵢ[targetᵢ])`, and, when `grad`, its gradient
+/// with respect to the logits, `weightᵢ · (softmax(logitsᵢ) − onehot(targetᵢ))`, which takes
+/// the logits' place (no second `[rows, vocab]` tensor). Without `grad` the second tensor is
+/// unspecified.
+///
+/// # Shapes
+/// - `logits`: `[rows, vocab]`
+/// - `targets`, `weights`: `rows` each, targets `< vocab`
+/// - output: `[1]` and `[rows, vocab]`
+pub fn softmax_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: &[usize],
+    weights: &[f32],
+    grad: bool,
+) -> (Tensor<B, 1>, Tensor<B, 2>) {
+    let [rows, vocab] = logits.dims();
+    assert_eq!(targets.len(), rows, "one target per row");
+    assert_eq!(weights.len(), rows, "one weight per row");
+    let device = logits.device();
+    let (logits, fast) = on_flex_storage(logits, |data| {
+        ce_rows_dispatch(data, vocab, targets, weights, grad)
+    });
+    if let Some(total) = fast {
+        return (Tensor::from_floats([total as f32], &device), logits);
+    }
+    let index = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(targets.iter().map(|&t| t as i64).collect(), [rows, 1]),
+        &device,
+    );
+    let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [rows, 1]), &device);
+    let log_p = log_softmax(logits, 1);
+    let picked = log_p.clone().gather(1, index.clone());
+    let total = -(picked * w.clone()).sum();
+    if !grad {
+        return (total, log_p);
+    }
+    let g = (log_p.exp() * w.clone()).scatter(1, index, -w, IndexingUpdateOp::Add);
+    (total, g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+    use burn::tensor::backend::AutodiffBackend;
+
+    #[test]
+    fn exp_approx_is_close_to_exp() {
+        let mut worst = 0f64;
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let rel = ((exp_approx(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    fn case<B: Backend>(grad: bool) -> (f32, Vec<f32>) {
+        let device = Default::default();
+        let (rows, vocab) = (5, 37);
+        let values: Vec<f32> = (0..rows * vocab)
+            .map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0)
+            .collect();
+        let logits = Tensor::<B, 2>::from_data(TensorData::new(values, [rows, vocab]), &device);
+        // Through a matrix product, as the loss calls it, so flex gets its own fresh output.
+        let logits = logits.matmul(Tensor::eye(vocab, &device));
+        let targets = [0, 36, 5, 17, 17];
+        let weights = [0.25, 0.0, 0.25, 0.25, 0.25];
+        let (total, g) = softmax_cross_entropy(logits, &targets, &weights, grad);
+        let g = g.into_data().to_vec::<f32>().unwrap_or_default();
+        (total.into_scalar().elem::<f32>(), g)
+    }
+
+    #[test]
+    fn the_flex_path_matches_the_generic_one() {
+        let (loss_flex, g_flex) = case::<Flex>(true);
+        let (loss_cpu, g_cpu) = case::<Cpu>(true);
+        assert!(
+            (loss_flex - loss_cpu).abs() < 1e-5 * loss_cpu.abs(),
+            "{loss_flex} vs {loss_cpu}"
+        );
+        assert_eq!(g_flex.len(), g_cpu.len());
+        for (a, b) in g_flex.iter().zip(&g_cpu) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        // The ignored row (weight 0) has no gradient.
+        assert!(g_flex[37..74].iter().all(|&v| v == 0.0));
+        let (loss_value, _) = case::<Flex>(false);
+        assert_eq!(loss_value, loss_flex);
+    }
+
+    fn gelu_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let values: Vec<f32> = (0..3000).map(|i| (i as f32 - 1500.0) / 150.0).collect();
+        let x =
+            Tensor::<B, 2>::from_data(TensorData::new(values, [30, 100]), &device).require_grad();
+        // A weighted sum, so the upstream gradient differs per element.
+        let w = Tensor::<B, 2>::from_data(
+            TensorData::new((0..3000).map(|i| (i % 7) as f32 - 3.0).collect(), [30, 100]),
+            &device,
+        );
+        let y = gelu_tanh(x.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let g = x
+            .grad(&grads)
+            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
+        (
+            y.into_data().to_vec::<f32>().unwrap_or_default(),
+            g.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn gelu_on_flex_matches_the_composed_form_and_its_gradient() {
+        let (y_flex, g_flex) = gelu_case::<Autodiff<Flex>>();
+        let (y_ops, g_ops) = gelu_case::<Autodiff<Cpu>>();
+        assert_eq!((y_flex.len(), g_flex.len()), (3000, 3000));
+        for (a, b) in y_flex.iter().zip(&y_ops) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        for (a, b) in g_flex.iter().zip(&g_ops) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        // Without autodiff, the same values.
+        let device = Default::default();
+        let x: Vec<f32> = (0..3000).map(|i| (i as f32 - 1500.0) / 150.0).collect();
+        let y = gelu_tanh(Tensor::<Flex, 2>::from_data(
+            TensorData::new(x, [30, 100]),
+            &device,
+        ));
+        assert_eq!(y.into_data().to_vec::<f32>().unwrap_or_default(), y_flex);
+    }
+
+    #[test]
+    fn a_non_finite_logit_gives_nan() {
+        let device = Default::default();
+        let logits =
+            Tensor::<Flex, 2>::from_floats([[0.0, f32::NAN, 1.0], [0.0, 1.0, 2.0]], &device)
+                .matmul(Tensor::eye(3, &device));
+        let (total, _) = softmax_cross_entropy(logits, &[0, 1], &[0.5, 0.5], true);
+        assert!(total.into_scalar().is_nan());
+    }
+}
