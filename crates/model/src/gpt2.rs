@@ -11,7 +11,6 @@ use burn::module::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::softmax;
 
 use crate::lora::Lora;
 
@@ -471,7 +470,7 @@ impl<B: Backend> Attention<B> {
         let scores = q.matmul(k.clone().swap_dims(2, 3)) / (dh as f64).sqrt();
         // As Hugging Face: masked scores take the dtype's minimum, not -inf.
         let scores = scores.mask_fill(mask, f32::MIN);
-        let probs = softmax(scores, 3);
+        let probs = crate::kernels::softmax_last(scores);
         let out = probs
             .matmul(v.clone())
             .swap_dims(1, 2)

@@ -11,7 +11,8 @@ use std::mem::MaybeUninit;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, IndexingUpdateOp, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -321,6 +322,96 @@ pub fn gelu_tanh_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     x * sigmoid(inner)
 }
 
+/// `dx = y ⊙ (g − Σ g ⊙ y)` per row of `row` elements: softmax's backward pass, into `g`.
+#[inline(always)]
+fn softmax_backward_rows(y: &[f32], g: &mut [f32], row: usize) {
+    for (y, g) in y.chunks_exact(row).zip(g.chunks_exact_mut(row)) {
+        let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+        for (g, y) in g.iter_mut().zip(y) {
+            *g = *y * (*g - dot);
+        }
+    }
+}
+
+/// Softmax over the last dimension under autodiff over burn-flex, as one op: burn-flex's
+/// fused forward, and a backward pass of one parallel sweep per row that keeps only the
+/// output (the composed form records a max, a subtraction, an exp, a sum and a broadcast
+/// division, and replays each backwards).
+fn softmax_last_autodiff_flex(
+    x: FloatTensor<Autodiff<Flex>>,
+    dim: usize,
+) -> FloatTensor<Autodiff<Flex>> {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+
+    #[derive(Debug)]
+    struct SoftmaxBackward;
+
+    impl Backward<Flex, 1> for SoftmaxBackward {
+        type State = FlexTensor;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [parent] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let Some(parent) = parent else { return };
+            let y = ops.state;
+            let row = y.layout().shape()[y.layout().num_dims() - 1];
+            let mut g = grad.to_contiguous();
+            let y = y.to_contiguous();
+            match (y.as_slice::<f32>(), g.dtype() == DType::F32) {
+                (Some(ys), true) if row > 0 => {
+                    let gs = g.storage_mut::<f32>();
+                    let per_task = row * (CHUNK / row).max(1);
+                    ys.par_chunks(per_task)
+                        .zip(gs.par_chunks_mut(per_task))
+                        .for_each(|(y, g)| softmax_backward_rows(y, g, row));
+                    grads.register::<Flex>(parent.id, g);
+                }
+                _ => {
+                    // Not f32: the composed formula on burn-flex ops.
+                    let dim = y.layout().num_dims() - 1;
+                    let yg = Flex::float_mul(y.clone(), g);
+                    let dot = Flex::float_sum_dim(yg.clone(), dim);
+                    let dx = Flex::float_sub(yg, Flex::float_mul(y, dot));
+                    grads.register::<Flex>(parent.id, dx);
+                }
+            }
+        }
+    }
+
+    let y = burn_flex::ops::activation::softmax(x.primitive.clone(), dim);
+    match SoftmaxBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// Softmax over the last dimension (`burn::tensor::activation::softmax(x, D - 1)`), as one
+/// autodiff op with a fused backward pass when training on burn-flex.
+pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match cast::<B, Autodiff<Flex>, D>(x) {
+        Ok(x) => {
+            let y = softmax_last_autodiff_flex(x.into_primitive().tensor(), D - 1);
+            cast(Tensor::<Autodiff<Flex>, D>::from_primitive(
+                TensorPrimitive::Float(y),
+            ))
+            .unwrap_or_else(|_| unreachable!("cast back to B"))
+        }
+        Err(x) => softmax(x, D - 1),
+    }
+}
+
 /// Weighted cross-entropy of each row of `logits` against its target:
 /// `Σᵢ weightᵢ · (logsumexp(logitsᵢ) − logitsᵢ[targetᵢ])`, and, when `grad`, its gradient
 /// with respect to the logits, `weightᵢ · (softmax(logitsᵢ) − onehot(targetᵢ))`, which takes
@@ -453,6 +544,43 @@ mod tests {
             &device,
         ));
         assert_eq!(y.into_data().to_vec::<f32>().unwrap_or_default(), y_flex);
+    }
+
+    fn softmax_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
+        let device = Default::default();
+        let n = 2 * 3 * 5 * 7;
+        let x = Tensor::<B, 4>::from_data(
+            TensorData::new(
+                (0..n).map(|i| ((i * 37 % 11) as f32) - 5.0).collect(),
+                [2, 3, 5, 7],
+            ),
+            &device,
+        )
+        .require_grad();
+        let w = Tensor::<B, 4>::from_data(
+            TensorData::new((0..n).map(|i| (i % 5) as f32 - 2.0).collect(), [2, 3, 5, 7]),
+            &device,
+        );
+        let y = softmax_last(x.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let g = x
+            .grad(&grads)
+            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
+        (
+            y.into_data().to_vec::<f32>().unwrap_or_default(),
+            g.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn the_fused_softmax_matches_the_composed_one_and_its_gradient() {
+        let (y_flex, g_flex) = softmax_case::<Autodiff<Flex>>();
+        let (y_ops, g_ops) = softmax_case::<Autodiff<Cpu>>();
+        assert_eq!((y_flex.len(), g_flex.len()), (210, 210));
+        for (a, b) in y_flex.iter().zip(&y_ops).chain(g_flex.iter().zip(&g_ops)) {
+            assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        }
+        assert!(g_flex.iter().any(|&g| g.abs() > 1e-3), "a real gradient");
     }
 
     #[test]
