@@ -15,7 +15,7 @@ fi
 cargo build --release -q
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-repeat=2
+repeat=3
 for i in $(seq $repeat); do
   ./target/release/kiln --store "$work/bench.sqlite" bench train --steps "$steps" 2>&1 | grep -v '^recorded'
   .venv-fixtures/bin/python benches/train/torch_train.py --steps "$steps" | python3 -c "
