@@ -504,25 +504,29 @@ mod tests {
         assert_eq!(loss_value, loss_flex);
     }
 
-    fn gelu_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
+    /// `f(x)` and the gradient of `Σ f(x) ⊙ w` with respect to `x` (a weighted sum, so the
+    /// upstream gradient differs per element).
+    fn value_and_grad<B: AutodiffBackend, const D: usize>(
+        x: Vec<f32>,
+        w: Vec<f32>,
+        shape: [usize; D],
+        f: impl Fn(Tensor<B, D>) -> Tensor<B, D>,
+    ) -> (Vec<f32>, Vec<f32>) {
         let device = Default::default();
-        let values: Vec<f32> = (0..3000).map(|i| (i as f32 - 1500.0) / 150.0).collect();
-        let x =
-            Tensor::<B, 2>::from_data(TensorData::new(values, [30, 100]), &device).require_grad();
-        // A weighted sum, so the upstream gradient differs per element.
-        let w = Tensor::<B, 2>::from_data(
-            TensorData::new((0..3000).map(|i| (i % 7) as f32 - 3.0).collect(), [30, 100]),
-            &device,
-        );
-        let y = gelu_tanh(x.clone());
+        let x = Tensor::<B, D>::from_data(TensorData::new(x, shape), &device).require_grad();
+        let w = Tensor::<B, D>::from_data(TensorData::new(w, shape), &device);
+        let y = f(x.clone());
         let grads = (y.clone() * w).sum().backward();
-        let g = x
-            .grad(&grads)
-            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
-        (
-            y.into_data().to_vec::<f32>().unwrap_or_default(),
-            g.unwrap_or_default(),
-        )
+        let flat =
+            |t: Tensor<B::InnerBackend, D>| t.into_data().to_vec::<f32>().unwrap_or_default();
+        let g = x.grad(&grads).map(flat).unwrap_or_default();
+        (y.into_data().to_vec::<f32>().unwrap_or_default(), g)
+    }
+
+    fn gelu_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
+        let x = (0..3000).map(|i| (i as f32 - 1500.0) / 150.0).collect();
+        let w = (0..3000).map(|i| (i % 7) as f32 - 3.0).collect();
+        value_and_grad::<B, 2>(x, w, [30, 100], gelu_tanh)
     }
 
     #[test]
@@ -547,29 +551,10 @@ mod tests {
     }
 
     fn softmax_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
-        let device = Default::default();
         let n = 2 * 3 * 5 * 7;
-        let x = Tensor::<B, 4>::from_data(
-            TensorData::new(
-                (0..n).map(|i| ((i * 37 % 11) as f32) - 5.0).collect(),
-                [2, 3, 5, 7],
-            ),
-            &device,
-        )
-        .require_grad();
-        let w = Tensor::<B, 4>::from_data(
-            TensorData::new((0..n).map(|i| (i % 5) as f32 - 2.0).collect(), [2, 3, 5, 7]),
-            &device,
-        );
-        let y = softmax_last(x.clone());
-        let grads = (y.clone() * w).sum().backward();
-        let g = x
-            .grad(&grads)
-            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
-        (
-            y.into_data().to_vec::<f32>().unwrap_or_default(),
-            g.unwrap_or_default(),
-        )
+        let x = (0..n).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+        let w = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+        value_and_grad::<B, 4>(x, w, [2, 3, 5, 7], softmax_last)
     }
 
     #[test]
