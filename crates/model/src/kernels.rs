@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, IndexingUpdateOp, TensorPrimitive};
 use burn_flex::FlexTensor;
@@ -280,25 +281,82 @@ fn gelu_flex<const D: usize>(
     Some((y, d))
 }
 
+/// `g ⊙ d` into `g`, in parallel: the backward pass of an element-wise op whose derivative
+/// `d` was written in the forward pass.
+fn mul_into(g: &mut [f32], d: &[f32]) {
+    g.par_chunks_mut(CHUNK)
+        .zip(d.par_chunks(CHUNK))
+        .for_each(|(g, d)| g.iter_mut().zip(d).for_each(|(g, d)| *g *= d));
+}
+
+/// GELU as one autodiff op over burn-flex: the forward pass writes the value and the
+/// derivative, kept for a backward pass of one parallel product. `None` when the tensor is
+/// not f32.
+fn gelu_autodiff_flex<const D: usize>(
+    x: FloatTensor<Autodiff<Flex>>,
+) -> Option<FloatTensor<Autodiff<Flex>>> {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+
+    #[derive(Debug)]
+    struct GeluBackward;
+
+    impl Backward<Flex, 1> for GeluBackward {
+        type State = FlexTensor;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [parent] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let Some(parent) = parent else { return };
+            let d = ops.state;
+            let mut g = grad.to_contiguous();
+            match (d.as_slice::<f32>(), g.dtype() == DType::F32) {
+                (Some(ds), true) => {
+                    mul_into(g.storage_mut::<f32>(), ds);
+                    grads.register::<Flex>(parent.id, g);
+                }
+                _ => grads.register::<Flex>(parent.id, Flex::float_mul(g, d)),
+            }
+        }
+    }
+
+    let inner = Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(x.primitive.clone()));
+    let (y, d) = gelu_flex(inner, true)?;
+    let y = y.into_primitive().tensor();
+    let d = d?.into_primitive().tensor();
+    Some(
+        match GeluBackward
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(d, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    )
+}
+
 /// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2):
 /// `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, computed as the equal `x·σ(2c·x·(1 + 0.044715·x²))`.
 ///
-/// On burn-flex, one parallel pass; under autodiff over burn-flex (training), that pass also
-/// writes the derivative and the result is `y + (x ⊙ y′ − value(x ⊙ y′))`: the value `y`
-/// exactly, and a backward pass of one product instead of the chain of the composed form.
-/// Elsewhere, [`gelu_tanh_ops`].
+/// On burn-flex, one parallel pass; under autodiff over burn-flex (training), one op whose
+/// forward pass also writes the derivative and whose backward pass is one parallel product
+/// (the composed form replays a chain of six ops). Elsewhere, [`gelu_tanh_ops`].
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let x = match cast::<B, Autodiff<Flex>, D>(x) {
         Ok(x) => {
-            return match gelu_flex(x.clone().inner(), true) {
-                Some((y, Some(d))) => {
-                    let link = x * Tensor::from_inner(d);
-                    let value = Tensor::from_inner(link.clone().inner());
-                    let out = Tensor::<Autodiff<Flex>, D>::from_inner(y) + (link - value);
-                    cast(out).unwrap_or_else(|_| unreachable!("cast back to B"))
-                }
-                _ => cast(gelu_tanh_ops(x)).unwrap_or_else(|_| unreachable!("cast back to B")),
+            let y = match gelu_autodiff_flex::<D>(x.clone().into_primitive().tensor()) {
+                Some(y) => Tensor::<Autodiff<Flex>, D>::from_primitive(TensorPrimitive::Float(y)),
+                None => gelu_tanh_ops(x),
             };
+            return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
         }
         Err(x) => x,
     };
@@ -409,6 +467,112 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
             .unwrap_or_else(|_| unreachable!("cast back to B"))
         }
         Err(x) => softmax(x, D - 1),
+    }
+}
+
+/// The two (input, gradient) pairs of [`with_gradients`].
+pub type GradPairs<B> = [(
+    Tensor<B, 2>,
+    Option<Tensor<<B as AutodiffBackend>::InnerBackend, 2>>,
+); 2];
+
+/// A scalar whose value is `value` and whose gradient with respect to each input is the
+/// tensor paired with it (times the upstream gradient; `None`: no gradient): for a loss whose
+/// gradients were computed in its forward pass. Under autodiff over burn-flex, one op;
+/// elsewhere `value + (Σ x ⊙ G − value(Σ x ⊙ G))`, exactly `value` with those gradients.
+pub fn with_gradients<B: AutodiffBackend>(
+    value: Tensor<B::InnerBackend, 1>,
+    inputs: GradPairs<B>,
+) -> Tensor<B, 1> {
+    if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+        let [(a, ga), (b, gb)] = inputs;
+        let flex = |g: Option<Tensor<B::InnerBackend, 2>>| {
+            g.and_then(|g| cast::<B::InnerBackend, Flex, 2>(g).ok())
+                .map(|g| g.into_primitive().tensor())
+        };
+        if let (Ok(a), Ok(b), Ok(v)) = (
+            cast::<B, Autodiff<Flex>, 2>(a.clone()),
+            cast::<B, Autodiff<Flex>, 2>(b.clone()),
+            cast::<B::InnerBackend, Flex, 1>(value.clone()),
+        ) {
+            let out = with_gradients_autodiff_flex(
+                v.into_primitive().tensor(),
+                [a.into_primitive().tensor(), b.into_primitive().tensor()],
+                [flex(ga), flex(gb)],
+            );
+            let out = Tensor::<Autodiff<Flex>, 1>::from_primitive(TensorPrimitive::Float(out));
+            return cast(out).unwrap_or_else(|_| unreachable!("cast back to B"));
+        }
+        return with_gradients_ops([(a, ga), (b, gb)], value);
+    }
+    with_gradients_ops(inputs, value)
+}
+
+fn with_gradients_ops<B: AutodiffBackend>(
+    inputs: GradPairs<B>,
+    value: Tensor<B::InnerBackend, 1>,
+) -> Tensor<B, 1> {
+    let link = inputs
+        .into_iter()
+        .filter_map(|(x, g)| g.map(|g| (x * Tensor::from_inner(g)).sum()))
+        .reduce(|a, b| a + b);
+    let value = Tensor::from_inner(value);
+    match link {
+        // `link − value(link)` is exactly 0 in the forward pass and passes the gradient
+        // through. (Not `detach()`: a detached tensor keeps `require_grad` and so becomes a
+        // leaf that holds the step's graph in memory.)
+        Some(link) => {
+            let constant = Tensor::from_inner(link.clone().inner());
+            value + (link - constant)
+        }
+        None => value,
+    }
+}
+
+fn with_gradients_autodiff_flex(
+    value: FlexTensor,
+    inputs: [FloatTensor<Autodiff<Flex>>; 2],
+    gradients: [Option<FlexTensor>; 2],
+) -> FloatTensor<Autodiff<Flex>> {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+
+    #[derive(Debug)]
+    struct Given;
+
+    impl Backward<Flex, 2> for Given {
+        type State = [Option<FlexTensor>; 2];
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 2>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let upstream = grads.consume::<Flex>(&ops.node);
+            let scale = Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(upstream));
+            for (parent, g) in ops.parents.into_iter().zip(ops.state) {
+                if let (Some(parent), Some(g)) = (parent, g) {
+                    // The upstream gradient is 1 for a plain `backward()`; under gradient
+                    // accumulation, the loss's scale.
+                    let g = Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(g))
+                        * scale.clone().unsqueeze();
+                    grads.register::<Flex>(parent.id, g.into_primitive().tensor());
+                }
+            }
+        }
+    }
+
+    let [a, b] = inputs;
+    match Given
+        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(gradients, value),
+        OpsKind::UnTracked(prep) => prep.finish(value),
     }
 }
 
@@ -566,6 +730,36 @@ mod tests {
             assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
         assert!(g_flex.iter().any(|&g| g.abs() > 1e-3), "a real gradient");
+    }
+
+    fn given_case<B: AutodiffBackend>() -> (f32, Vec<f32>, bool) {
+        let device = Default::default();
+        let a = Tensor::<B, 2>::from_floats([[1.0, 2.0], [3.0, 4.0]], &device).require_grad();
+        let b = Tensor::<B, 2>::from_floats([[5.0, 6.0]], &device).require_grad();
+        let ga = Tensor::<B::InnerBackend, 2>::from_floats([[0.1, 0.2], [0.3, 0.4]], &device);
+        let value = Tensor::<B::InnerBackend, 1>::from_floats([7.0], &device);
+        // `a * 2` is not a leaf, as the hidden states are not.
+        let out = with_gradients::<B>(value, [(a.clone() * 2.0, Some(ga)), (b.clone(), None)]);
+        let v = out.clone().into_scalar().elem::<f32>();
+        // An upstream gradient of 0.5, as under gradient accumulation.
+        let grads = (out * 0.5).backward();
+        let ga = a
+            .grad(&grads)
+            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
+        (v, ga.unwrap_or_default(), b.grad(&grads).is_some())
+    }
+
+    #[test]
+    fn given_gradients_reach_the_inputs_times_the_upstream_gradient() {
+        for (v, ga, b_has_grad) in [
+            given_case::<Autodiff<Flex>>(),
+            given_case::<Autodiff<Cpu>>(),
+        ] {
+            assert_eq!(v, 7.0);
+            // d(out)/d(a) = 2 · G · 0.5
+            assert_eq!(ga, vec![0.1, 0.2, 0.3, 0.4]);
+            assert!(!b_has_grad);
+        }
     }
 
     #[test]

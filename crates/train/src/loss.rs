@@ -132,11 +132,10 @@ pub fn linear_cross_entropy_parts<B: Backend>(
 }
 
 /// [`linear_cross_entropy_parts`] as a differentiable loss: the gradients are computed in the
-/// forward pass (on the inner backend, with no graph over the logits) and attached to
-/// `hidden` and `weight` as the gradients of `Σ hidden ⊙ Gₕ + Σ weight ⊙ G_w`, a term whose
-/// value is subtracted again, so the result's value is the loss and its backward pass
-/// delivers exactly `Gₕ` and `G_w`. Same value and gradients as [`masked_cross_entropy`] on
-/// the full logits, with neither the `[n, vocab]` logits nor their graph.
+/// forward pass (on the inner backend, with no graph over the logits) and handed to `hidden`
+/// and `weight` by [`kiln_model::kernels::with_gradients`]. Same value and gradients as
+/// [`masked_cross_entropy`] on the full logits, with neither the `[n, vocab]` logits nor
+/// their graph.
 pub fn linear_cross_entropy<B: AutodiffBackend>(
     hidden: Tensor<B, 2>,
     weight: Tensor<B, 2>,
@@ -152,38 +151,20 @@ pub fn linear_cross_entropy<B: AutodiffBackend>(
         true,
         weight.is_require_grad(),
     );
-    let mut link: Option<Tensor<B, 1>> = None;
-    if let Some(g) = parts.grad_hidden {
-        let [n, _] = hidden.dims();
-        let kept = if parts.kept.len() == n {
-            hidden
-        } else {
-            let index: Vec<i64> = parts.kept.iter().map(|&i| i as i64).collect();
-            hidden.select(
-                0,
-                Tensor::from_data(TensorData::new(index, [parts.kept.len()]), &device),
-            )
-        };
-        link = Some((kept * Tensor::from_inner(g)).sum());
-    }
-    if let Some(g) = parts.grad_weight {
-        let term = (weight * Tensor::from_inner(g)).sum();
-        link = Some(match link {
-            Some(l) => l + term,
-            None => term,
-        });
-    }
-    let loss = Tensor::from_inner(parts.loss);
-    match link {
-        // `link − value(link)` is exactly 0 in the forward pass and passes the gradient
-        // through. (Not `detach()`: a detached tensor keeps `require_grad` and so becomes a
-        // leaf that holds the step's graph in memory.)
-        Some(link) => {
-            let value = Tensor::from_inner(link.clone().inner());
-            loss + (link - value)
-        }
-        None => loss,
-    }
+    let [n, _] = hidden.dims();
+    let kept = if parts.kept.len() == n {
+        hidden
+    } else {
+        let index: Vec<i64> = parts.kept.iter().map(|&i| i as i64).collect();
+        hidden.select(
+            0,
+            Tensor::from_data(TensorData::new(index, [parts.kept.len()]), &device),
+        )
+    };
+    kiln_model::kernels::with_gradients(
+        parts.loss,
+        [(kept, parts.grad_hidden), (weight, parts.grad_weight)],
+    )
 }
 
 /// `KL(p ‖ q)` summed over the vocabulary and averaged over rows (`reduction="batchmean"`),
