@@ -455,13 +455,7 @@ impl<B: Backend> Attention<B> {
             Some(lora) => self.c_attn.forward(x.clone()) + lora.forward(x),
             None => self.c_attn.forward(x),
         };
-        let qkv = qkv.reshape([batch, seq, 3 * d]);
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * d, d)
-                .reshape([batch, seq, heads, dh])
-                .swap_dims(1, 2)
-        };
+        let split = |i: usize| crate::kernels::split_heads(qkv.clone(), batch, seq, heads, 3, i);
         let (q, mut k, mut v) = (split(0), split(1), split(2));
         if let Some((pk, pv)) = past {
             k = Tensor::cat(vec![pk, k], 2);
@@ -471,10 +465,7 @@ impl<B: Backend> Attention<B> {
         // As Hugging Face: masked scores take the dtype's minimum, not -inf.
         let scores = scores.mask_fill(mask, f32::MIN);
         let probs = crate::kernels::softmax_last(scores);
-        let out = probs
-            .matmul(v.clone())
-            .swap_dims(1, 2)
-            .reshape([batch * seq, d]);
+        let out = crate::kernels::merge_heads(probs.matmul(v.clone()));
         let out = match &self.lora_proj {
             Some(lora) => self.c_proj.forward(out.clone()) + lora.forward(out),
             None => self.c_proj.forward(out),

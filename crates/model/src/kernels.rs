@@ -470,6 +470,209 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
     }
 }
 
+/// Where the heads live in a `[batch·seq, width]` matrix: columns `offset..offset + h·dh`.
+#[derive(Debug, Clone, Copy)]
+struct HeadLayout {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    dh: usize,
+    width: usize,
+    offset: usize,
+}
+
+impl HeadLayout {
+    /// `dst[b, h, s, :] = src[b·seq + s, offset + h·dh ..]`, over `[batch, heads, seq, dh]`.
+    fn rows_to_heads(&self, src: &[f32], dst: &mut [f32]) {
+        let Self {
+            seq,
+            heads,
+            dh,
+            width,
+            offset,
+            ..
+        } = *self;
+        dst.par_chunks_mut(seq * dh)
+            .enumerate()
+            .for_each(|(bh, block)| {
+                let (b, h) = (bh / heads, bh % heads);
+                for (s, out) in block.chunks_exact_mut(dh).enumerate() {
+                    let start = (b * seq + s) * width + offset + h * dh;
+                    out.copy_from_slice(&src[start..start + dh]);
+                }
+            });
+    }
+
+    /// The inverse: `dst[b·seq + s, offset + h·dh ..] = src[b, h, s, :]`; other columns of
+    /// `dst` are left as they are.
+    fn heads_to_rows(&self, src: &[f32], dst: &mut [f32]) {
+        let Self {
+            seq,
+            heads,
+            dh,
+            width,
+            offset,
+            ..
+        } = *self;
+        dst.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (b, s) = (row / seq, row % seq);
+                for h in 0..heads {
+                    let start = ((b * heads + h) * seq + s) * dh;
+                    out[offset + h * dh..offset + (h + 1) * dh]
+                        .copy_from_slice(&src[start..start + dh]);
+                }
+            });
+    }
+
+    fn rows_shape(&self) -> [usize; 2] {
+        [self.batch * self.seq, self.width]
+    }
+
+    fn heads_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.seq, self.dh]
+    }
+}
+
+/// A contiguous f32 copy of a flex tensor's elements, or `None` for another dtype.
+fn flex_f32(t: &FlexTensor) -> Option<FlexTensor> {
+    let t = t.to_contiguous();
+    t.as_slice::<f32>().is_some().then_some(t)
+}
+
+/// A new flex tensor of `shape`, zeros written over by `fill`.
+fn flex_new<const D: usize>(shape: [usize; D], fill: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut data = vec![0f32; shape.iter().product()];
+    fill(&mut data);
+    Tensor::<Flex, D>::from_data(TensorData::new(data, shape), &Default::default())
+        .into_primitive()
+        .tensor()
+}
+
+/// Heads to rows (`merge`) or rows to heads (split), as one autodiff op over burn-flex
+/// whose forward and backward passes are each one parallel copy. `None` when not f32.
+fn heads_op_autodiff_flex(
+    x: FloatTensor<Autodiff<Flex>>,
+    layout: HeadLayout,
+    merge: bool,
+) -> Option<FloatTensor<Autodiff<Flex>>> {
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+
+    fn apply(x: &FlexTensor, layout: HeadLayout, merge: bool) -> Option<FlexTensor> {
+        let x = flex_f32(x)?;
+        let src = x.as_slice::<f32>()?;
+        Some(if merge {
+            // Columns outside the heads (the other parts, in a split's backward pass) stay 0.
+            flex_new(layout.rows_shape(), |dst| layout.heads_to_rows(src, dst))
+        } else {
+            flex_new(layout.heads_shape(), |dst| layout.rows_to_heads(src, dst))
+        })
+    }
+
+    #[derive(Debug)]
+    struct HeadsBackward;
+
+    impl Backward<Flex, 1> for HeadsBackward {
+        type State = (HeadLayout, bool);
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, 1>,
+            grads: &mut Gradients,
+            _checkpointer: &mut Checkpointer,
+        ) {
+            let [parent] = ops.parents;
+            let grad = grads.consume::<Flex>(&ops.node);
+            let Some(parent) = parent else { return };
+            let (layout, merge) = ops.state;
+            // The backward pass of a merge is a split, and the other way round.
+            if let Some(g) = apply(&grad, layout, !merge) {
+                grads.register::<Flex>(parent.id, g);
+            }
+        }
+    }
+
+    let y = apply(&x.primitive, layout, merge)?;
+    Some(
+        match HeadsBackward
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((layout, merge), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    )
+}
+
+/// Attention heads from a projection's rows: of `x` `[batch·seq, parts·d]` (e.g. `c_attn`'s
+/// q, k, v side by side, `parts` = 3), the `part`-th block of `d` columns as
+/// `[batch, heads, seq, d / heads]`. Under autodiff over burn-flex one op with a parallel
+/// copy each way (the composed narrow/reshape/swap copies strided, and its backward
+/// zero-fills the whole projection per part).
+pub fn split_heads<B: Backend>(
+    x: Tensor<B, 2>,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    parts: usize,
+    part: usize,
+) -> Tensor<B, 4> {
+    let width = x.dims()[1];
+    let d = width / parts;
+    let layout = HeadLayout {
+        batch,
+        seq,
+        heads,
+        dh: d / heads,
+        width,
+        offset: part * d,
+    };
+    let x = match cast::<B, Autodiff<Flex>, 2>(x) {
+        Ok(x) => match heads_op_autodiff_flex(x.clone().into_primitive().tensor(), layout, false) {
+            Some(y) => {
+                let y = Tensor::<Autodiff<Flex>, 4>::from_primitive(TensorPrimitive::Float(y));
+                return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
+            }
+            None => cast(x).unwrap_or_else(|_| unreachable!("cast back to B")),
+        },
+        Err(x) => x,
+    };
+    x.reshape([batch, seq, width])
+        .narrow(2, part * d, d)
+        .reshape([batch, seq, heads, d / heads])
+        .swap_dims(1, 2)
+}
+
+/// Attention heads `[batch, heads, seq, dh]` back to rows `[batch·seq, heads·dh]`; the
+/// inverse of [`split_heads`] with one part, and one op the same way.
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [batch, heads, seq, dh] = x.dims();
+    let layout = HeadLayout {
+        batch,
+        seq,
+        heads,
+        dh,
+        width: heads * dh,
+        offset: 0,
+    };
+    let x = match cast::<B, Autodiff<Flex>, 4>(x) {
+        Ok(x) => match heads_op_autodiff_flex(x.clone().into_primitive().tensor(), layout, true) {
+            Some(y) => {
+                let y = Tensor::<Autodiff<Flex>, 2>::from_primitive(TensorPrimitive::Float(y));
+                return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
+            }
+            None => cast(x).unwrap_or_else(|_| unreachable!("cast back to B")),
+        },
+        Err(x) => x,
+    };
+    x.swap_dims(1, 2).reshape([batch * seq, heads * dh])
+}
+
 /// The two (input, gradient) pairs of [`with_gradients`].
 pub type GradPairs<B> = [(
     Tensor<B, 2>,
@@ -730,6 +933,45 @@ mod tests {
             assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
         }
         assert!(g_flex.iter().any(|&g| g.abs() > 1e-3), "a real gradient");
+    }
+
+    /// Part 1 of 3 split into 2 heads and merged back, weighted, summed: the merged values
+    /// and the gradient with respect to the projection.
+    fn heads_case<B: AutodiffBackend>() -> (Vec<f32>, Vec<f32>) {
+        let (batch, seq, heads, d) = (2, 3, 2, 4);
+        let n = batch * seq * 3 * d;
+        let x = (0..n).map(|i| i as f32).collect();
+        let w = (0..n / 3)
+            .map(|i| (i % 5) as f32 - 2.0)
+            .collect::<Vec<f32>>();
+        let device = Default::default();
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [batch * seq, 3 * d]), &device)
+            .require_grad();
+        let w = Tensor::<B, 2>::from_data(TensorData::new(w, [batch * seq, d]), &device);
+        let h = split_heads(x.clone() * 1.0, batch, seq, heads, 3, 1);
+        assert_eq!(h.dims(), [batch, heads, seq, d / heads]);
+        let y = merge_heads(h * 3.0);
+        let grads = (y.clone() * w).sum().backward();
+        let g = x
+            .grad(&grads)
+            .map(|g| g.into_data().to_vec::<f32>().unwrap_or_default());
+        (
+            y.into_data().to_vec::<f32>().unwrap_or_default(),
+            g.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn split_and_merge_heads_match_the_composed_form_and_its_gradient() {
+        let (y_flex, g_flex) = heads_case::<Autodiff<Flex>>();
+        let (y_ops, g_ops) = heads_case::<Autodiff<Cpu>>();
+        assert_eq!((y_flex.len(), g_flex.len()), (24, 72));
+        assert_eq!(y_flex, y_ops);
+        assert_eq!(g_flex, g_ops);
+        // Row 0 of part 1 is columns 4..8 of the projection, times 3.
+        assert_eq!(y_flex[..4], [12.0, 15.0, 18.0, 21.0]);
+        // Parts 0 and 2 get no gradient.
+        assert!(g_flex[..4].iter().chain(&g_flex[8..12]).all(|&g| g == 0.0));
     }
 
     fn given_case<B: AutodiffBackend>() -> (f32, Vec<f32>, bool) {
