@@ -72,6 +72,13 @@ fn exp_approx(x: f32) -> f32 {
 /// summation whatever the machine.
 const LANES: usize = 16;
 
+/// Whether the CPU can run the `*_avx2` variants (compiled with `avx2,fma`); each kernel
+/// is written once and compiled both ways.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// One row of [`softmax_cross_entropy`] on the CPU: returns `logsumexp(row) − row[target]`
 /// and, when `grad`, overwrites the row with `weight · (softmax(row) − onehot(target))`.
 /// A row holding NaN or ±inf gives NaN.
@@ -155,7 +162,7 @@ fn ce_rows_dispatch(
     grad: bool,
 ) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has the features the function was compiled for.
         return unsafe { ce_rows_avx2(data, vocab, targets, weights, grad) };
     }
@@ -227,7 +234,7 @@ fn gelu_chunk_avx2(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeU
 
 fn gelu_chunk_dispatch(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has the features the function was compiled for.
         return unsafe { gelu_chunk_avx2(x, y, d) };
     }
