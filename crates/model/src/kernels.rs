@@ -10,6 +10,10 @@ use std::any::{Any, TypeId};
 use std::mem::MaybeUninit;
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, sigmoid, softmax};
 use burn::tensor::backend::AutodiffBackend;
@@ -193,6 +197,29 @@ fn cast<B: Backend, C: Backend, const D: usize>(
     }
 }
 
+/// `t` as `Tensor<B, D>` again, where [`cast`] found `B` to be `C`.
+fn back<B: Backend, C: Backend, const D: usize>(t: Tensor<C, D>) -> Tensor<B, D> {
+    cast(t).unwrap_or_else(|_| unreachable!("B is C"))
+}
+
+/// `y` as the output of the autodiff op `op` over `parents`, keeping `state` for its
+/// backward pass when a parent is tracked.
+fn record<O: Backward<Flex, N>, const N: usize>(
+    op: O,
+    parents: [&FloatTensor<Autodiff<Flex>>; N],
+    state: O::State,
+    y: FlexTensor,
+) -> FloatTensor<Autodiff<Flex>> {
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
 /// `2·√(2/π)`: GPT-2's GELU is `x·σ(K1·x + K2·x³)`.
 const K1: f32 = 1.595_769;
 /// `2·√(2/π)·0.044715`.
@@ -302,11 +329,6 @@ fn mul_into(g: &mut [f32], d: &[f32]) {
 fn gelu_autodiff_flex<const D: usize>(
     x: FloatTensor<Autodiff<Flex>>,
 ) -> Option<FloatTensor<Autodiff<Flex>>> {
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-
     #[derive(Debug)]
     struct GeluBackward;
 
@@ -319,18 +341,17 @@ fn gelu_autodiff_flex<const D: usize>(
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {
-            let [parent] = ops.parents;
-            let grad = grads.consume::<Flex>(&ops.node);
-            let Some(parent) = parent else { return };
             let d = ops.state;
-            let mut g = grad.to_contiguous();
-            match (d.as_slice::<f32>(), g.dtype() == DType::F32) {
-                (Some(ds), true) => {
-                    mul_into(g.storage_mut::<f32>(), ds);
-                    grads.register::<Flex>(parent.id, g);
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let mut g = grad.to_contiguous();
+                match (d.as_slice::<f32>(), g.dtype() == DType::F32) {
+                    (Some(ds), true) => {
+                        mul_into(g.storage_mut::<f32>(), ds);
+                        g
+                    }
+                    _ => Flex::float_mul(g, d),
                 }
-                _ => grads.register::<Flex>(parent.id, Flex::float_mul(g, d)),
-            }
+            });
         }
     }
 
@@ -338,16 +359,7 @@ fn gelu_autodiff_flex<const D: usize>(
     let (y, d) = gelu_flex(inner, true)?;
     let y = y.into_primitive().tensor();
     let d = d?.into_primitive().tensor();
-    Some(
-        match GeluBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(d, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    Some(record(GeluBackward, [&x], d, y))
 }
 
 /// GELU, tanh approximation (`gelu_new` in Hugging Face's GPT-2):
@@ -363,7 +375,7 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
                 Some(y) => Tensor::<Autodiff<Flex>, D>::from_primitive(TensorPrimitive::Float(y)),
                 None => gelu_tanh_ops(x),
             };
-            return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
+            return back(y);
         }
         Err(x) => x,
     };
@@ -373,7 +385,7 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
                 Some((y, _)) => y,
                 None => gelu_tanh_ops(x),
             };
-            cast(y).unwrap_or_else(|_| unreachable!("cast back to B"))
+            back(y)
         }
         Err(x) => gelu_tanh_ops(x),
     }
@@ -406,11 +418,6 @@ fn softmax_last_autodiff_flex(
     x: FloatTensor<Autodiff<Flex>>,
     dim: usize,
 ) -> FloatTensor<Autodiff<Flex>> {
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-
     #[derive(Debug)]
     struct SoftmaxBackward;
 
@@ -423,43 +430,32 @@ fn softmax_last_autodiff_flex(
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {
-            let [parent] = ops.parents;
-            let grad = grads.consume::<Flex>(&ops.node);
-            let Some(parent) = parent else { return };
-            let y = ops.state;
+            let y = ops.state.to_contiguous();
             let row = y.layout().shape()[y.layout().num_dims() - 1];
-            let mut g = grad.to_contiguous();
-            let y = y.to_contiguous();
-            match (y.as_slice::<f32>(), g.dtype() == DType::F32) {
-                (Some(ys), true) if row > 0 => {
-                    let gs = g.storage_mut::<f32>();
-                    let per_task = row * (CHUNK / row).max(1);
-                    ys.par_chunks(per_task)
-                        .zip(gs.par_chunks_mut(per_task))
-                        .for_each(|(y, g)| softmax_backward_rows(y, g, row));
-                    grads.register::<Flex>(parent.id, g);
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                let mut g = grad.to_contiguous();
+                match (y.as_slice::<f32>(), g.dtype() == DType::F32) {
+                    (Some(ys), true) if row > 0 => {
+                        let per_task = row * (CHUNK / row).max(1);
+                        ys.par_chunks(per_task)
+                            .zip(g.storage_mut::<f32>().par_chunks_mut(per_task))
+                            .for_each(|(y, g)| softmax_backward_rows(y, g, row));
+                        g
+                    }
+                    _ => {
+                        // Not f32: the composed formula on burn-flex ops.
+                        let dim = y.layout().num_dims() - 1;
+                        let yg = Flex::float_mul(y.clone(), g);
+                        let dot = Flex::float_sum_dim(yg.clone(), dim);
+                        Flex::float_sub(yg, Flex::float_mul(y.clone(), dot))
+                    }
                 }
-                _ => {
-                    // Not f32: the composed formula on burn-flex ops.
-                    let dim = y.layout().num_dims() - 1;
-                    let yg = Flex::float_mul(y.clone(), g);
-                    let dot = Flex::float_sum_dim(yg.clone(), dim);
-                    let dx = Flex::float_sub(yg, Flex::float_mul(y, dot));
-                    grads.register::<Flex>(parent.id, dx);
-                }
-            }
+            });
         }
     }
 
     let y = burn_flex::ops::activation::softmax(x.primitive.clone(), dim);
-    match SoftmaxBackward
-        .prepare::<NoCheckpointing>([x.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    record(SoftmaxBackward, [&x], y.clone(), y)
 }
 
 /// Softmax over the last dimension (`burn::tensor::activation::softmax(x, D - 1)`), as one
@@ -468,10 +464,9 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
     match cast::<B, Autodiff<Flex>, D>(x) {
         Ok(x) => {
             let y = softmax_last_autodiff_flex(x.into_primitive().tensor(), D - 1);
-            cast(Tensor::<Autodiff<Flex>, D>::from_primitive(
+            back(Tensor::<Autodiff<Flex>, D>::from_primitive(
                 TensorPrimitive::Float(y),
             ))
-            .unwrap_or_else(|_| unreachable!("cast back to B"))
         }
         Err(x) => softmax(x, D - 1),
     }
@@ -564,11 +559,6 @@ fn heads_op_autodiff_flex(
     layout: HeadLayout,
     merge: bool,
 ) -> Option<FloatTensor<Autodiff<Flex>>> {
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-
     fn apply(x: &FlexTensor, layout: HeadLayout, merge: bool) -> Option<FlexTensor> {
         let x = flex_f32(x)?;
         let src = x.as_slice::<f32>()?;
@@ -592,28 +582,16 @@ fn heads_op_autodiff_flex(
             grads: &mut Gradients,
             _checkpointer: &mut Checkpointer,
         ) {
-            let [parent] = ops.parents;
-            let grad = grads.consume::<Flex>(&ops.node);
-            let Some(parent) = parent else { return };
             let (layout, merge) = ops.state;
             // The backward pass of a merge is a split, and the other way round.
-            if let Some(g) = apply(&grad, layout, !merge) {
-                grads.register::<Flex>(parent.id, g);
-            }
+            unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+                apply(&grad, layout, !merge).expect("an f32 op (see below) gets f32 gradients")
+            });
         }
     }
 
     let y = apply(&x.primitive, layout, merge)?;
-    Some(
-        match HeadsBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((layout, merge), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-    )
+    Some(record(HeadsBackward, [&x], (layout, merge), y))
 }
 
 /// Attention heads from a projection's rows: of `x` `[batch·seq, parts·d]` (e.g. `c_attn`'s
@@ -643,9 +621,9 @@ pub fn split_heads<B: Backend>(
         Ok(x) => match heads_op_autodiff_flex(x.clone().into_primitive().tensor(), layout, false) {
             Some(y) => {
                 let y = Tensor::<Autodiff<Flex>, 4>::from_primitive(TensorPrimitive::Float(y));
-                return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
+                return back(y);
             }
-            None => cast(x).unwrap_or_else(|_| unreachable!("cast back to B")),
+            None => back(x),
         },
         Err(x) => x,
     };
@@ -671,9 +649,9 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
         Ok(x) => match heads_op_autodiff_flex(x.clone().into_primitive().tensor(), layout, true) {
             Some(y) => {
                 let y = Tensor::<Autodiff<Flex>, 2>::from_primitive(TensorPrimitive::Float(y));
-                return cast(y).unwrap_or_else(|_| unreachable!("cast back to B"));
+                return back(y);
             }
-            None => cast(x).unwrap_or_else(|_| unreachable!("cast back to B")),
+            None => back(x),
         },
         Err(x) => x,
     };
@@ -711,7 +689,7 @@ pub fn with_gradients<B: AutodiffBackend>(
                 [flex(ga), flex(gb)],
             );
             let out = Tensor::<Autodiff<Flex>, 1>::from_primitive(TensorPrimitive::Float(out));
-            return cast(out).unwrap_or_else(|_| unreachable!("cast back to B"));
+            return back(out);
         }
         return with_gradients_ops([(a, ga), (b, gb)], value);
     }
@@ -744,11 +722,6 @@ fn with_gradients_autodiff_flex(
     inputs: [FloatTensor<Autodiff<Flex>>; 2],
     gradients: [Option<FlexTensor>; 2],
 ) -> FloatTensor<Autodiff<Flex>> {
-    use burn::backend::autodiff::checkpoint::base::Checkpointer;
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::backend::autodiff::grads::Gradients;
-    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-
     #[derive(Debug)]
     struct Given;
 
@@ -776,14 +749,7 @@ fn with_gradients_autodiff_flex(
     }
 
     let [a, b] = inputs;
-    match Given
-        .prepare::<NoCheckpointing>([a.node.clone(), b.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(gradients, value),
-        OpsKind::UnTracked(prep) => prep.finish(value),
-    }
+    record(Given, [&a, &b], gradients, value)
 }
 
 /// Weighted cross-entropy of each row of `logits` against its target:
