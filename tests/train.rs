@@ -184,6 +184,31 @@ fn the_fused_lm_head_loss_matches_transformers_and_the_plain_gradients() {
 }
 
 #[test]
+fn a_batch_with_every_target_ignored_has_zero_loss_and_zero_gradients() {
+    let device = Default::default();
+    let (_, model) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("model");
+    let ids =
+        Tensor::<Ad, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3, 4], [1, 4]), &device);
+    let h = model.hidden(ids, None);
+    let d = h.dims()[2];
+    let l = loss::linear_cross_entropy(
+        h.reshape([4, d]),
+        model.wte.weight.val(),
+        &[loss::IGNORE; 4],
+    );
+    assert_eq!(l.clone().into_scalar().elem::<f64>(), 0.0);
+    let grads = l.backward();
+    let g = model.wte.weight.grad(&grads).expect("a gradient");
+    assert!(
+        g.into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+}
+
+#[test]
 fn a_label_outside_the_vocabulary_is_an_error() {
     let device = Default::default();
     let (_, student) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("student");

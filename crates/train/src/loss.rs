@@ -82,15 +82,7 @@ pub fn linear_cross_entropy_parts<B: Backend>(
             kept,
         };
     }
-    let hidden = if rows == n {
-        hidden
-    } else {
-        let index: Vec<i64> = kept.iter().map(|&i| i as i64).collect();
-        hidden.select(
-            0,
-            Tensor::from_data(TensorData::new(index, [rows]), &device),
-        )
-    };
+    let hidden = kept_rows(hidden, &kept);
     let target: Vec<usize> = kept.iter().map(|&i| targets[i] as usize).collect();
     let weights = vec![1.0 / rows as f32; rows];
     let chunk = chunk_rows(weight.dims()[0]);
@@ -141,7 +133,6 @@ pub fn linear_cross_entropy<B: AutodiffBackend>(
     weight: Tensor<B, 2>,
     targets: &[i64],
 ) -> Tensor<B, 1> {
-    let device = hidden.device();
     let parts = linear_cross_entropy_parts::<B::InnerBackend>(
         hidden.clone().inner(),
         weight.clone().inner(),
@@ -151,19 +142,28 @@ pub fn linear_cross_entropy<B: AutodiffBackend>(
         true,
         weight.is_require_grad(),
     );
-    let [n, _] = hidden.dims();
-    let kept = if parts.kept.len() == n {
-        hidden
-    } else {
-        let index: Vec<i64> = parts.kept.iter().map(|&i| i as i64).collect();
-        hidden.select(
-            0,
-            Tensor::from_data(TensorData::new(index, [parts.kept.len()]), &device),
-        )
-    };
+    if parts.kept.is_empty() {
+        // Every target ignored: a loss of 0 that still backpropagates (zero gradients), as
+        // `masked_cross_entropy`'s does; with no tracked input the backward pass would fail.
+        return Tensor::from_inner(parts.loss) + hidden.sum() * 0.0;
+    }
+    let kept = kept_rows(hidden, &parts.kept);
     kiln_model::kernels::with_gradients(
         parts.loss,
         [(kept, parts.grad_hidden), (weight, parts.grad_weight)],
+    )
+}
+
+/// The rows `kept` of `t` (all of them without a copy when nothing was dropped).
+fn kept_rows<B: Backend>(t: Tensor<B, 2>, kept: &[usize]) -> Tensor<B, 2> {
+    if kept.len() == t.dims()[0] {
+        return t;
+    }
+    let index: Vec<i64> = kept.iter().map(|&i| i as i64).collect();
+    let device = t.device();
+    t.select(
+        0,
+        Tensor::from_data(TensorData::new(index, [kept.len()]), &device),
     )
 }
 
