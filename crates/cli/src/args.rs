@@ -72,7 +72,7 @@ pub struct SetArgs {
 pub enum Command {
     /// Check pipeline files without running anything.
     Validate {
-        /// Pipeline files.
+        /// Pipeline or experiment files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -124,6 +124,13 @@ pub enum Command {
         /// Exit 1 when a metric value differs.
         #[arg(long)]
         expect_identical: bool,
+        /// GPUs the rerun may hold at once.
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Rerun with today's configuration when it differs from the record (the pipeline
+        /// file, a stage kind's version, an input or the commit changed).
+        #[arg(long)]
+        allow_changed: bool,
     },
     /// A sweep's report: one self-contained HTML file and a Markdown summary.
     Report {

@@ -180,6 +180,9 @@ impl Reporter for CliReporter {
                     secs(*elapsed)
                 ));
             }
+            Event::StageWarning { stage, message } => {
+                self.line(&format!("warning  {stage}: {message}"))
+            }
             Event::StageSkipped { stage, reason } => {
                 self.line(&format!("skipped  {stage}: {reason}"))
             }

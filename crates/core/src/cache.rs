@@ -9,8 +9,8 @@
 //! power cut) leaves only a temporary directory, which the next run removes once its process
 //! is gone. A failed stage's directory moves to `results/failed/` so its log can be read.
 //!
-//! Input hashes are memoized in `results/cache/.input-hashes.json` by (path, size, mtime), so
-//! an unchanged multi-gigabyte input is not re-read on every run; the mtime never enters a
+//! Input hashes are memoized in the results store by (path, size, mtime, inode) ([`HashMemo`]),
+//! so an unchanged multi-gigabyte input is not re-read on every run; the mtime never enters a
 //! fingerprint.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kiln_store::ArtifactRecord;
+use std::collections::HashMap;
+
+use kiln_store::{ArtifactRecord, FileHash};
 
 use crate::error::{Error, Result};
 use crate::fingerprint::FingerprintInput;
@@ -274,88 +276,199 @@ pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hasher.finalize().to_hex().to_string(), bytes))
 }
 
-/// Memoized content hashes of input files and directories.
+/// Content hashes of the files and directories stages read, memoized in the results store
+/// (`file_hashes`) by path, size, mtime and inode, so an unchanged input is not re-read on
+/// every run. A directory hashes as its manifest: the sorted list of (relative path, size,
+/// blake3) of its files.
 #[derive(Debug, Default)]
 pub struct HashMemo {
-    path: Option<PathBuf>,
-    entries: BTreeMap<String, (u64, i128, String)>,
-    dirty: bool,
+    files: HashMap<String, FileHash>,
+    /// Rows hashed by this process, to save.
+    fresh: BTreeMap<String, FileHash>,
+    /// Manifests of the directories hashed by this process, by their hash.
+    manifests: BTreeMap<String, String>,
+    /// The cache root: a path inside an entry is identified by its entry, not re-read.
+    cache_root: Option<PathBuf>,
 }
 
+/// One file of a directory manifest: relative path, size, blake3.
+pub type ManifestEntry = (String, u64, String);
+
 impl HashMemo {
-    /// Loads the memo kept in `cache` (an empty one if there is none or it is unreadable).
-    pub fn load(cache: &Cache) -> Self {
-        let path = cache.root.join(".input-hashes.json");
-        let entries = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+    /// An empty memo for the cache `cache` (nothing memoized yet).
+    pub fn new(cache: &Cache) -> Self {
         Self {
-            path: Some(path),
-            entries,
-            dirty: false,
+            cache_root: Some(cache.root.clone()),
+            ..Self::default()
         }
     }
 
-    /// The content hash of a file, or of a directory (its sorted relative paths and their
-    /// files' hashes).
+    /// The memo kept in `store` (an empty one without a store).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub async fn load(cache: &Cache, store: Option<&kiln_store::Store>) -> Result<Self> {
+        let mut memo = Self::new(cache);
+        if let Some(store) = store {
+            memo.files = store
+                .file_hashes()
+                .await?
+                .into_iter()
+                .map(|f| (f.path.clone(), f))
+                .collect();
+        }
+        Ok(memo)
+    }
+
+    /// Writes what this process hashed into `store`.
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub async fn save(&mut self, store: &kiln_store::Store) -> Result<()> {
+        let files: Vec<FileHash> = std::mem::take(&mut self.fresh).into_values().collect();
+        let manifests: Vec<(String, String)> = self
+            .manifests
+            .iter()
+            .map(|(h, m)| (h.clone(), m.clone()))
+            .collect();
+        store.save_hashes(&files, &manifests).await?;
+        Ok(())
+    }
+
+    /// The manifest (JSON) of a directory this process hashed to `hash`.
+    pub fn manifest(&self, hash: &str) -> Option<&str> {
+        self.manifests.get(hash).map(String::as_str)
+    }
+
+    /// What a path param stands for in a fingerprint: `entry:<fingerprint>/<rest>` for a path
+    /// inside a cache entry (the entry's fingerprint already says what it holds), the content
+    /// hash of an existing file or directory, or `None` for a path that does not exist (a URL
+    /// or hub id, which pins its own content).
+    ///
+    /// # Errors
+    /// When an existing path cannot be read.
+    pub fn identify(&mut self, path: &Path) -> std::io::Result<Option<String>> {
+        let Ok(canonical) = fs::canonicalize(path) else {
+            return Ok(None);
+        };
+        if let Some(root) = self
+            .cache_root
+            .as_ref()
+            .and_then(|r| fs::canonicalize(r).ok())
+            && let Ok(rest) = canonical.strip_prefix(&root)
+        {
+            let mut parts = rest.components();
+            if let Some(fp) = parts
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                && fp.len() == 64
+                && fp.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                let rest = parts.as_path().to_string_lossy().replace('\\', "/");
+                return Ok(Some(format!("entry:{fp}/{rest}")));
+            }
+        }
+        self.hash(&canonical).map(Some)
+    }
+
+    /// The content hash of a file, or of a directory (blake3 of its manifest).
     ///
     /// # Errors
     /// When the path cannot be read.
     pub fn hash(&mut self, path: &Path) -> std::io::Result<String> {
-        let meta = fs::metadata(path)?;
-        if meta.is_dir() {
-            let mut files = Vec::new();
-            walk(path, path, &mut files)?;
-            files.sort();
-            let mut hasher = blake3::Hasher::new();
-            for rel in files {
-                let h = self.hash(&path.join(&rel))?;
-                hasher.update(rel.as_bytes());
-                hasher.update(b"\0");
-                hasher.update(h.as_bytes());
-                hasher.update(b"\n");
-            }
-            return Ok(hasher.finalize().to_hex().to_string());
+        if fs::metadata(path)?.is_dir() {
+            let manifest = self.manifest_of(path)?;
+            let json = serde_json::to_string(&manifest).map_err(std::io::Error::other)?;
+            let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
+            self.manifests.insert(hash.clone(), json);
+            return Ok(hash);
         }
+        self.hash_file(path).map(|(hash, _)| hash)
+    }
+
+    fn manifest_of(&mut self, dir: &Path) -> std::io::Result<Vec<ManifestEntry>> {
+        let mut files = Vec::new();
+        walk(dir, dir, &mut files)?;
+        files.sort();
+        files
+            .into_iter()
+            .map(|rel| {
+                let (hash, size) = self.hash_file(&dir.join(&rel))?;
+                Ok((rel, size, hash))
+            })
+            .collect()
+    }
+
+    fn hash_file(&mut self, path: &Path) -> std::io::Result<(String, u64)> {
+        let meta = fs::metadata(path)?;
         let key = fs::canonicalize(path)?.to_string_lossy().into_owned();
-        let mtime = meta
+        let mtime_ns = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        if let Some((size, m, hash)) = self.entries.get(&key)
-            && *size == meta.len()
-            && *m == mtime
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let size = i64::try_from(meta.len()).unwrap_or(i64::MAX);
+        let inode = inode(&meta);
+        if let Some(f) = self.files.get(&key)
+            && (f.size, f.mtime_ns, f.inode) == (size, mtime_ns, inode)
         {
-            return Ok(hash.clone());
+            return Ok((f.hash.clone(), meta.len()));
         }
-        let (hash, size) = hash_file(path)?;
+        let (hash, bytes) = hash_file(path)?;
         // Like git's "racy clean" rule: a file modified within the last seconds could change
         // again within the same mtime tick, so its hash is not memoized yet.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        if now - mtime > 2_000_000_000 {
-            self.entries.insert(key, (size, mtime, hash.clone()));
-            self.dirty = true;
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        if now.saturating_sub(mtime_ns) > 2_000_000_000 {
+            let row = FileHash {
+                path: key.clone(),
+                size,
+                mtime_ns,
+                inode,
+                hash: hash.clone(),
+            };
+            self.files.insert(key.clone(), row.clone());
+            self.fresh.insert(key, row);
         }
-        Ok(hash)
+        Ok((hash, bytes))
     }
+}
 
-    /// Writes the memo back if it changed (best effort: a lost memo only costs re-hashing).
-    pub fn save(&mut self) {
-        if let (true, Some(path)) = (self.dirty, &self.path) {
-            if let Some(dir) = path.parent() {
-                let _ = fs::create_dir_all(dir);
-            }
-            let tmp = path.with_extension(format!("json.{}", std::process::id()));
-            if let Ok(json) = serde_json::to_string(&self.entries)
-                && fs::write(&tmp, json).is_ok()
-            {
-                let _ = fs::rename(&tmp, path);
-            }
-            self.dirty = false;
+/// The files that differ between two directory manifests (JSON, as [`HashMemo::manifest`]
+/// gives them): added, removed or changed, by relative path.
+pub fn manifest_changes(old: &str, new: &str) -> Vec<String> {
+    let parse = |json: &str| -> BTreeMap<String, (u64, String)> {
+        serde_json::from_str::<Vec<ManifestEntry>>(json)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(rel, size, hash)| (rel, (size, hash)))
+            .collect()
+    };
+    let (old, new) = (parse(old), parse(new));
+    let mut out: Vec<String> = Vec::new();
+    for (rel, entry) in &new {
+        match old.get(rel) {
+            None => out.push(format!("{rel} added")),
+            Some(o) if o != entry => out.push(format!("{rel} changed")),
+            Some(_) => {}
         }
     }
+    out.extend(
+        old.keys()
+            .filter(|rel| !new.contains_key(*rel))
+            .map(|rel| format!("{rel} removed")),
+    );
+    out
+}
+
+#[cfg(unix)]
+fn inode(meta: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    i64::try_from(meta.ino()).unwrap_or(i64::MAX)
+}
+
+#[cfg(not(unix))]
+fn inode(_meta: &fs::Metadata) -> i64 {
+    0
 }

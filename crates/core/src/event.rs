@@ -46,6 +46,13 @@ pub enum Event {
         /// A short message (e.g. the loss).
         message: Option<String>,
     },
+    /// A stage warns about something the user should know (e.g. rows cut to the context).
+    StageWarning {
+        /// Stage name.
+        stage: String,
+        /// One line.
+        message: String,
+    },
     /// A stage succeeded.
     StageSucceeded {
         /// Stage name.

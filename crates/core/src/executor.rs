@@ -1,7 +1,8 @@
 //! Runs a [`Plan`]: stages in dependency order, independent ones in parallel.
 //!
 //! - At most `jobs` stages execute at once, and the stages holding GPUs never hold more than
-//!   `gpus` together. Cache hits take no slot.
+//!   the run's GPUs together. A stage learns which GPUs it holds (`StageContext::gpus`, the
+//!   lowest free indices); no two running stages hold the same GPU. Cache hits take no slot.
 //! - A stage whose fingerprint has a complete cache entry is not executed: its recorded
 //!   metrics and artifacts are recorded again for this run, marked as a cache hit.
 //! - A failed stage stops its descendants (recorded as skipped); stages that do not depend on
@@ -51,8 +52,9 @@ pub struct RunMeta {
 pub struct ExecOptions {
     /// Most stages executing at once (at least 1).
     pub jobs: usize,
-    /// GPUs the run may hold at once.
-    pub gpus: u32,
+    /// The GPUs (system indices) the run may hold, e.g. `[0, 1]` for `--gpus 2`, or a sweep
+    /// lane's share.
+    pub gpus: Vec<u32>,
     /// Stages to execute even when cached (their descendants re-execute too).
     pub force: BTreeSet<String>,
     /// The project root: stages run with it as working directory.
@@ -136,11 +138,11 @@ struct Executed {
 pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
     let started = Instant::now();
     for s in &plan.stages {
-        if s.gpu > opts.gpus {
+        if s.gpu as usize > opts.gpus.len() {
             return Err(Error::NotEnoughGpus {
                 stage: s.name.clone(),
                 needed: s.gpu,
-                available: opts.gpus,
+                available: opts.gpus.len() as u32,
             });
         }
     }
@@ -206,7 +208,8 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
         .collect();
     let mut tasks: JoinSet<Executed> = JoinSet::new();
     let mut running = 0usize;
-    let mut gpus_free = opts.gpus;
+    let mut gpus_free: BTreeSet<u32> = opts.gpus.iter().copied().collect();
+    let mut held: Vec<Vec<u32>> = vec![Vec::new(); n];
     let jobs = opts.jobs.max(1);
 
     loop {
@@ -256,7 +259,7 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
                     progressed = true;
                     continue;
                 }
-                if running >= jobs || stage.gpu > gpus_free {
+                if running >= jobs || stage.gpu as usize > gpus_free.len() {
                     continue;
                 }
                 // A stage with the same fingerprint is executing: wait for it and take its
@@ -279,19 +282,22 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
                     kind: stage.kind.clone(),
                     fingerprint: stage.fingerprint.clone(),
                 });
+                held[i] = gpus_free.iter().take(stage.gpu as usize).copied().collect();
+                for g in &held[i] {
+                    gpus_free.remove(g);
+                }
                 let job = prepare(
                     stage,
                     i,
                     opts,
-                    run_id,
-                    writer.clone(),
+                    MetricSink::new(run_id, &stage.name, writer.clone()),
                     &out_dirs,
                     &outputs_of,
+                    held[i].clone(),
                 );
                 tasks.spawn_blocking(job);
                 state[i] = State::Running;
                 running += 1;
-                gpus_free -= stage.gpu;
                 progressed = true;
             }
         }
@@ -309,7 +315,7 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
         let i = done.index;
         let stage = &plan.stages[i];
         running -= 1;
-        gpus_free += stage.gpu;
+        gpus_free.extend(std::mem::take(&mut held[i]));
         let (status, error, out_dir) = match &done.ok {
             Ok(dir) => (StageStatus::Succeeded, None, Some(dir.clone())),
             Err(e) if opts.cancel.is_cancelled() => {
@@ -534,10 +540,10 @@ fn prepare(
     stage: &PlannedStage,
     index: usize,
     opts: &ExecOptions,
-    run_id: Option<i64>,
-    writer: Option<kiln_store::MetricWriter>,
+    metrics: MetricSink,
     out_dirs: &BTreeMap<String, PathBuf>,
     outputs_of: &BTreeMap<String, BTreeMap<String, String>>,
+    gpus: Vec<u32>,
 ) -> impl FnOnce() -> Executed + Send + 'static {
     let stage = stage.clone();
     let cache = opts.cache.clone();
@@ -606,7 +612,6 @@ fn prepare(
             .iter()
             .map(|(k, rel)| (k.clone(), tmp.join(rel)))
             .collect();
-        let metrics = MetricSink::new(run_id, &stage.name, writer);
         let mut ctx = StageContext {
             stage: stage.name.clone(),
             params,
@@ -619,6 +624,7 @@ fn prepare(
             workdir,
             metrics: metrics.clone(),
             progress: Progress::new(&stage.name, reporter),
+            gpus,
             cancel,
             log_path: log_path.clone(),
             log: Mutex::new(log),

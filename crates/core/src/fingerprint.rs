@@ -8,6 +8,7 @@
 //! | the resolved `with:` params (`${param}` substituted) | they are what the stage computes from |
 //! | the fingerprints of its needs, by name | a changed need means changed inputs downstream |
 //! | blake3 of each declared input file or directory | the data itself, wherever it lives |
+//! | the same for each `with:` param of type `path` naming an existing file or directory (as `with.<key>`) | a stage reads it, declared or not |
 //! | the declared outputs | renaming an output changes the entry's layout |
 //!
 //! | never enters | why |
@@ -85,10 +86,16 @@ pub enum StaleReason {
         /// Now (none: removed).
         new: Option<Value>,
     },
-    /// A declared input's content changed (or it was added or removed).
+    /// A declared input's or path param's content changed (or it was added or removed).
     InputChanged {
-        /// The input's name.
+        /// The input's name (`with.<key>` for a path param).
         name: String,
+        /// The path, for a path param.
+        path: Option<String>,
+        /// Its content hash before and now (none: absent).
+        hashes: (Option<String>, Option<String>),
+        /// For a directory, its files that changed (filled in by whoever has the manifests).
+        files: Vec<String>,
     },
     /// A need will re-execute or was re-executed since.
     NeedRerun {
@@ -116,7 +123,22 @@ impl fmt::Display for StaleReason {
                 write!(f, "param {key} changed: {} → {}", show(old), show(new))
             }
             Self::ParamChanged { key, .. } => write!(f, "param {key} changed"),
-            Self::InputChanged { name } => write!(f, "input {name} changed"),
+            Self::InputChanged {
+                name, path, files, ..
+            } => {
+                let path = path.as_ref().map_or_else(String::new, |p| format!(" {p}"));
+                let label = if name.starts_with("with.") {
+                    name.clone()
+                } else {
+                    format!("input {name}")
+                };
+                write!(f, "{label}{path} changed")?;
+                match files.len() {
+                    0 => Ok(()),
+                    1..=3 => write!(f, " ({})", files.join(", ")),
+                    n => write!(f, " ({}, and {} more)", files[..3].join(", "), n - 3),
+                }
+            }
             Self::NeedRerun { stage } => write!(f, "need {stage} changed"),
             Self::OutputsChanged => f.write_str("declared outputs changed"),
         }
@@ -152,8 +174,18 @@ pub fn stale_reasons(old: &FingerprintInput, new: &FingerprintInput) -> Vec<Stal
     let names: std::collections::BTreeSet<&String> =
         old.inputs.keys().chain(new.inputs.keys()).collect();
     for name in names {
-        if old.inputs.get(name) != new.inputs.get(name) {
-            out.push(StaleReason::InputChanged { name: name.clone() });
+        let (o, n) = (old.inputs.get(name), new.inputs.get(name));
+        if o != n {
+            let path = name
+                .strip_prefix("with.")
+                .and_then(|key| new.params.get(key).or_else(|| old.params.get(key)))
+                .map(display);
+            out.push(StaleReason::InputChanged {
+                name: name.clone(),
+                path,
+                hashes: (o.cloned(), n.cloned()),
+                files: Vec::new(),
+            });
         }
     }
     let needs: std::collections::BTreeSet<&String> =

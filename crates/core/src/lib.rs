@@ -17,7 +17,7 @@
 //! let registry = Registry::with_builtins();
 //! let pipeline = spec::load("pipelines/demo.yaml".as_ref())?;
 //! let cache = Cache::new("results".as_ref());
-//! let plan = plan::plan(&pipeline, &registry, &Default::default(), ".".as_ref(), &mut HashMemo::load(&cache))?;
+//! let plan = plan::plan(&pipeline, &registry, &Default::default(), ".".as_ref(), &mut HashMemo::new(&cache))?;
 //! println!("{} stages", plan.stages.len());
 //! # Ok(()) }
 //! ```
@@ -30,6 +30,7 @@ pub mod executor;
 pub mod experiment;
 pub mod fingerprint;
 pub mod interp;
+pub mod param;
 pub mod plan;
 pub mod spec;
 pub mod stage;
@@ -43,7 +44,7 @@ pub use executor::{ExecOptions, RunMeta, RunSummary, StageOutcome, execute};
 pub use plan::{Plan, PlannedStage};
 pub use spec::Pipeline;
 pub use stage::{
-    CancelToken, Metric, MetricSink, ParamSpec, Progress, Registry, Stage, StageContext,
-    StageError, StageResult,
+    CancelToken, Constraint, Metric, MetricSink, ParamError, ParamSpec, Params, Progress, Registry,
+    Stage, StageContext, StageError, StageResult,
 };
 pub use value::ParamType;

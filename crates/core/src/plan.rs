@@ -12,6 +12,7 @@ use crate::fingerprint::FingerprintInput;
 use crate::interp::{self, Piece};
 use crate::spec::{self, Pipeline};
 use crate::stage::Registry;
+use crate::value::ParamType;
 
 /// A stage ready to execute.
 #[derive(Debug, Clone)]
@@ -76,7 +77,11 @@ impl Plan {
 }
 
 /// Validates `pipeline` with `overrides` and makes its plan. Relative input paths are
-/// resolved against `workdir`; input hashes go through `memo`.
+/// resolved against `workdir`; input hashes go through `memo` (save it to the store after).
+///
+/// Every declared input, and every `with:` param of type `path` that names an existing file
+/// or directory, enters the stage's fingerprint by its content (a path inside a cache entry
+/// by that entry's fingerprint); URLs and hub ids enter as written.
 ///
 /// # Errors
 /// [`Error::Spec`] with every validation problem; [`Error::Input`] for an unreadable input.
@@ -101,10 +106,12 @@ pub fn plan(
             .expect("validate checked every stage kind");
         let needs = pipeline.needs_of(s);
         let mut with = BTreeMap::new();
+        let mut input_hashes = BTreeMap::new();
         for (key, (value, pos)) in &s.with {
             let v = interp::substitute_params(value, &params)
                 .map_err(|m| spec_error(pipeline, *pos, &name, m))?;
-            let v = match kind.params().iter().find(|p| p.name == key) {
+            let spec = kind.params().iter().find(|p| p.name == key);
+            let v = match spec {
                 // Coerce to the declared type unless the value is a stage path (checked by validate).
                 Some(p) if !holds_stage_ref(&v) => p
                     .ty
@@ -112,10 +119,27 @@ pub fn plan(
                     .map_err(|m| spec_error(pipeline, *pos, &name, format!("with.{key}: {m}")))?,
                 _ => v,
             };
+            // A path param is read by the stage: what it holds enters the fingerprint.
+            if spec.is_some_and(|p| p.ty == ParamType::Path)
+                && !holds_stage_ref(&v)
+                && let Value::String(text) = &v
+                && !text.contains("://")
+            {
+                let path = workdir.join(text);
+                let id = memo.identify(&path).map_err(|source| Error::Input {
+                    span: pipeline.span(*pos),
+                    stage: name.clone(),
+                    name: format!("with.{key}"),
+                    path: PathBuf::from(text),
+                    source,
+                })?;
+                if let Some(id) = id {
+                    input_hashes.insert(format!("with.{key}"), id);
+                }
+            }
             with.insert(key.clone(), v);
         }
         let mut inputs = BTreeMap::new();
-        let mut input_hashes = BTreeMap::new();
         for (key, (raw, pos)) in &s.inputs {
             let v = interp::substitute_params(&Value::String(raw.clone()), &params)
                 .map_err(|m| spec_error(pipeline, *pos, &name, m))?;
@@ -125,7 +149,10 @@ pub fn plan(
                 input_hashes.insert(key.clone(), format!("ref:{text}"));
             } else {
                 let path = workdir.join(&text);
-                let hash = memo.hash(&path).map_err(|source| Error::Input {
+                let found = memo.identify(&path).and_then(|id| {
+                    id.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+                });
+                let hash = found.map_err(|source| Error::Input {
                     span: pipeline.span(*pos),
                     stage: name.clone(),
                     name: key.clone(),
@@ -163,7 +190,6 @@ pub fn plan(
         planned.insert(name, stage.clone());
         stages.push(stage);
     }
-    memo.save();
     let config = serde_json::json!({
         "pipeline": pipeline.name,
         "params": params,

@@ -593,6 +593,68 @@ pub fn validate(
     registry: &Registry,
     params: &BTreeMap<String, Value>,
 ) -> Result<(), SpecErrors> {
+    validate_with(pipeline, registry, params, &BTreeSet::new())
+}
+
+/// Validates without every parameter's value (`kiln validate`): parameters with no default
+/// and no override get a sample of their type, and values built from them are type-checked
+/// but not held to a stage parameter's constraint.
+///
+/// # Errors
+/// Every problem found, each with its position and stage.
+pub fn validate_lenient(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    overrides: &BTreeMap<String, Value>,
+) -> Result<(), SpecErrors> {
+    let params = resolve_params(pipeline, overrides, true)?;
+    let unset = pipeline
+        .params
+        .iter()
+        .filter(|p| p.default.is_none() && !overrides.contains_key(&p.name))
+        .map(|p| p.name.clone())
+        .collect();
+    validate_with(pipeline, registry, &params, &unset)
+}
+
+/// Whether `with.key` of `stage` uses a parameter that has no value yet.
+fn from_unset(stage: &StageSpec, key: &str, unset: &BTreeSet<String>) -> bool {
+    stage.with.get(key).is_some_and(|(raw, _)| {
+        interp::references(raw)
+            .map(|r| {
+                r.iter()
+                    .any(|p| matches!(p, Piece::Param(n) if unset.contains(n)))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// " (from ${a}, ${b})" when `with.key` was written with parameters, else "".
+fn via_params(stage: &StageSpec, key: &str) -> String {
+    let names: Vec<String> = stage
+        .with
+        .get(key)
+        .and_then(|(raw, _)| interp::references(raw).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Param(n) => Some(format!("${{{n}}}")),
+            _ => None,
+        })
+        .collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (from {})", names.join(", "))
+    }
+}
+
+fn validate_with(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    params: &BTreeMap<String, Value>,
+    unset: &BTreeSet<String>,
+) -> Result<(), SpecErrors> {
     let mut diags = Vec::new();
     if pipeline.name.trim().is_empty() {
         diags.push(Diagnostic {
@@ -757,8 +819,17 @@ pub fn validate(
                                 spec.ty
                             ),
                         );
-                    } else if let Err(m) = spec.ty.coerce(value) {
-                        push(pos, &stage.name, format!("with.{key}: {m}"));
+                    } else {
+                        match spec.ty.coerce(value) {
+                            Err(m) => push(pos, &stage.name, format!("with.{key}: {m}")),
+                            Ok(v) if !holds_stage_ref && !from_unset(stage, key, unset) => {
+                                if let Err(m) = spec.constraint.check(&v) {
+                                    let via = via_params(stage, key);
+                                    push(pos, &stage.name, format!("with.{key}: {m}{via}"));
+                                }
+                            }
+                            Ok(_) => {}
+                        }
                     }
                 }
             }

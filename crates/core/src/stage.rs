@@ -16,48 +16,13 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::event::{Event, Reporter};
-use crate::value::ParamType;
+pub use crate::param::{Constraint, ParamError, ParamSpec, Params};
 
 /// The error a stage returns: any error, with its chain.
 pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result of [`Stage::run`].
 pub type StageResult = Result<(), StageError>;
-
-/// One parameter a stage kind accepts under `with:`.
-#[derive(Debug, Clone, Copy)]
-pub struct ParamSpec {
-    /// Its key.
-    pub name: &'static str,
-    /// Its type.
-    pub ty: ParamType,
-    /// Whether a stage must give it.
-    pub required: bool,
-    /// One line for `kiln stages`, including the default when there is one.
-    pub doc: &'static str,
-}
-
-impl ParamSpec {
-    /// A required parameter.
-    pub const fn required(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        Self {
-            name,
-            ty,
-            required: true,
-            doc,
-        }
-    }
-
-    /// An optional parameter.
-    pub const fn optional(name: &'static str, ty: ParamType, doc: &'static str) -> Self {
-        Self {
-            name,
-            ty,
-            required: false,
-            doc,
-        }
-    }
-}
 
 /// A stage kind: what `uses:` names in a pipeline.
 pub trait Stage: Send + Sync {
@@ -215,6 +180,14 @@ impl Progress {
         }
     }
 
+    /// Tells the user something they should know about the stage's results.
+    pub fn warn(&self, message: &str) {
+        self.reporter.event(&Event::StageWarning {
+            stage: self.stage.clone(),
+            message: message.to_owned(),
+        });
+    }
+
     /// Shows `position` of `total` (e.g. steps), with an optional message (e.g. the loss).
     pub fn update(&self, position: u64, total: Option<u64>, message: Option<&str>) {
         self.reporter.event(&Event::StageProgress {
@@ -254,6 +227,8 @@ pub struct StageContext {
     pub metrics: MetricSink,
     /// The stage's progress display.
     pub progress: Progress,
+    /// The indices of the GPUs the stage holds (`resources.gpu`), assigned by the executor.
+    pub gpus: Vec<u32>,
     /// Set when the run is stopping; check it between units of work and return early.
     pub cancel: CancelToken,
     /// The stage's log file (`stage.log` in its output directory).
@@ -276,6 +251,17 @@ impl StageContext {
     /// A param as text (strings as is, other values as JSON), if given.
     pub fn param_str(&self, key: &str) -> Option<String> {
         self.params.get(key).map(crate::value::display)
+    }
+
+    /// The params with typed getters (absent → `None`, present but wrong → an error).
+    pub fn p(&self) -> Params<'_> {
+        Params::new(&self.params, &self.workdir)
+    }
+
+    /// Writes a warning to the stage's log and to the run's display.
+    pub fn warn(&self, line: &str) {
+        self.log(&format!("warning: {line}"));
+        self.progress.warn(line);
     }
 
     /// The stage's log file path.

@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod hashes;
 mod query;
 mod records;
 mod writer;
@@ -31,10 +32,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use error::{Error, Result};
+pub use hashes::FileHash;
 pub use query::{Cell, QueryResult};
 pub use records::{
-    ArtifactRecord, MetricPoint, NewRun, NewStageRun, RunRow, RunStatus, StageExecution,
-    StageStatus,
+    ArtifactRecord, MetricPoint, NewRun, NewStageRun, RecordedRun, RunRow, RunStatus,
+    StageExecution, StageStatus,
 };
 pub use writer::MetricWriter;
 
@@ -50,6 +52,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "trials", include_str!("../migrations/0002_trials.sql")),
+    (
+        3,
+        "file hashes",
+        include_str!("../migrations/0003_file_hashes.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -427,6 +434,32 @@ impl Store {
             fingerprint_input: r.get(1),
             run_id: r.get(2),
             ended_at: r.get(3),
+        }))
+    }
+
+    /// What was recorded about run `run_id`, if it exists.
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn recorded_run(&self, run_id: i64) -> Result<Option<RecordedRun>> {
+        let row = sqlx::query(
+            "SELECT p.path, p.spec_hash, r.config, r.config_hash, r.experiment_id, r.trial,
+                    r.git_commit, r.kiln_version
+             FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(sql("find run"))?;
+        Ok(row.map(|r| RecordedRun {
+            pipeline_path: r.get(0),
+            spec_hash: r.get(1),
+            config: r.get(2),
+            config_hash: r.get(3),
+            experiment_id: r.get(4),
+            trial: r.get(5),
+            git_commit: r.get(6),
+            kiln_version: r.get(7),
         }))
     }
 

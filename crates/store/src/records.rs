@@ -152,6 +152,27 @@ pub struct ArtifactRecord {
     pub hash: String,
 }
 
+/// What the store recorded about a run: enough to execute it again and to say what changed.
+#[derive(Debug, Clone)]
+pub struct RecordedRun {
+    /// The pipeline file's path as it was run.
+    pub pipeline_path: String,
+    /// blake3 of the pipeline file's text then.
+    pub spec_hash: String,
+    /// The resolved configuration (JSON).
+    pub config: String,
+    /// blake3 of `config`.
+    pub config_hash: String,
+    /// The experiment it belongs to.
+    pub experiment_id: Option<i64>,
+    /// Its trial number there.
+    pub trial: Option<i64>,
+    /// The checkout's commit.
+    pub git_commit: Option<String>,
+    /// kiln's version.
+    pub kiln_version: String,
+}
+
 /// One line of `kiln runs`.
 #[derive(Debug, Clone)]
 pub struct RunRow {

@@ -71,7 +71,17 @@ pub async fn execute(cli: Cli) -> Result<()> {
             run,
             jobs,
             expect_identical,
-        } => rerun::run(&cli, *run, *jobs, *expect_identical).await,
+            gpus,
+            allow_changed,
+        } => {
+            let options = rerun::RerunOptions {
+                jobs: *jobs,
+                gpus: *gpus,
+                expect_identical: *expect_identical,
+                allow_changed: *allow_changed,
+            };
+            rerun::run(&cli, *run, &options).await
+        }
         Command::Compare { a, b, format } => compare::run(&cli, *a, *b, *format).await,
         Command::Report {
             experiment,
@@ -155,4 +165,16 @@ pub(crate) fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
         out.insert(key.trim().to_owned(), value);
     }
     Ok(out)
+}
+
+/// The results store, opened for writing, when it exists already (none: it is not created).
+pub(crate) async fn existing_store(cli: &Cli) -> Result<Option<kiln_store::Store>> {
+    match kiln_store::store_path(&cli.store) {
+        Ok(p) if p.exists() => Ok(Some(
+            kiln_store::Store::open(&cli.store)
+                .await
+                .with_context(|| format!("opening the results store {}", cli.store))?,
+        )),
+        _ => Ok(None),
+    }
 }

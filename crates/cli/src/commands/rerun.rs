@@ -1,5 +1,8 @@
 //! `kiln rerun RUN_ID`: executes a recorded run again (every stage, nothing from the cache)
-//! with the parameters the store kept, and compares the new metrics with the old ones.
+//! with the parameters the store kept, and compares the new metrics with the old ones. When
+//! today's plan is not what the run executed (the pipeline file, a stage kind's version, an
+//! input or the commit changed), it names each difference and refuses unless
+//! `--allow-changed`.
 //! Timings (metrics whose name holds `seconds` or `per_s`) are left out of the comparison.
 
 use std::collections::BTreeMap;
@@ -7,8 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use kiln_core::cache::{Cache, HashMemo};
+use kiln_core::fingerprint::FingerprintInput;
 use kiln_core::{CancelToken, ExecOptions, plan};
-use kiln_store::{Cell, RunStatus, Store};
+use kiln_store::{Cell, RecordedRun, RunStatus, Store};
 
 use crate::{Cli, Exit};
 
@@ -50,58 +54,60 @@ pub async fn metrics(store: &Store, run: i64) -> Result<Metrics> {
     Ok(out)
 }
 
-pub async fn run(cli: &Cli, run_id: i64, jobs: usize, expect_identical: bool) -> Result<()> {
+/// How to rerun.
+pub struct RerunOptions {
+    /// Most stages executing at once.
+    pub jobs: usize,
+    /// GPUs the rerun may hold.
+    pub gpus: u32,
+    /// Exit 1 when a metric differs.
+    pub expect_identical: bool,
+    /// Run today's configuration even when it differs from the record.
+    pub allow_changed: bool,
+}
+
+pub async fn run(cli: &Cli, run_id: i64, options: &RerunOptions) -> Result<()> {
     let store = Store::open(&cli.store)
         .await
         .with_context(|| format!("opening the results store {}", cli.store))?;
-    let found = store
-        .query_read_only(&format!(
-            "SELECT p.path, r.config, r.config_hash, r.experiment_id, r.trial FROM runs r
-             JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = {run_id}"
-        ))
-        .await?;
-    let Some(row) = found.rows.first() else {
+    let Some(recorded) = store.recorded_run(run_id).await? else {
         bail!("no run {run_id} in {}", cli.store);
     };
-    let (Cell::Text(path), Cell::Text(config), Cell::Text(old_hash)) = (&row[0], &row[1], &row[2])
-    else {
-        bail!("run {run_id} has no recorded configuration");
-    };
-    let config: serde_json::Value = serde_json::from_str(config)
+    let config: serde_json::Value = serde_json::from_str(&recorded.config)
         .with_context(|| format!("run {run_id}: its recorded configuration"))?;
     let params: BTreeMap<String, serde_json::Value> = config
         .get("params")
         .and_then(|p| serde_json::from_value(p.clone()).ok())
         .unwrap_or_default();
     let workdir = std::env::current_dir().context("reading the current directory")?;
-    let pipeline = super::load(&PathBuf::from(path))?;
+    let pipeline = super::load(&PathBuf::from(&recorded.pipeline_path))?;
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
-    let plan = plan::plan(
-        &pipeline,
-        &registry,
-        &params,
-        &workdir,
-        &mut HashMemo::load(&cache),
-    )?;
-    if plan.config_hash != *old_hash {
-        eprintln!(
-            "warning: run {run_id}'s configuration differs from what {path} gives now (the pipeline, a stage kind's version or an input changed); rerunning with today's"
-        );
-    }
+    let mut memo = HashMemo::load(&cache, Some(&store)).await?;
+    let plan = plan::plan(&pipeline, &registry, &params, &workdir, &mut memo)?;
+    memo.save(&store).await?;
     let mut meta = super::run::run_meta(&workdir);
-    meta.experiment_id = match row[3] {
-        Cell::Int(i) => Some(i),
-        _ => None,
-    };
-    meta.trial = match row[4] {
-        Cell::Int(i) => Some(i),
-        _ => None,
-    };
+    let changed = changes(&recorded, &config, &pipeline, &plan, &meta);
+    if !changed.is_empty() {
+        let list = changed.join("\n  ");
+        if !options.allow_changed {
+            return Err(Exit {
+                code: 2,
+                message: format!(
+                    "kiln: run {run_id} cannot be rerun as recorded:\n  {list}\n\
+                     (--allow-changed reruns it with today's configuration)"
+                ),
+            }
+            .into());
+        }
+        eprintln!("warning: rerunning run {run_id} with today's configuration:\n  {list}");
+    }
+    meta.experiment_id = recorded.experiment_id;
+    meta.trial = recorded.trial;
     let reporter = crate::reporter::for_cli(cli);
     let opts = ExecOptions {
-        jobs,
-        gpus: 0,
+        jobs: options.jobs,
+        gpus: (0..options.gpus).collect(),
         // Everything again: a rerun reproduces, it does not reuse.
         force: plan.stages.iter().map(|s| s.name.clone()).collect(),
         workdir,
@@ -161,7 +167,7 @@ pub async fn run(cli: &Cli, run_id: i64, jobs: usize, expect_identical: bool) ->
     for d in differing.iter().take(10) {
         println!("  {d}");
     }
-    if expect_identical {
+    if options.expect_identical {
         return Err(Exit {
             code: 1,
             message: "kiln: the rerun's metrics differ".into(),
@@ -169,4 +175,63 @@ pub async fn run(cli: &Cli, run_id: i64, jobs: usize, expect_identical: bool) ->
         .into());
     }
     Ok(())
+}
+
+/// Every way today's plan differs from what run `recorded` executed: the pipeline file, a
+/// stage's kind version or inputs, the stages themselves, and the checkout's commit.
+fn changes(
+    recorded: &RecordedRun,
+    config: &serde_json::Value,
+    pipeline: &kiln_core::Pipeline,
+    plan: &kiln_core::Plan,
+    meta: &kiln_core::RunMeta,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if recorded.spec_hash != pipeline.source_hash {
+        out.push(format!(
+            "the pipeline file {} changed since the run",
+            recorded.pipeline_path
+        ));
+    }
+    let old_stages: BTreeMap<String, FingerprintInput> = config
+        .get("stages")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    for stage in &plan.stages {
+        let Some(old) = old_stages.get(&stage.name) else {
+            out.push(format!("stage {}: not in the recorded run", stage.name));
+            continue;
+        };
+        let new = &stage.fingerprint_input;
+        if old.kind == new.kind && old.kind_version != new.kind_version {
+            out.push(format!(
+                "stage {}: kind {} is version {} now, {} then",
+                stage.name, new.kind, new.kind_version, old.kind_version
+            ));
+        }
+        for reason in kiln_core::fingerprint::stale_reasons(old, new) {
+            use kiln_core::fingerprint::StaleReason;
+            match reason {
+                StaleReason::KindVersion { .. } | StaleReason::NeedRerun { .. } => {}
+                other => out.push(format!("stage {}: {other}", stage.name)),
+            }
+        }
+    }
+    for name in old_stages.keys() {
+        if plan.stage(name).is_none() {
+            out.push(format!("stage {name}: in the recorded run, gone now"));
+        }
+    }
+    if recorded.git_commit != meta.git_commit {
+        let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "(none)".into());
+        out.push(format!(
+            "the commit is {} now, {} then",
+            show(&meta.git_commit),
+            show(&recorded.git_commit)
+        ));
+    }
+    if out.is_empty() && plan.config_hash != recorded.config_hash {
+        out.push("the resolved configuration differs".into());
+    }
+    out
 }

@@ -24,13 +24,18 @@ pub async fn run(
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
     let workdir = std::env::current_dir().context("reading the current directory")?;
-    let plan = plan::plan(
-        &pipeline,
-        &registry,
-        &super::overrides(set)?,
-        &workdir,
-        &mut HashMemo::load(&cache),
-    )?;
+    let overrides = super::overrides(set)?;
+    // The store is created only once the pipeline is valid: a bad file leaves nothing behind.
+    let existing = super::existing_store(cli).await?;
+    let mut memo = HashMemo::load(&cache, existing.as_ref()).await?;
+    let plan = plan::plan(&pipeline, &registry, &overrides, &workdir, &mut memo)?;
+    let store = match existing {
+        Some(store) => store,
+        None => Store::open(&cli.store)
+            .await
+            .with_context(|| format!("opening the results store {}", cli.store))?,
+    };
+    memo.save(&store).await?;
     for name in force {
         if plan.stage(name).is_none() {
             let hint = kiln_core::spec::closest(name, plan.stages.iter().map(|s| s.name.as_str()))
@@ -43,9 +48,6 @@ pub async fn run(
             .into());
         }
     }
-    let store = Store::open(&cli.store)
-        .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
     let cancel = CancelToken::new();
     let on_signal = cancel.clone();
     tokio::spawn(async move {
@@ -57,7 +59,7 @@ pub async fn run(
     let reporter = crate::reporter::for_cli(cli);
     let opts = ExecOptions {
         jobs,
-        gpus,
+        gpus: (0..gpus).collect(),
         force: force.iter().cloned().collect::<BTreeSet<_>>(),
         workdir: workdir.clone(),
         cache,

@@ -7,8 +7,12 @@ pub fn run(registry: &Registry) {
         println!("{} (v{}): {}", kind.kind(), kind.version(), kind.doc());
         for p in kind.params() {
             let req = if p.required { "required" } else { "optional" };
+            let rule = match p.constraint {
+                kiln_core::Constraint::None => String::new(),
+                c => format!(" [{c}]"),
+            };
             println!(
-                "    {:<12} {:<7} {req}: {}",
+                "    {:<12} {:<7} {req}: {}{rule}",
                 p.name,
                 p.ty.to_string(),
                 p.doc

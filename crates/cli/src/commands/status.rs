@@ -16,17 +16,18 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs) -> Result<()> {
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
     let workdir = std::env::current_dir()?;
+    let store = match kiln_store::store_path(&cli.store) {
+        Ok(p) if p.exists() => Some(Store::open_read_only(&cli.store).await?),
+        _ => None,
+    };
+    let mut memo = HashMemo::load(&cache, store.as_ref()).await?;
     let plan = plan::plan(
         &pipeline,
         &registry,
         &super::overrides(set)?,
         &workdir,
-        &mut HashMemo::load(&cache),
+        &mut memo,
     )?;
-    let store = match kiln_store::store_path(&cli.store) {
-        Ok(p) if p.exists() => Some(Store::open_read_only(&cli.store).await?),
-        _ => None,
-    };
     let mut stale_stages: Vec<String> = Vec::new();
     for stage in &plan.stages {
         let short = &stage.fingerprint[..12];
@@ -48,6 +49,9 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs) -> Result<()> {
                             let mut r = stale_reasons(&old, &stage.fingerprint_input);
                             if r.is_empty() {
                                 r.push(StaleReason::EntryMissing);
+                            }
+                            for reason in &mut r {
+                                name_changed_files(reason, &memo, store.as_ref()).await?;
                             }
                             r
                         }
@@ -78,6 +82,30 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs) -> Result<()> {
         } else {
             println!("{:<20} stale      {short}  {}", stage.name, why.join("; "));
         }
+    }
+    Ok(())
+}
+
+/// For a changed directory, the files in it that changed (from the manifests of its old and
+/// new hash; the old one is in the store when kiln hashed it before).
+async fn name_changed_files(
+    reason: &mut StaleReason,
+    memo: &HashMemo,
+    store: Option<&Store>,
+) -> Result<()> {
+    let StaleReason::InputChanged {
+        hashes: (Some(old), Some(new)),
+        files,
+        ..
+    } = reason
+    else {
+        return Ok(());
+    };
+    let (Some(new_manifest), Some(store)) = (memo.manifest(new), store) else {
+        return Ok(());
+    };
+    if let Some(old_manifest) = store.dir_manifest(old).await? {
+        *files = kiln_core::cache::manifest_changes(&old_manifest, new_manifest);
     }
     Ok(())
 }

@@ -41,7 +41,16 @@ pub async fn run(
     let extra = super::overrides(set)?;
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
-    let mut memo = HashMemo::load(&cache);
+    // A dry run writes nothing: it reads the store's hash memo only if there is a store.
+    let store = if dry_run {
+        match kiln_store::store_path(&cli.store) {
+            Ok(p) if p.exists() => Some(Store::open_read_only(&cli.store).await?),
+            _ => None,
+        }
+    } else {
+        super::existing_store(cli).await?
+    };
+    let mut memo = HashMemo::load(&cache, store.as_ref()).await?;
     let trials = experiment.trials();
     let mut plans = Vec::with_capacity(trials.len());
     for t in &trials {
@@ -51,7 +60,7 @@ pub async fn run(
             .with_context(|| format!("trial {} ({})", t.index, describe(&t.params)))?;
         plans.push(p);
     }
-    memo.save();
+
     let swept: Vec<String> = experiment.sweep.iter().map(|(k, _, _)| k.clone()).collect();
     if dry_run {
         let mut columns = vec!["trial".to_owned()];
@@ -92,9 +101,13 @@ pub async fn run(
         return crate::output::print(&QueryResult { columns, rows }, TableFormat::Table);
     }
 
-    let store = Store::open(&cli.store)
-        .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+    let store = match store {
+        Some(store) => store,
+        None => Store::open(&cli.store)
+            .await
+            .with_context(|| format!("opening the results store {}", cli.store))?,
+    };
+    memo.save(&store).await?;
     let experiment_id = store
         .experiment_id(
             &experiment.name,
@@ -164,7 +177,7 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let run_trial = |t: kiln_core::experiment::Trial, p: kiln_core::Plan, gpus: u32| {
+    let run_trial = |t: kiln_core::experiment::Trial, p: kiln_core::Plan, gpus: Vec<u32>| {
         let mut meta = meta.clone();
         meta.experiment_id = Some(experiment_id);
         meta.trial = Some(t.index as i64);
@@ -190,7 +203,7 @@ pub async fn run(
     // The first trial alone: it makes the shared stages that the others then find cached.
     if let Some((t, p)) = queue.next() {
         display.started(0, t.index, &label(&t));
-        let (t, summary) = run_trial(t, p, gpus).await;
+        let (t, summary) = run_trial(t, p, (0..gpus).collect()).await;
         let summary = summary?;
         display.finished(0, t.index, summary.status.as_str());
         results.insert(t.index, (summary.status, summary.run_id));
@@ -223,7 +236,9 @@ pub async fn run(
         }
         let lane = free.pop().unwrap_or(0);
         display.started(lane, t.index, &label(&t));
-        let fut = run_trial(t, p, lane_gpus);
+        // Each lane has its own GPUs: lane L holds [L·share, (L+1)·share).
+        let first = lane as u32 * lane_gpus;
+        let fut = run_trial(t, p, (first..first + lane_gpus).collect());
         running.spawn(async move {
             let (t, summary) = fut.await;
             (lane, t, summary)

@@ -1,9 +1,12 @@
-//! `kiln validate FILE…`
+//! `kiln validate FILE…`: pipelines, and experiments (their pipeline with every trial's
+//! params). Nothing runs and no input is read, so this needs no data.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use kiln_core::spec;
+use anyhow::{Context, Result};
+use kiln_core::{Registry, spec};
+use serde_json::Value;
 
 use crate::Exit;
 use crate::args::SetArgs;
@@ -13,13 +16,8 @@ pub fn run(files: &[PathBuf], set: &SetArgs) -> Result<()> {
     let overrides = super::overrides(set)?;
     let mut failed = 0;
     for file in files {
-        let checked = spec::load(file).map_err(anyhow::Error::from).and_then(|p| {
-            let params = spec::resolve_params(&p, &overrides, true)?;
-            spec::validate(&p, &registry, &params)?;
-            Ok(p)
-        });
-        match checked {
-            Ok(p) => println!("ok: {} ({} stages)", file.display(), p.stages.len()),
+        match check(file, &registry, &overrides) {
+            Ok(what) => println!("ok: {} ({what})", file.display()),
             Err(e) => {
                 failed += 1;
                 eprintln!("{e:#}");
@@ -34,4 +32,34 @@ pub fn run(files: &[PathBuf], set: &SetArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Validates one file; says what it held.
+fn check(file: &Path, registry: &Registry, overrides: &BTreeMap<String, Value>) -> Result<String> {
+    if !is_experiment(file) {
+        let p = spec::load(file)?;
+        spec::validate_lenient(&p, registry, overrides)?;
+        return Ok(format!("{} stages", p.stages.len()));
+    }
+    let experiment = kiln_core::experiment::load(file)?;
+    let workdir = std::env::current_dir().context("reading the current directory")?;
+    let pipeline = spec::load(&workdir.join(&experiment.pipeline))?;
+    experiment.check(&pipeline)?;
+    let trials = experiment.trials();
+    for t in &trials {
+        let mut params = t.params.clone();
+        params.extend(overrides.clone());
+        spec::validate_lenient(&pipeline, registry, &params)
+            .with_context(|| format!("{}: trial {}", file.display(), t.index))?;
+    }
+    Ok(format!(
+        "experiment over {}, {} trials",
+        pipeline.path.display(),
+        trials.len()
+    ))
+}
+
+/// Whether `file` is an experiment (a top-level `pipeline:` key) rather than a pipeline.
+fn is_experiment(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|text| text.lines().any(|l| l.starts_with("pipeline:")))
 }

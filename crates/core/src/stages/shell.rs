@@ -2,7 +2,8 @@
 //!
 //! - Working directory: the project root. Environment: `KILN_OUT` (the output directory),
 //!   `KILN_STAGE`, `KILN_WORKDIR`, `KILN_INPUT_<NAME>` per declared input, `KILN_NEED_<STAGE>`
-//!   per need's output directory, `KILN_PARAM_<KEY>` per extra `with:` key, and `with.env`.
+//!   per need's output directory, `KILN_PARAM_<KEY>` per extra `with:` key, and `with.env`;
+//!   `CUDA_VISIBLE_DEVICES` lists the GPUs the stage holds when it declares `resources.gpu`.
 //! - stdout and stderr go to the stage log. A stdout line that is a JSON object
 //!   `{"metric": name, "value": x, "step": n}` is also recorded as a metric (`step` defaults
 //!   to 0).
@@ -97,6 +98,11 @@ impl Stage for Shell {
             .stderr(Stdio::piped())
             // Its own process group, so cancellation reaches the command's children too.
             .process_group(0);
+        if !ctx.gpus.is_empty() {
+            // The GPUs this stage holds, and no others: two lanes never share one.
+            let held: Vec<String> = ctx.gpus.iter().map(u32::to_string).collect();
+            cmd.env("CUDA_VISIBLE_DEVICES", held.join(","));
+        }
         for (name, path) in &ctx.inputs {
             cmd.env(format!("KILN_INPUT_{}", env_name(name)), path);
         }
