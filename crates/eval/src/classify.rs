@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 pub struct SentimentReport {
     /// Rows scored.
     pub rows: usize,
+    /// Rows longer than `max_length`, scored on their first `max_length` tokens.
+    pub truncated: usize,
     /// Argmax over the vocabulary equals the label token.
     pub accuracy: f64,
     /// The label token beats the other label token.
@@ -68,6 +70,7 @@ pub fn evaluate<B: Backend>(
     let device = model.wte.weight.device();
     let mut report = SentimentReport {
         rows: 0,
+        truncated: 0,
         accuracy: 0.0,
         accuracy_2way: 0.0,
         loss: 0.0,
@@ -77,6 +80,10 @@ pub fn evaluate<B: Backend>(
     for rows in ShardReader::open(dir, split, batch.max(1), None)? {
         let rows = rows?;
         let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.input_ids.clone()).collect();
+        report.truncated += ids
+            .iter()
+            .filter(|r| max_length.is_some_and(|m| r.len() > m))
+            .count();
         let b = collate::collate(&ids, pad, max_length);
         if let Some(bad) = b.inputs.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Invalid(format!(

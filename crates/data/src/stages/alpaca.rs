@@ -15,7 +15,7 @@ pub struct Alpaca;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "source",
-        ParamType::String,
+        ParamType::Path,
         "JSON list or JSONL: path, URL or hf:// file (or declare inputs.source)",
     ),
     ParamSpec::optional(
@@ -32,7 +32,8 @@ const PARAMS: &[ParamSpec] = &[
         "labels",
         ParamType::String,
         "completion (default: prompt tokens -100) or full",
-    ),
+    )
+    .one_of(&["completion", "full"]),
     ParamSpec::optional(
         "marker_tokens",
         ParamType::Bool,
@@ -42,19 +43,22 @@ const PARAMS: &[ParamSpec] = &[
         "max_length",
         ParamType::Int,
         "cut records to this many tokens (default 1024)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "val",
         ParamType::Float,
         "validation fraction (default 0.05)",
-    ),
-    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0)"),
-    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)"),
+    )
+    .range_open(0.0, 1.0),
+    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0)").range_open(0.0, 1.0),
+    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0),
     ParamSpec::optional(
         "shard_rows",
         ParamType::Int,
         "rows per shard (default 10000)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "special_tokens",
         ParamType::List,
@@ -79,19 +83,13 @@ impl Stage for Alpaca {
         &self,
         params: &BTreeMap<String, serde_json::Value>,
     ) -> Result<(), Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        super::one_of(params, "labels", &["completion", "full"], &mut problems);
-        super::fractions(params, &mut problems);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        super::problems(super::split_sum(params))
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
         let (source, opts) = super::source_and_options(ctx, 0.0, Some(1024))?;
         let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
-        let labels = if ctx.param_str("labels").as_deref() == Some("full") {
+        let p = ctx.p();
+        let labels = if p.string("labels")?.as_deref() == Some("full") {
             Labels::Full
         } else {
             Labels::Completion
@@ -100,7 +98,7 @@ impl Stage for Alpaca {
             &source,
             tok,
             labels,
-            super::bool_param(ctx, "marker_tokens", false),
+            p.bool("marker_tokens")?.unwrap_or(false),
             &opts,
             &ctx.out_dir,
         )?;

@@ -4,13 +4,11 @@ mod alpaca;
 mod sentiment140;
 mod tokenizer;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_core::{Registry, StageContext};
 
 use crate::dataset::{BuildOptions, Fractions};
-use serde_json::Value;
 
 pub use alpaca::Alpaca;
 pub use sentiment140::Sentiment140;
@@ -39,7 +37,7 @@ fn path_or_url(ctx: &StageContext, name: &str) -> Option<String> {
 fn source_and_options(
     ctx: &StageContext,
     default_test: f64,
-    default_max_length: Option<u64>,
+    default_max_length: Option<usize>,
 ) -> Result<(PathBuf, BuildOptions), kiln_core::StageError> {
     let source_name =
         path_or_url(ctx, "source").ok_or("give `source` (with.source or inputs.source)")?;
@@ -49,21 +47,18 @@ fn source_and_options(
         &ctx.downloads,
         ctx.param_str("source_blake3").as_deref(),
     )?;
-    let max_length = ctx
-        .params
-        .get("max_length")
-        .and_then(Value::as_u64)
-        .or(default_max_length);
+    let p = ctx.p();
+    let max_length = p.count("max_length")?.or(default_max_length);
     let opts = BuildOptions {
         source_name,
         fractions: Fractions {
-            val: f64_param(ctx, "val", 0.05),
-            test: f64_param(ctx, "test", default_test),
+            val: p.f64("val")?.unwrap_or(0.05),
+            test: p.f64("test")?.unwrap_or(default_test),
         },
-        seed: u64_param(ctx, "seed", 0),
-        rows_per_shard: u64_param(ctx, "shard_rows", 10_000) as usize,
-        max_length: max_length.map(|m| m as usize),
-        special_tokens: strings_param(ctx, "special_tokens"),
+        seed: p.u64("seed")?.unwrap_or(0),
+        rows_per_shard: p.count("shard_rows")?.unwrap_or(10_000),
+        max_length,
+        special_tokens: p.strings("special_tokens")?.unwrap_or_default(),
         params: serde_json::to_value(&ctx.params)?,
     };
     Ok((source, opts))
@@ -77,72 +72,20 @@ fn required_path(ctx: &StageContext, name: &str) -> Result<PathBuf, String> {
         })
 }
 
-fn f64_param(ctx: &StageContext, key: &str, default: f64) -> f64 {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_f64)
-        .unwrap_or(default)
-}
-
-fn u64_param(ctx: &StageContext, key: &str, default: u64) -> u64 {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_u64)
-        .unwrap_or(default)
-}
-
-fn bool_param(ctx: &StageContext, key: &str, default: bool) -> bool {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_bool)
-        .unwrap_or(default)
-}
-
-fn strings_param(ctx: &StageContext, key: &str) -> Vec<String> {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(kiln_core::value::display).collect())
-        .unwrap_or_default()
-}
-
-fn map_param(ctx: &StageContext, key: &str) -> BTreeMap<String, String> {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), kiln_core::value::display(v)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Checks that an enum-like string param has one of `allowed` values.
-fn one_of(
-    params: &BTreeMap<String, Value>,
-    key: &str,
-    allowed: &[&str],
-    problems: &mut Vec<(String, String)>,
-) {
-    if let Some(v) = params.get(key).and_then(Value::as_str)
-        && !allowed.contains(&v)
-        && !v.contains("${")
-    {
-        problems.push((
-            key.to_owned(),
-            format!("{v:?} is not one of {}", allowed.join(", ")),
-        ));
+/// The split fractions must leave rows to train on (each is held to [0, 1) by its spec).
+fn split_sum(
+    params: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<(String, String)> {
+    let get = |k: &str| params.get(k).and_then(serde_json::Value::as_f64);
+    match (get("val"), get("test")) {
+        (Some(v), Some(t)) if v + t >= 1.0 => vec![(
+            "test".to_owned(),
+            format!("val + test = {v} + {t} leaves nothing to train on"),
+        )],
+        _ => Vec::new(),
     }
 }
 
-/// Checks split fractions.
-fn fractions(params: &BTreeMap<String, Value>, problems: &mut Vec<(String, String)>) {
-    for key in ["val", "test"] {
-        if let Some(x) = params.get(key).and_then(Value::as_f64)
-            && !(0.0..1.0).contains(&x)
-        {
-            problems.push((key.to_owned(), format!("{x} must be in [0, 1)")));
-        }
-    }
+fn problems(list: Vec<(String, String)>) -> Result<(), Vec<(String, String)>> {
+    if list.is_empty() { Ok(()) } else { Err(list) }
 }

@@ -15,7 +15,7 @@ pub struct Sentiment140;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "source",
-        ParamType::String,
+        ParamType::Path,
         "path, http(s):// URL or hf://OWNER/NAME/FILE (or declare inputs.source)",
     ),
     ParamSpec::optional(
@@ -32,7 +32,8 @@ const PARAMS: &[ParamSpec] = &[
         "layout",
         ParamType::String,
         "sentiment140 (default), hf-parquet, or table (csv/jsonl/parquet with text_column/label_column)",
-    ),
+    )
+    .one_of(&["sentiment140", "hf-parquet", "table"]),
     ParamSpec::optional(
         "text_column",
         ParamType::String,
@@ -52,7 +53,8 @@ const PARAMS: &[ParamSpec] = &[
         "encoding",
         ParamType::String,
         "latin-1 (default for sentiment140) or utf-8",
-    ),
+    )
+    .one_of(&["latin-1", "utf-8"]),
     ParamSpec::optional(
         "unescape_html",
         ParamType::Bool,
@@ -67,7 +69,8 @@ const PARAMS: &[ParamSpec] = &[
         "on_bad_row",
         ParamType::String,
         "error (default) or skip (malformed rows are counted)",
-    ),
+    )
+    .one_of(&["error", "skip"]),
     ParamSpec::optional(
         "labels",
         ParamType::Map,
@@ -77,19 +80,23 @@ const PARAMS: &[ParamSpec] = &[
         "val",
         ParamType::Float,
         "validation fraction (default 0.05)",
-    ),
-    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0.05)"),
-    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)"),
+    )
+    .range_open(0.0, 1.0),
+    ParamSpec::optional("test", ParamType::Float, "test fraction (default 0.05)")
+        .range_open(0.0, 1.0),
+    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0),
     ParamSpec::optional(
         "shard_rows",
         ParamType::Int,
         "rows per shard (default 10000)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "max_length",
         ParamType::Int,
         "cut texts to this many tokens (default: no cut)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "special_tokens",
         ParamType::List,
@@ -114,16 +121,7 @@ impl Stage for Sentiment140 {
         &self,
         params: &BTreeMap<String, serde_json::Value>,
     ) -> Result<(), Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        super::one_of(
-            params,
-            "layout",
-            &["sentiment140", "hf-parquet", "table"],
-            &mut problems,
-        );
-        super::one_of(params, "encoding", &["latin-1", "utf-8"], &mut problems);
-        super::one_of(params, "on_bad_row", &["error", "skip"], &mut problems);
-        super::fractions(params, &mut problems);
+        let mut problems = super::split_sum(params);
         if params.get("layout").and_then(|v| v.as_str()) == Some("table") {
             for key in ["text_column", "label_column"] {
                 if !params.contains_key(key) {
@@ -141,21 +139,20 @@ impl Stage for Sentiment140 {
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        super::problems(problems)
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
         let (source, opts) = super::source_and_options(ctx, 0.05, None)?;
         let tokenizer = super::required_path(ctx, "tokenizer")?;
-        let layout = match ctx.param_str("layout").as_deref().unwrap_or("sentiment140") {
+        let p = ctx.p();
+        let layout = match p.string("layout")?.as_deref().unwrap_or("sentiment140") {
             "hf-parquet" => Layout::HfParquet,
             "table" => Layout::Table {
-                text: ctx.param_str("text_column").unwrap_or_default(),
-                label: ctx.param_str("label_column").unwrap_or_default(),
-                values: super::map_param(ctx, "label_values")
+                text: p.require("text_column", p.string("text_column"))?,
+                label: p.require("label_column", p.string("label_column"))?,
+                values: p
+                    .string_map("label_values")?
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| {
                         Polarity::parse(&v).map(|p| (k, p)).ok_or_else(|| {
@@ -173,19 +170,14 @@ impl Stage for Sentiment140 {
         };
         let read = ReadOptions {
             layout,
-            encoding: if ctx
-                .param_str("encoding")
-                .as_deref()
-                .unwrap_or(default_encoding)
-                == "utf-8"
-            {
+            encoding: if p.string("encoding")?.as_deref().unwrap_or(default_encoding) == "utf-8" {
                 Encoding::Utf8
             } else {
                 Encoding::Latin1
             },
-            unescape_html: super::bool_param(ctx, "unescape_html", true),
-            keep_neutral: super::bool_param(ctx, "keep_neutral", false),
-            on_bad_row: if ctx.param_str("on_bad_row").as_deref() == Some("skip") {
+            unescape_html: p.bool("unescape_html")?.unwrap_or(true),
+            keep_neutral: p.bool("keep_neutral")?.unwrap_or(false),
+            on_bad_row: if p.string("on_bad_row")?.as_deref() == Some("skip") {
                 OnBadRow::Skip
             } else {
                 OnBadRow::Error
@@ -195,10 +187,10 @@ impl Stage for Sentiment140 {
             (Polarity::Negative, "bad".to_owned()),
             (Polarity::Positive, "good".to_owned()),
         ]);
-        for (k, v) in super::map_param(ctx, "labels") {
-            if let Some(p) = Polarity::parse(&k) {
-                labels.insert(p, v);
-            }
+        for (k, v) in p.string_map("labels")?.unwrap_or_default() {
+            let polarity = Polarity::parse(&k)
+                .ok_or_else(|| format!("labels: {k:?} is not negative, neutral or positive"))?;
+            labels.insert(polarity, v);
         }
         ctx.progress.update(0, None, Some("reading and tokenizing"));
         let started = std::time::Instant::now();

@@ -25,17 +25,20 @@ const PARAMS: &[ParamSpec] = &[
         "corpus_format",
         ParamType::String,
         "sentiment140 (default; latin-1), alpaca, or lines (one text per line, UTF-8)",
-    ),
+    )
+    .one_of(&["sentiment140", "alpaca", "lines"]),
     ParamSpec::optional(
         "vocab_size",
         ParamType::Int,
-        "vocabulary size when training (default 8192)",
-    ),
+        "vocabulary size when training (default 8192; a byte-level BPE needs at least 300)",
+    )
+    .at_least(300),
     ParamSpec::optional(
         "min_frequency",
         ParamType::Int,
         "minimum pair frequency when training (default 2)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "special_tokens",
         ParamType::List,
@@ -56,41 +59,17 @@ impl Stage for TokenizerStage {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
-    fn validate(
-        &self,
-        params: &std::collections::BTreeMap<String, serde_json::Value>,
-    ) -> Result<(), Vec<(String, String)>> {
-        let mut problems = Vec::new();
-        super::one_of(
-            params,
-            "corpus_format",
-            &["sentiment140", "alpaca", "lines"],
-            &mut problems,
-        );
-        if let Some(v) = params.get("vocab_size").and_then(serde_json::Value::as_i64)
-            && v < 300
-        {
-            problems.push((
-                "vocab_size".into(),
-                format!("{v} is too small: a byte-level BPE needs at least 257 entries"),
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
-    }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
         let mut tok = if let Some(from) = super::path_or_url(ctx, "from") {
             Tok::load(&ctx.workdir.join(from))?
         } else {
             let corpus = super::required_path(ctx, "train_on")
                 .map_err(|_| "give `from` (a tokenizer) or `train_on` (a corpus)")?;
-            let vocab = super::u64_param(ctx, "vocab_size", 8192) as usize;
-            let min_freq = super::u64_param(ctx, "min_frequency", 2);
-            let texts: Vec<String> = match ctx
-                .param_str("corpus_format")
+            let p = ctx.p();
+            let vocab = p.usize("vocab_size")?.unwrap_or(8192);
+            let min_freq = p.u64("min_frequency")?.unwrap_or(2);
+            let texts: Vec<String> = match p
+                .string("corpus_format")?
                 .as_deref()
                 .unwrap_or("sentiment140")
             {
@@ -120,7 +99,7 @@ impl Stage for TokenizerStage {
             ));
             Tok::train(texts.iter(), vocab, min_freq)?
         };
-        let added = tok.add_special_tokens(&super::strings_param(ctx, "special_tokens"));
+        let added = tok.add_special_tokens(&ctx.p().strings("special_tokens")?.unwrap_or_default());
         let hash = tok.save(&ctx.out_dir.join("tokenizer.json"))?;
         ctx.log(&format!("tokenizer.json blake3 {hash}"));
         ctx.metrics.record("vocab_size", 0, tok.vocab_size() as f64);

@@ -7,7 +7,7 @@ use kiln_data::shard::ShardReader;
 use kiln_data::tokenizer::Tok;
 use kiln_model::Flex;
 
-use super::{path, uint, write_json};
+use super::{path, write_json};
 use crate::score;
 
 /// The `eval.gap` stage kind.
@@ -28,7 +28,8 @@ const PARAMS: &[ParamSpec] = &[
         "max_rows",
         ParamType::Int,
         "score at most N rows (default all)",
-    ),
+    )
+    .at_least(1),
 ];
 
 impl Stage for EvalGap {
@@ -55,7 +56,7 @@ impl Stage for EvalGap {
             return Err("`prompt` encodes to no tokens".into());
         }
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
-        let limit = uint(ctx, "max_rows").unwrap_or(usize::MAX);
+        let limit = ctx.p().count("max_rows")?.unwrap_or(usize::MAX);
         let (mut n, mut max, mut mean, mut sum) = (0usize, 0.0, 0.0, 0.0);
         'rows: for batch in ShardReader::open(&data, &split, 64, None)? {
             for row in batch? {

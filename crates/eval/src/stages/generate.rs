@@ -7,7 +7,7 @@ use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_data::alpaca::{self, Record};
 use kiln_model::Flex;
 
-use super::{float, path, uint};
+use super::path;
 use crate::Lm;
 use crate::decode::GenerateOptions;
 
@@ -30,19 +30,23 @@ const PARAMS: &[ParamSpec] = &[
         "max_new_tokens",
         ParamType::Int,
         "tokens per answer (default 64)",
-    ),
-    ParamSpec::optional("temperature", ParamType::Float, "0 (default) is greedy"),
+    )
+    .at_least(1),
+    ParamSpec::optional("temperature", ParamType::Float, "0 (default) is greedy")
+        .range(0.0, f64::MAX),
     ParamSpec::optional(
         "top_k",
         ParamType::Int,
         "sample among the k most probable tokens",
-    ),
-    ParamSpec::optional("seed", ParamType::Int, "sampling seed (default 0)"),
+    )
+    .at_least(1),
+    ParamSpec::optional("seed", ParamType::Int, "sampling seed (default 0)").at_least(0),
     ParamSpec::optional(
         "limit",
         ParamType::Int,
         "answer at most N records (default all)",
-    ),
+    )
+    .at_least(1),
 ];
 
 fn short(answer: &str) -> bool {
@@ -66,18 +70,14 @@ impl Stage for EvalGenerate {
         let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
         let records = alpaca::read(&path(ctx, "source")?)?;
         let opts = GenerateOptions {
-            max_new_tokens: uint(ctx, "max_new_tokens").unwrap_or(64),
-            temperature: float(ctx, "temperature").unwrap_or(0.0),
-            top_k: uint(ctx, "top_k"),
-            seed: ctx
-                .params
-                .get("seed")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
+            max_new_tokens: ctx.p().count("max_new_tokens")?.unwrap_or(64),
+            temperature: ctx.p().f64("temperature")?.unwrap_or(0.0),
+            top_k: ctx.p().count("top_k")?,
+            seed: ctx.p().u64("seed")?.unwrap_or(0),
             stop: None,
             kv_cache: true,
         };
-        let limit = uint(ctx, "limit").unwrap_or(usize::MAX);
+        let limit = ctx.p().count("limit")?.unwrap_or(usize::MAX);
         let mut lines = String::new();
         let (mut scored, mut exact, mut contains, mut done) = (0usize, 0usize, 0usize, 0usize);
         // Multi-turn records have no single reference answer: only single ones are answered.

@@ -10,7 +10,6 @@ mod trace;
 use std::path::PathBuf;
 
 use kiln_core::{Registry, StageContext, StageError};
-use serde_json::Value;
 
 pub use gap::EvalGap;
 pub use generate::EvalGenerate;
@@ -27,30 +26,10 @@ pub fn register(registry: &mut Registry) {
     registry.add(EvalGenerate);
 }
 
-/// A path param, relative to the project root.
+/// A required path param, relative to the project root.
 fn path(ctx: &StageContext, key: &str) -> Result<PathBuf, StageError> {
-    ctx.param_str(key)
-        .map(|p| ctx.workdir.join(p))
-        .ok_or_else(|| format!("give `{key}`").into())
-}
-
-fn uint(ctx: &StageContext, key: &str) -> Option<usize> {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_u64)
-        .map(|v| v as usize)
-}
-
-fn float(ctx: &StageContext, key: &str) -> Option<f64> {
-    ctx.params.get(key).and_then(Value::as_f64)
-}
-
-fn strings(ctx: &StageContext, key: &str) -> Vec<String> {
-    ctx.params
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(kiln_core::value::display).collect())
-        .unwrap_or_default()
+    let p = ctx.p();
+    Ok(p.require(key, p.path(key))?)
 }
 
 fn write_json<T: serde::Serialize>(

@@ -6,7 +6,7 @@
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_model::Flex;
 
-use super::{path, uint, write_json};
+use super::{path, write_json};
 
 /// The `eval.sentiment` stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -16,12 +16,13 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required("model", ParamType::Path, "model directory"),
     ParamSpec::required("data", ParamType::Path, "classification dataset directory"),
     ParamSpec::optional("split", ParamType::String, "split to score (default val)"),
-    ParamSpec::optional("batch_size", ParamType::Int, "rows per batch (default 32)"),
+    ParamSpec::optional("batch_size", ParamType::Int, "rows per batch (default 32)").at_least(1),
     ParamSpec::optional(
         "max_length",
         ParamType::Int,
-        "cut rows to N tokens (default: the model's context)",
-    ),
+        "cut rows to N tokens, counted as rows_truncated (default: the model's context; more is an error)",
+    )
+    .at_least(1),
 ];
 
 impl Stage for EvalSentiment {
@@ -29,7 +30,7 @@ impl Stage for EvalSentiment {
         "eval.sentiment"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: rows_truncated counted (metric and sentiment.json)
     }
     fn doc(&self) -> &'static str {
         "sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split"
@@ -51,14 +52,22 @@ impl Stage for EvalSentiment {
                     .and_then(|t| t.eos_id())
             })
             .unwrap_or(0);
-        let max_length = uint(ctx, "max_length")
-            .unwrap_or(config.n_positions)
-            .min(config.n_positions);
+        let max_length = match ctx.p().count("max_length")? {
+            Some(m) if m > config.n_positions => {
+                return Err(format!(
+                    "with.max_length: {m} is longer than the model's context ({} positions)",
+                    config.n_positions
+                )
+                .into());
+            }
+            Some(m) => m,
+            None => config.n_positions,
+        };
         let report = crate::classify::evaluate(
             &model,
             &data,
             &split,
-            uint(ctx, "batch_size").unwrap_or(32),
+            ctx.p().count("batch_size")?.unwrap_or(32),
             Some(max_length),
             pad,
         )?;
@@ -67,6 +76,7 @@ impl Stage for EvalSentiment {
             ("accuracy_2way", report.accuracy_2way),
             ("loss", report.loss),
             ("rows", report.rows as f64),
+            ("rows_truncated", report.truncated as f64),
         ] {
             ctx.metrics.record(name, 0, value);
         }
@@ -78,6 +88,12 @@ impl Stage for EvalSentiment {
                     *count as f64,
                 );
             }
+        }
+        if report.truncated > 0 {
+            ctx.warn(&format!(
+                "{} of {} rows were longer than {max_length} tokens and were scored on their first {max_length}",
+                report.truncated, report.rows
+            ));
         }
         write_json(ctx, "sentiment.json", &report)?;
         ctx.log(&format!(

@@ -5,7 +5,7 @@
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_model::Flex;
 
-use super::{path, strings, write_json};
+use super::{path, write_json};
 use crate::Lm;
 
 /// The `eval.trace` stage kind.
@@ -48,7 +48,7 @@ impl Stage for EvalTrace {
         let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
         let neg = ctx.param_str("negative").unwrap_or_else(|| " bad".into());
         let pos = ctx.param_str("positive").unwrap_or_else(|| " good".into());
-        let texts = strings(ctx, "texts");
+        let texts = ctx.p().strings("texts")?.unwrap_or_default();
         if texts.is_empty() {
             return Err("`texts` is empty: give at least one probe sentence".into());
         }

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use serde_json::Value;
 
-use super::{ObjectiveSpec, TRAIN_PARAMS, path, run_training, validate_common};
+use super::{ObjectiveSpec, TRAIN_PARAMS, run_training, validate_common};
 
 /// The `train.internalize` stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -30,12 +30,14 @@ static PARAMS: LazyLock<Vec<ParamSpec>> = LazyLock::new(|| {
             "alpha",
             ParamType::Float,
             "weight of the label cross-entropy, in [0, 1] (default 0.5)",
-        ),
+        )
+        .range(0.0, 1.0),
         ParamSpec::optional(
             "temperature",
             ParamType::Float,
             "softmax temperature of the KL term (default 1)",
-        ),
+        )
+        .positive(),
     ];
     p.extend_from_slice(TRAIN_PARAMS);
     p
@@ -46,7 +48,9 @@ impl Stage for TrainInternalize {
         "train.internalize"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the fused LM-head loss, GELU and attention kernels (last bits of every step);
+        // rows_truncated recorded.
+        2
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"
@@ -58,16 +62,6 @@ impl Stage for TrainInternalize {
         let mut problems = Vec::new();
         validate_common(params, &mut problems);
         let alpha = params.get("alpha").and_then(Value::as_f64);
-        if let Some(a) = alpha
-            && !(0.0..=1.0).contains(&a)
-        {
-            problems.push(("alpha".into(), format!("{a} is not in [0, 1]")));
-        }
-        if let Some(t) = params.get("temperature").and_then(Value::as_f64)
-            && !(t > 0.0 && t.is_finite())
-        {
-            problems.push(("temperature".into(), format!("{t} must be positive")));
-        }
         if alpha.unwrap_or(0.5) < 1.0 && !params.contains_key("teacher") {
             problems.push((
                 "teacher".into(),
@@ -84,20 +78,14 @@ impl Stage for TrainInternalize {
         }
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let alpha = ctx
-            .params
-            .get("alpha")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.5);
+        let p = ctx.p();
+        let alpha = p.f64("alpha")?.unwrap_or(0.5);
         let spec = ObjectiveSpec::Internalize {
-            teacher: path(ctx, "teacher").unwrap_or_default(),
-            prompt: ctx.param_str("prompt").unwrap_or_default(),
+            // Only read when alpha < 1, where validation made it required.
+            teacher: p.path("teacher")?.unwrap_or_default(),
+            prompt: p.require("prompt", p.string("prompt"))?,
             alpha,
-            temperature: ctx
-                .params
-                .get("temperature")
-                .and_then(Value::as_f64)
-                .unwrap_or(1.0),
+            temperature: p.f64("temperature")?.unwrap_or(1.0),
         };
         run_training(ctx, spec)
     }

@@ -17,7 +17,9 @@ impl Stage for TrainLm {
         "train.lm"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the fused LM-head loss, GELU and attention kernels (last bits of every step);
+        // rows_truncated recorded.
+        2
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"

@@ -49,75 +49,91 @@ pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
         ParamType::Path,
         "model directory to start from (Hugging Face layout)",
     ),
-    ParamSpec::optional("device", ParamType::String, "cpu (default), cuda or cuda:N"),
+    ParamSpec::optional(
+        "device",
+        ParamType::String,
+        "cpu (default), cpu:flex, cpu:ndarray, cuda or cuda:N (the Nth GPU the stage holds)",
+    ),
     ParamSpec::optional(
         "precision",
         ParamType::String,
         "f32 (default) or bf16 (CUDA)",
     ),
-    ParamSpec::optional("seed", ParamType::Int, "data order seed (default 0)"),
+    ParamSpec::optional("seed", ParamType::Int, "data order seed (default 0)").at_least(0),
     ParamSpec::optional(
         "batch_size",
         ParamType::Int,
         "rows per micro-batch (default 16)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "grad_accum",
         ParamType::Int,
         "micro-batches per step (default 1)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "max_steps",
         ParamType::Int,
         "optimizer steps (default: epochs)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "epochs",
         ParamType::Int,
         "passes over the train split when max_steps is not given (default 1)",
-    ),
-    ParamSpec::optional("lr", ParamType::Float, "peak learning rate (default 1e-4)"),
+    )
+    .at_least(1),
+    ParamSpec::optional("lr", ParamType::Float, "peak learning rate (default 1e-4)").positive(),
     ParamSpec::optional(
         "schedule",
         ParamType::String,
         "constant (default), linear or cosine, after warm-up",
-    ),
+    )
+    .one_of(&["constant", "linear", "cosine"]),
     ParamSpec::optional(
         "warmup_steps",
         ParamType::Int,
         "linear warm-up steps (default 0)",
-    ),
+    )
+    .at_least(0),
     ParamSpec::optional(
         "weight_decay",
         ParamType::Float,
         "AdamW weight decay (default 0)",
-    ),
-    ParamSpec::optional("adam_eps", ParamType::Float, "AdamW epsilon (default 1e-8)"),
+    )
+    .range(0.0, f64::MAX),
+    ParamSpec::optional("adam_eps", ParamType::Float, "AdamW epsilon (default 1e-8)").positive(),
     ParamSpec::optional(
         "clip_grad_norm",
         ParamType::Float,
         "clip the global gradient norm (default: no clipping)",
-    ),
+    )
+    .positive(),
     ParamSpec::optional(
         "eval_every",
         ParamType::Int,
         "evaluate on val every N steps (default: at the end)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "eval_batches",
         ParamType::Int,
         "at most N val batches per evaluation (default all)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "checkpoint_every",
         ParamType::Int,
         "checkpoint every N steps (default: at evaluations and the end)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "keep_checkpoints",
         ParamType::Int,
         "keep the N latest checkpoints plus the best (default 2)",
-    ),
+    )
+    .at_least(1),
     ParamSpec::optional(
         "best_metric",
         ParamType::String,
@@ -131,23 +147,27 @@ pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "max_length",
         ParamType::Int,
-        "cut rows to N tokens (default: the model's n_positions)",
-    ),
+        "cut rows to N tokens (default: the model's n_positions; more is an error)",
+    )
+    .at_least(1),
     ParamSpec::optional(
         "lora_rank",
         ParamType::Int,
-        "train LoRA adapters of this rank instead of every weight (default: full fine-tuning)",
-    ),
+        "train LoRA adapters of this rank instead of every weight (default, or 0: full fine-tuning)",
+    )
+    .at_least(0),
     ParamSpec::optional(
         "lora_alpha",
         ParamType::Float,
         "LoRA scale numerator (update scaled by alpha / rank; default 8)",
-    ),
+    )
+    .positive(),
     ParamSpec::optional(
         "lora_dropout",
         ParamType::Float,
         "LoRA input dropout (default 0)",
-    ),
+    )
+    .range_open(0.0, 1.0),
     ParamSpec::optional(
         "lora_targets",
         ParamType::List,
@@ -173,82 +193,85 @@ pub(crate) struct Common {
     pub lora: Option<LoraConfig>,
 }
 
-fn get<'a>(params: &'a BTreeMap<String, Value>, key: &str) -> Option<&'a Value> {
-    params.get(key)
-}
-
-fn uint(params: &BTreeMap<String, Value>, key: &str) -> Option<usize> {
-    get(params, key).and_then(Value::as_u64).map(|v| v as usize)
-}
-
-fn float(params: &BTreeMap<String, Value>, key: &str) -> Option<f64> {
-    get(params, key).and_then(Value::as_f64)
-}
-
-fn text(params: &BTreeMap<String, Value>, key: &str) -> Option<String> {
-    get(params, key).map(kiln_core::value::display)
-}
-
-/// A path param, relative to the project root.
-pub(crate) fn path(ctx: &StageContext, key: &str) -> Option<PathBuf> {
-    text(&ctx.params, key).map(|p| ctx.workdir.join(p))
+/// The `device` param as the device to use: `cuda` is the first GPU the stage holds and
+/// `cuda:N` its Nth (the engine assigns GPUs to stages that declare `resources.gpu`); a stage
+/// holding none addresses GPUs by their system index.
+pub(crate) fn resolve_device(text: &str, held: &[u32]) -> Result<Device, String> {
+    let device = text.parse::<Device>()?;
+    let Device::Cuda(n) = device else {
+        return Ok(device);
+    };
+    if held.is_empty() {
+        return Ok(device);
+    }
+    held.get(n)
+        .map(|&gpu| Device::Cuda(gpu as usize))
+        .ok_or_else(|| {
+            format!(
+                "device {text}: the stage holds {} GPU(s) ({}); declare more with resources.gpu",
+                held.len(),
+                held.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 impl Common {
     pub(crate) fn read(ctx: &StageContext) -> Result<Self, StageError> {
-        let p = &ctx.params;
+        let p = ctx.p();
         let defaults = TrainOptions::default();
-        let device = text(p, "device")
-            .unwrap_or_else(|| "cpu".into())
-            .parse::<Device>()?;
-        let precision = text(p, "precision")
+        let device = resolve_device(p.string("device")?.as_deref().unwrap_or("cpu"), &ctx.gpus)?;
+        let precision = p
+            .string("precision")?
             .unwrap_or_else(|| "f32".into())
             .parse::<Precision>()?;
-        let decay = text(p, "schedule")
+        let decay = p
+            .string("schedule")?
             .unwrap_or_else(|| "constant".into())
             .parse::<Decay>()?;
         let opts = TrainOptions {
-            seed: get(p, "seed")
-                .and_then(Value::as_u64)
-                .unwrap_or(defaults.seed),
-            batch_size: uint(p, "batch_size").unwrap_or(defaults.batch_size),
-            grad_accum: uint(p, "grad_accum").unwrap_or(defaults.grad_accum),
-            max_steps: uint(p, "max_steps"),
-            epochs: uint(p, "epochs").unwrap_or(defaults.epochs),
-            lr: float(p, "lr").unwrap_or(defaults.lr),
+            seed: p.u64("seed")?.unwrap_or(defaults.seed),
+            batch_size: p.count("batch_size")?.unwrap_or(defaults.batch_size),
+            grad_accum: p.count("grad_accum")?.unwrap_or(defaults.grad_accum),
+            max_steps: p.count("max_steps")?,
+            epochs: p.count("epochs")?.unwrap_or(defaults.epochs),
+            lr: p.f64("lr")?.unwrap_or(defaults.lr),
             decay,
-            warmup_steps: uint(p, "warmup_steps").unwrap_or(0),
-            weight_decay: float(p, "weight_decay").unwrap_or(defaults.weight_decay),
-            eps: float(p, "adam_eps").unwrap_or(defaults.eps),
-            clip_grad_norm: float(p, "clip_grad_norm"),
-            eval_every: uint(p, "eval_every"),
-            eval_batches: uint(p, "eval_batches"),
-            checkpoint_every: uint(p, "checkpoint_every"),
-            keep_checkpoints: uint(p, "keep_checkpoints").unwrap_or(defaults.keep_checkpoints),
-            best_metric: text(p, "best_metric").unwrap_or(defaults.best_metric),
-            load_best_at_end: get(p, "load_best_at_end")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            warmup_steps: p.usize("warmup_steps")?.unwrap_or(0),
+            weight_decay: p.f64("weight_decay")?.unwrap_or(defaults.weight_decay),
+            eps: p.f64("adam_eps")?.unwrap_or(defaults.eps),
+            clip_grad_norm: p.f64("clip_grad_norm")?,
+            eval_every: p.count("eval_every")?,
+            eval_batches: p.count("eval_batches")?,
+            checkpoint_every: p.count("checkpoint_every")?,
+            keep_checkpoints: p
+                .count("keep_checkpoints")?
+                .unwrap_or(defaults.keep_checkpoints),
+            best_metric: p.string("best_metric")?.unwrap_or(defaults.best_metric),
+            load_best_at_end: p.bool("load_best_at_end")?.unwrap_or(true),
             ..defaults
         };
-        let data = path(ctx, "data").ok_or("give `data`: a dataset directory")?;
-        let model = path(ctx, "model").ok_or("give `model`: a model directory")?;
-        let test = path(ctx, "test_data")
-            .map(|d| (d, text(p, "test_split").unwrap_or_else(|| "test".into())));
-        let lora = match uint(p, "lora_rank") {
+        let data = p.require("data", p.path("data"))?;
+        let model = p.require("model", p.path("model"))?;
+        let test = match p.path("test_data")? {
+            Some(d) => Some((d, p.string("test_split")?.unwrap_or_else(|| "test".into()))),
+            None => None,
+        };
+        let lora = match p.usize("lora_rank")? {
             None | Some(0) => None,
             Some(rank) => {
-                let targets: Vec<String> = get(p, "lora_targets")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().map(kiln_core::value::display).collect())
+                let targets = p
+                    .strings("lora_targets")?
                     .unwrap_or_else(|| vec!["c_attn".into()]);
                 if let Some(bad) = targets.iter().find(|t| *t != "c_attn" && *t != "c_proj") {
                     return Err(format!("lora_targets: {bad:?} is not c_attn or c_proj").into());
                 }
                 Some(
                     LoraConfig::new(rank)
-                        .with_alpha(float(p, "lora_alpha").unwrap_or(8.0))
-                        .with_dropout(float(p, "lora_dropout").unwrap_or(0.0))
+                        .with_alpha(p.f64("lora_alpha")?.unwrap_or(8.0))
+                        .with_dropout(p.f64("lora_dropout")?.unwrap_or(0.0))
                         .with_c_attn(targets.iter().any(|t| t == "c_attn"))
                         .with_c_proj(targets.iter().any(|t| t == "c_proj")),
                 )
@@ -261,13 +284,13 @@ impl Common {
             device,
             precision,
             opts,
-            max_length: uint(p, "max_length"),
+            max_length: p.count("max_length")?,
             test,
         })
     }
 }
 
-/// Checks what can be checked before running: enum-like strings and ranges.
+/// Checks what the param specs cannot: devices, precisions and LoRA targets.
 pub(crate) fn validate_common(
     params: &BTreeMap<String, Value>,
     problems: &mut Vec<(String, String)>,
@@ -284,16 +307,15 @@ pub(crate) fn validate_common(
     };
     parsed("device", &|v| v.parse::<Device>().map(drop), problems);
     parsed("precision", &|v| v.parse::<Precision>().map(drop), problems);
-    parsed("schedule", &|v| v.parse::<Decay>().map(drop), problems);
-    for key in ["batch_size", "grad_accum", "keep_checkpoints"] {
-        if params.get(key).and_then(Value::as_u64) == Some(0) {
-            problems.push((key.to_owned(), "must be at least 1".into()));
+    if let Some(targets) = params.get("lora_targets").and_then(Value::as_array) {
+        for t in targets {
+            if !matches!(t.as_str(), Some("c_attn" | "c_proj")) {
+                problems.push((
+                    "lora_targets".into(),
+                    format!("{t} is not c_attn or c_proj"),
+                ));
+            }
         }
-    }
-    if let Some(lr) = params.get("lr").and_then(Value::as_f64)
-        && !(lr > 0.0 && lr.is_finite())
-    {
-        problems.push(("lr".into(), format!("{lr} must be a positive number")));
     }
 }
 
@@ -421,20 +443,18 @@ impl crate::device::Job for TrainJob<'_> {
             dir: common.data.clone(),
         };
         let mut observer = StageObserver { ctx };
-        let cut = |reserve: usize| {
-            Some(
-                common
-                    .max_length
-                    .unwrap_or(config.n_positions)
-                    .min(config.n_positions.saturating_sub(reserve)),
-            )
+        let cut = |reserve: usize| -> Result<Option<usize>, StageError> {
+            let room = config.n_positions.saturating_sub(reserve);
+            let max = cut_length(common.max_length, config.n_positions, reserve)?;
+            report_truncated(ctx, &manifest, &common.data, max)?;
+            Ok(Some(max.min(room)))
         };
         B::seed(&device, common.opts.seed);
         let (outcome, test) = match spec {
             ObjectiveSpec::Lm => {
                 let mut objective = Lm {
                     pad,
-                    max_length: cut(0),
+                    max_length: cut(0)?,
                 };
                 fit(
                     model,
@@ -484,7 +504,7 @@ impl crate::device::Job for TrainJob<'_> {
                     alpha,
                     temperature,
                     pad,
-                    max_length: cut(prompt_ids.len()),
+                    max_length: cut(prompt_ids.len())?,
                     label_pair,
                 };
                 fit(
@@ -527,6 +547,68 @@ impl crate::device::Job for TrainJob<'_> {
         ));
         Ok(())
     }
+}
+
+/// The length rows are cut to: `max_length`, or the model's context less `reserve` tokens (the
+/// internalization prompt the teacher reads after each row).
+///
+/// # Errors
+/// When `max_length` does not fit in that context: kiln never cuts more than asked silently.
+fn cut_length(
+    max_length: Option<usize>,
+    n_positions: usize,
+    reserve: usize,
+) -> Result<usize, StageError> {
+    let room = n_positions.saturating_sub(reserve);
+    match max_length {
+        Some(m) if m > room => {
+            let less = if reserve > 0 {
+                format!(" less the prompt's {reserve} tokens")
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "with.max_length: {m} is longer than the model's context ({n_positions} positions{less}, so at most {room})"
+            )
+            .into())
+        }
+        Some(m) => Ok(m),
+        None if room == 0 => Err(format!(
+            "the model's context ({n_positions} positions) has no room left after the prompt's {reserve} tokens"
+        )
+        .into()),
+        None => Ok(room),
+    }
+}
+
+/// Counts the rows of each split longer than `max` (they are cut to their first `max`
+/// tokens): a `rows_truncated` metric, and a warning when there are any.
+fn report_truncated(
+    ctx: &StageContext,
+    manifest: &Manifest,
+    data: &Path,
+    max: usize,
+) -> Result<(), StageError> {
+    let mut total = 0usize;
+    let mut parts = Vec::new();
+    for split in manifest.splits.keys() {
+        let mut n = 0usize;
+        for rows in ShardReader::open(data, split, 1024, None)? {
+            n += rows?.iter().filter(|r| r.input_ids.len() > max).count();
+        }
+        if n > 0 {
+            parts.push(format!("{n} in {split}"));
+        }
+        total += n;
+    }
+    ctx.metrics.record("rows_truncated", 0, total as f64);
+    if total > 0 {
+        ctx.warn(&format!(
+            "{total} row(s) longer than {max} tokens are cut to their first {max} ({})",
+            parts.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// What training returned, and the `test_*` metrics of its model.

@@ -19,7 +19,7 @@ pub struct ModelHf;
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "source",
-        ParamType::String,
+        ParamType::Path,
         "a local directory (config.json + model.safetensors) or a hub id: gpt2, OWNER/NAME, hf://OWNER/NAME",
     ),
     ParamSpec::optional("revision", ParamType::String, "hub revision (default main)"),
@@ -80,7 +80,7 @@ impl Stage for ModelHf {
                 )
                 .into());
             }
-            let revision = ctx.param_str("revision").unwrap_or_else(|| "main".into());
+            let revision = ctx.p().string("revision")?.unwrap_or_else(|| "main".into());
             let mut files = BTreeMap::new();
             for file in ["config.json", "model.safetensors"] {
                 let url = hub_url(repo, &revision, file);
