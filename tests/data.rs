@@ -1,7 +1,8 @@
 //! Data preparation: tokenization, row accounting, masking, shards, stages.
 //!
 //! Tests marked "shared data" read `../shared/data` through `KILN_SHARED_DATA` (set by
-//! `.ci/run`); when it is unset they say so and pass.
+//! `.ci/run`); when it is unset they say so and pass, unless `KILN_REQUIRE_SHARED_DATA` is
+//! set (as `.ci/run` does): then they fail.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +15,8 @@ use kiln_data::tokenizer::Tok;
 
 use crate::support::{Project, repo_root};
 
-/// `$KILN_SHARED_DATA`, or `None` (with a note) when unset. When set it must exist.
+/// `$KILN_SHARED_DATA`, or `None` (with a note) when unset. When set it must exist; when
+/// `KILN_REQUIRE_SHARED_DATA` is set, it must be set.
 pub fn shared_data() -> Option<PathBuf> {
     match std::env::var_os("KILN_SHARED_DATA") {
         Some(dir) => {
@@ -27,6 +29,10 @@ pub fn shared_data() -> Option<PathBuf> {
             Some(dir)
         }
         None => {
+            assert!(
+                std::env::var_os("KILN_REQUIRE_SHARED_DATA").is_none(),
+                "KILN_REQUIRE_SHARED_DATA is set but KILN_SHARED_DATA is not: the checks on ../shared/data must run"
+            );
             eprintln!("KILN_SHARED_DATA is unset: skipping the checks on ../shared/data");
             None
         }
