@@ -3,10 +3,12 @@
 //! One tiny pipeline runs every kind that computes numbers on fixed inputs (the repo's own
 //! samples). For each kind, what it produced (its metrics, the blake3 of the files that hold
 //! data, a checksum of the weights it wrote) is compared with `tests/fixtures/golden/<kind>.json`,
-//! committed next to the kind's version. When they differ and the kind's version is the one
-//! recorded there, the test fails: the kind's results changed without a version bump. After a
-//! bump, `KILN_BLESS=1 cargo test --test main golden` rewrites the goldens of the bumped kinds
-//! (and refuses to rewrite one whose version did not change).
+//! committed next to the kind's version and its stages' fingerprints. When they differ while
+//! the version and the fingerprints are the ones recorded (the same kind on the same inputs),
+//! the test fails: the kind's results changed without a version bump. After a bump (which also
+//! changes the fingerprints of the stages downstream), `KILN_BLESS=1 cargo test --test
+//! integration golden` rewrites the goldens whose version or fingerprints changed, and refuses
+//! to rewrite any other.
 //!
 //! Numbers compare within 1e-5 relative (the same CPU kind can pick other SIMD paths); files
 //! that hold data (shards, tokenizers, generations) compare exactly.
@@ -97,12 +99,27 @@ fn weight_checksum(path: &Path) -> f64 {
     sum
 }
 
-/// What each stage produced: kind, version, and name → value.
-fn observed(p: &Project) -> BTreeMap<String, (String, i64, BTreeMap<String, Value>)> {
+/// What one stage produced, with what identifies its computation.
+struct Observed {
+    kind: String,
+    version: i64,
+    fingerprint: String,
+    values: BTreeMap<String, Value>,
+}
+
+/// What each stage of run 1 produced.
+fn observed(p: &Project) -> BTreeMap<String, Observed> {
     let mut out = BTreeMap::new();
-    for row in p.query("SELECT stage, kind, kind_version FROM stage_runs WHERE run_id = 1") {
-        let version: i64 = row[2].parse().expect("version");
-        out.insert(row[0].clone(), (row[1].clone(), version, BTreeMap::new()));
+    for row in
+        p.query("SELECT stage, kind, kind_version, fingerprint FROM stage_runs WHERE run_id = 1")
+    {
+        let observed = Observed {
+            kind: row[1].clone(),
+            version: row[2].parse().expect("version"),
+            fingerprint: row[3].clone(),
+            values: BTreeMap::new(),
+        };
+        out.insert(row[0].clone(), observed);
     }
     for row in p.query("SELECT stage, name, step, value FROM metrics WHERE run_id = 1") {
         let (stage, name, step) = (&row[0], &row[1], &row[2]);
@@ -110,8 +127,9 @@ fn observed(p: &Project) -> BTreeMap<String, (String, i64, BTreeMap<String, Valu
             continue;
         }
         let value: f64 = row[3].parse().unwrap_or(f64::NAN);
-        if let Some((_, _, values)) = out.get_mut(stage) {
-            values.insert(format!("metric {name}@{step}"), json!(value));
+        if let Some(o) = out.get_mut(stage) {
+            o.values
+                .insert(format!("metric {name}@{step}"), json!(value));
         }
     }
     for row in p.query("SELECT stage, path, hash FROM artifacts WHERE run_id = 1") {
@@ -121,16 +139,14 @@ fn observed(p: &Project) -> BTreeMap<String, (String, i64, BTreeMap<String, Valu
             .and_then(|(_, r)| r.split_once('/'))
             .map_or(path.as_str(), |(_, r)| r)
             .to_owned();
-        let Some((_, _, values)) = out.get_mut(stage) else {
+        let Some(o) = out.get_mut(stage) else {
             continue;
         };
         if rel.ends_with("model.safetensors") && !rel.starts_with("checkpoints/") {
-            values.insert(
-                format!("weights {rel}"),
-                json!(weight_checksum(&p.path().join(path))),
-            );
+            let sum = weight_checksum(&p.path().join(path));
+            o.values.insert(format!("weights {rel}"), json!(sum));
         } else if exact(&rel) {
-            values.insert(format!("file {rel}"), json!(hash));
+            o.values.insert(format!("file {rel}"), json!(hash));
         }
     }
     out
@@ -183,51 +199,58 @@ fn every_numeric_kind_matches_its_golden_or_bumped_its_version() {
     p.write("golden.yaml", PIPELINE);
     p.run("golden.yaml", &[]).ok();
     let bless = std::env::var_os("KILN_BLESS").is_some();
-    let mut by_kind: BTreeMap<String, (i64, BTreeMap<String, Value>)> = BTreeMap::new();
-    for (stage, (kind, version, values)) in observed(&p) {
-        let entry = by_kind.entry(kind).or_insert((version, BTreeMap::new()));
-        for (k, v) in values {
-            entry.1.insert(format!("{stage}: {k}"), v);
+    // Per kind: its version, its stages' fingerprints, and every value its stages produced.
+    type Kind = (i64, BTreeMap<String, String>, BTreeMap<String, Value>);
+    let mut by_kind: BTreeMap<String, Kind> = BTreeMap::new();
+    for (stage, o) in observed(&p) {
+        let entry = by_kind
+            .entry(o.kind)
+            .or_insert((o.version, BTreeMap::new(), BTreeMap::new()));
+        entry.1.insert(stage.clone(), o.fingerprint);
+        for (k, v) in o.values {
+            entry.2.insert(format!("{stage}: {k}"), v);
         }
     }
-    assert_eq!(
-        by_kind.len(),
-        12,
-        "every numeric kind ran: {:?}",
-        by_kind.keys()
-    );
+    let kinds: Vec<&String> = by_kind.keys().collect();
+    assert_eq!(kinds.len(), 12, "every numeric kind ran: {kinds:?}");
     let mut failures = Vec::new();
-    for (kind, (version, values)) in &by_kind {
+    for (kind, (version, fingerprints, values)) in &by_kind {
         let path = golden_dir().join(format!("{kind}.json"));
-        let golden: Option<Value> = std::fs::read_to_string(&path)
+        let golden: Value = std::fs::read_to_string(&path)
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        let g_version = golden.as_ref().and_then(|g| g["version"].as_i64());
-        let g_values: BTreeMap<String, Value> = golden
-            .as_ref()
-            .and_then(|g| serde_json::from_value(g["values"].clone()).ok())
-            .unwrap_or_default();
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let same_version = golden["version"].as_i64() == Some(*version);
+        let same_inputs = golden["fingerprints"] == json!(fingerprints);
+        let g_values: BTreeMap<String, Value> =
+            serde_json::from_value(golden["values"].clone()).unwrap_or_default();
         let diff = differences(&g_values, values);
-        match (g_version == Some(*version), diff.is_empty(), bless) {
-            (true, true, _) => {}
-            (true, false, _) => failures.push(format!(
-                "{kind} v{version}: its results changed without a version bump; bump its version, then KILN_BLESS=1:\n    {}",
+        if diff.is_empty() && same_version {
+            continue;
+        }
+        if same_version && same_inputs {
+            failures.push(format!(
+                "{kind} v{version}: its results changed without a version bump (same version, same inputs); \
+                 bump its version (or that of a kind feeding it), then KILN_BLESS=1:\n    {}",
                 diff.join("\n    ")
-            )),
-            (false, _, true) => {
-                let text = serde_json::to_string_pretty(&json!({
-                    "kind": kind,
-                    "version": version,
-                    "values": values,
-                }))
-                .expect("json");
-                std::fs::create_dir_all(golden_dir()).expect("mkdir");
-                std::fs::write(&path, text + "\n").expect("write golden");
-                eprintln!("blessed {kind} v{version}");
-            }
-            (false, _, false) => failures.push(format!(
-                "{kind} is version {version} but its golden is for {g_version:?}: regenerate it with KILN_BLESS=1"
-            )),
+            ));
+        } else if bless {
+            let text = serde_json::to_string_pretty(&json!({
+                "kind": kind,
+                "version": version,
+                "fingerprints": fingerprints,
+                "values": values,
+            }))
+            .expect("json");
+            std::fs::create_dir_all(golden_dir()).expect("mkdir");
+            std::fs::write(&path, text + "\n").expect("write golden");
+            eprintln!("blessed {kind} v{version}");
+        } else {
+            failures.push(format!(
+                "{kind} v{version}: its golden is for version {} and other inputs; regenerate it with KILN_BLESS=1:\n    {}",
+                golden["version"],
+                diff.join("\n    ")
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -9,7 +9,7 @@ pub fn run(registry: &Registry) {
             let req = if p.required { "required" } else { "optional" };
             let rule = match p.constraint {
                 kiln_core::Constraint::None => String::new(),
-                c => format!(" [{c}]"),
+                c => format!("; accepts {c}"),
             };
             println!(
                 "    {:<12} {:<7} {req}: {}{rule}",
