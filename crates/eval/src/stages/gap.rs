@@ -37,7 +37,7 @@ impl Stage for EvalGap {
         "eval.gap"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: rows_truncated counted (metric and gap.json)
     }
     fn doc(&self) -> &'static str {
         "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"
@@ -57,13 +57,15 @@ impl Stage for EvalGap {
         }
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
         let limit = ctx.p().count("max_rows")?.unwrap_or(usize::MAX);
-        let (mut n, mut max, mut mean, mut sum) = (0usize, 0.0, 0.0, 0.0);
+        let keep = config.n_positions.saturating_sub(prompt.len());
+        let (mut n, mut cut, mut max, mut mean, mut sum) = (0usize, 0usize, 0.0, 0.0, 0.0);
         'rows: for batch in ShardReader::open(&data, &split, 64, None)? {
             for row in batch? {
                 if n >= limit || ctx.cancel.is_cancelled() {
                     break 'rows;
                 }
-                let keep = config.n_positions.saturating_sub(prompt.len());
+                // The teacher reads the row and the prompt: a longer row keeps its first tokens.
+                cut += usize::from(row.input_ids.len() > keep);
                 let ids = &row.input_ids[..row.input_ids.len().min(keep)];
                 score::check_input(ids, config.n_positions, student.vocab_size())?;
                 let gap = score::internalization_gap(&student, &teacher, ids, &prompt);
@@ -77,7 +79,13 @@ impl Stage for EvalGap {
             return Err(format!("{}: split {split:?} has no rows", data.display()).into());
         }
         let k = n as f64;
-        let summary = serde_json::json!({"rows": n, "gap_max": max / k, "gap_mean": mean / k, "gap_sum": sum / k});
+        if cut > 0 {
+            ctx.warn(&format!(
+                "{cut} of {n} rows were longer than {keep} tokens (the context less the prompt) and were scored on their first {keep}"
+            ));
+        }
+        ctx.metrics.record("rows_truncated", 0, cut as f64);
+        let summary = serde_json::json!({"rows": n, "rows_truncated": cut, "gap_max": max / k, "gap_mean": mean / k, "gap_sum": sum / k});
         for key in ["gap_max", "gap_mean", "gap_sum"] {
             ctx.metrics
                 .record(key, 0, summary[key].as_f64().unwrap_or(f64::NAN));
