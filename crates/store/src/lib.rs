@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod gc;
 mod query;
 mod records;
 mod writer;
@@ -31,6 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use error::{Error, Result};
+pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
 pub use query::{Cell, QueryResult};
 pub use records::{
     ArtifactRecord, MetricPoint, NewRun, NewStageRun, RunRow, RunStatus, StageExecution,
@@ -50,6 +52,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "trials", include_str!("../migrations/0002_trials.sql")),
+    (4, "run_pid", include_str!("../migrations/0004_run_pid.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -253,7 +256,8 @@ impl Store {
             .collect())
     }
 
-    /// Inserts a run (status `running`) with its parameters and returns its id.
+    /// Inserts a run (status `running`, with this process's id in `pid`) with its parameters
+    /// and returns its id.
     ///
     /// # Errors
     /// When a statement fails.
@@ -265,9 +269,9 @@ impl Store {
             .map_err(sql("begin run"))?;
         let id: i64 = sqlx::query(
             "INSERT INTO runs (pipeline_id, experiment_id, trial, cargo_lock_hash, config_hash,
-                               config, git_commit, git_dirty, kiln_version, seed, host, started_at,
-                               status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
+                               config, git_commit, git_dirty, kiln_version, seed, host, pid,
+                               started_at, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
         )
         .bind(run.pipeline_id)
         .bind(run.experiment_id)
@@ -280,6 +284,8 @@ impl Store {
         .bind(&run.kiln_version)
         .bind(run.seed)
         .bind(&run.host)
+        // The process that inserts the run is the one that executes it.
+        .bind(i64::from(std::process::id()))
         .bind(now())
         .fetch_one(&mut *tx)
         .await
