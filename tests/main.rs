@@ -6,6 +6,7 @@ mod cli;
 mod data;
 mod eval;
 mod executor;
+mod gc;
 mod golden;
 mod model;
 mod store;

@@ -203,8 +203,8 @@ fn reopening_applies_no_migration_twice() {
             .query_read_only("SELECT count(*) FROM _sqlx_migrations")
             .await
             .expect("q");
-        // Each migration once (0001 init, 0002 trials, 0003 file hashes), however often the
-        // store is opened.
-        assert_eq!(r.rows[0], vec![kiln_store::Cell::Int(3)]);
+        // Each migration once (0001 init, 0002 trials, 0003 file hashes, 0004 run pid),
+        // however often the store is opened.
+        assert_eq!(r.rows[0], vec![kiln_store::Cell::Int(4)]);
     });
 }

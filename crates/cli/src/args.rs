@@ -1,6 +1,7 @@
 //! Command-line arguments, exactly as the user typed them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -185,6 +186,22 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         format: TableFormat,
+    },
+    /// Remove cache entries, state and failed stages' directories that no kept run needs,
+    /// and say what that frees. Kept: every succeeded run and the latest run of each
+    /// configuration (or the N latest runs per pipeline), and every run in progress.
+    Gc {
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the entries of the N most recent runs of each pipeline and let older runs'
+        /// go (succeeded or not).
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Only remove what was not used for this long: 90s, 30m, 12h, 7d, 2w. Downloads are
+        /// only removed with this.
+        #[arg(long, value_name = "AGE", value_parser = kiln_core::gc::parse_age)]
+        older_than: Option<Duration>,
     },
     /// List the stage kinds and their parameters.
     Stages,

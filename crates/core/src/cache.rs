@@ -92,6 +92,11 @@ impl Cache {
         &self.root
     }
 
+    /// Where failed stages' directories go (`results/failed`).
+    pub fn failed_dir(&self) -> &Path {
+        &self.failed
+    }
+
     /// Where the entry for `fingerprint` lives (whether or not it exists).
     pub fn entry_dir(&self, fingerprint: &str) -> PathBuf {
         self.root.join(fingerprint)
@@ -230,13 +235,15 @@ impl Cache {
     }
 }
 
+/// Whether process `pid` runs on this machine.
 #[cfg(target_os = "linux")]
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
+/// Whether process `pid` runs on this machine (always yes without `/proc`).
 #[cfg(not(target_os = "linux"))]
-fn process_alive(_pid: u32) -> bool {
+pub(crate) fn process_alive(_pid: u32) -> bool {
     // Without /proc, keep the directory: a leftover temp dir is harmless.
     true
 }

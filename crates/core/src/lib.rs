@@ -29,6 +29,7 @@ pub mod event;
 pub mod executor;
 pub mod experiment;
 pub mod fingerprint;
+pub mod gc;
 pub mod interp;
 pub mod param;
 pub mod plan;

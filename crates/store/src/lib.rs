@@ -17,6 +17,7 @@
 
 mod error;
 mod hashes;
+mod gc;
 mod query;
 mod records;
 mod writer;
@@ -33,6 +34,7 @@ use sqlx::{Row, SqlitePool};
 
 pub use error::{Error, Result};
 pub use hashes::FileHash;
+pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
 pub use query::{Cell, QueryResult};
 pub use records::{
     ArtifactRecord, MetricPoint, NewRun, NewStageRun, RecordedRun, RunRow, RunStatus,
@@ -57,6 +59,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "file hashes",
         include_str!("../migrations/0003_file_hashes.sql"),
     ),
+    (4, "run_pid", include_str!("../migrations/0004_run_pid.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -260,7 +263,8 @@ impl Store {
             .collect())
     }
 
-    /// Inserts a run (status `running`) with its parameters and returns its id.
+    /// Inserts a run (status `running`, with this process's id in `pid`) with its parameters
+    /// and returns its id.
     ///
     /// # Errors
     /// When a statement fails.
@@ -272,9 +276,9 @@ impl Store {
             .map_err(sql("begin run"))?;
         let id: i64 = sqlx::query(
             "INSERT INTO runs (pipeline_id, experiment_id, trial, cargo_lock_hash, config_hash,
-                               config, git_commit, git_dirty, kiln_version, seed, host, started_at,
-                               status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
+                               config, git_commit, git_dirty, kiln_version, seed, host, pid,
+                               started_at, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
         )
         .bind(run.pipeline_id)
         .bind(run.experiment_id)
@@ -287,6 +291,8 @@ impl Store {
         .bind(&run.kiln_version)
         .bind(run.seed)
         .bind(&run.host)
+        // The process that inserts the run is the one that executes it.
+        .bind(i64::from(std::process::id()))
         .bind(now())
         .fetch_one(&mut *tx)
         .await

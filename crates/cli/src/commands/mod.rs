@@ -4,6 +4,7 @@ mod bench;
 mod compare;
 mod dag;
 mod data;
+mod gc;
 mod lm;
 mod query;
 mod report;
@@ -40,6 +41,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Dag { file, format } => dag::run(file, *format),
         Command::Query { sql, format } => query::run(&cli, sql, *format).await,
         Command::Runs { limit, format } => runs::run(&cli, *limit, *format).await,
+        Command::Gc {
+            dry_run,
+            keep_last,
+            older_than,
+        } => gc::run(&cli, *dry_run, *keep_last, *older_than).await,
         Command::Stages => {
             stages::run(&registry());
             Ok(())
