@@ -7,6 +7,7 @@ mod data;
 mod eval;
 mod executor;
 mod model;
+mod robust;
 mod store;
 mod sweep;
 mod train;
