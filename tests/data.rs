@@ -325,10 +325,20 @@ fn multi_turn_masks_every_human_turn() {
         .iter()
         .map(|(k, ids)| (*k, tok.decode(ids).expect("decode")))
         .collect();
-    let expected: Vec<(bool, String)> = segments
-        .iter()
-        .map(|s| (s.trained, s.text.clone()))
-        .collect();
+    // Stated literally, not derived from `segments()`, which decides the masking under test.
+    let expected: Vec<(bool, String)> = [
+        (
+            false,
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\nWhat is 2 plus 2?\n\n### Response:",
+        ),
+        (true, "4.<|endoftext|>"),
+        (false, "\n\n### Instruction:\nAnd doubled?\n\n### Response:"),
+        (true, "8.<|endoftext|>"),
+    ]
+    .into_iter()
+    .map(|(trained, text)| (trained, text.to_owned()))
+    .collect();
     assert_eq!(decoded, expected);
 }
 

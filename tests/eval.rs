@@ -217,7 +217,7 @@ stages:
     uses: eval.trace
     with:
       model: ${stages.pretrain.dir}/model
-      texts: ["The food was good but the service was terrible.", "I love it"]
+      texts: ["The food was good but the service was terrible.", "I love it", "She said \"no, thanks\"\nand left"]
   gap:
     uses: eval.gap
     with: {model: "${stages.init.dir}/model", teacher: "${stages.pretrain.dir}/model", data: "${stages.tweets.dir}", prompt: " I feel", max_rows: 10}
@@ -242,7 +242,10 @@ fn eval_stages_record_metrics_tables_and_plots() {
         )
         .expect("copy");
     }
-    p.write("texts.txt", "I love it\n\nthis is bad\n");
+    p.write(
+        "texts.txt",
+        "I love it\n\nthis is bad\nshe said \"no, thanks\", twice\n",
+    );
     p.write("eval.yaml", EVAL_PIPELINE);
     p.run("eval.yaml", &[]).ok();
     let metric = |stage: &str, name: &str| -> f64 {
@@ -279,7 +282,7 @@ fn eval_stages_record_metrics_tables_and_plots() {
         let v = metric(stage, name);
         assert!((0.0..=2.0).contains(&v), "{stage}.{name} = {v}");
     }
-    assert_eq!(metric("scores", "texts"), 2.0);
+    assert_eq!(metric("scores", "texts"), 3.0);
     assert!(metric("scores", "mean_nll") > 0.0);
     assert_eq!(metric("answers", "generated"), 3.0);
     // Plots: an SVG with the trace drawn, and a PNG.
@@ -299,6 +302,52 @@ fn eval_stages_record_metrics_tables_and_plots() {
     assert_eq!(&png[..4], b"\x89PNG");
     let csv = std::fs::read_to_string(dir.join("trace-0.csv")).expect("csv");
     assert!(csv.lines().count() > 5);
+    // The tables are real CSV: tokens and texts with quotes, commas and a newline read back
+    // exactly.
+    let mut trace = csv::Reader::from_path(dir.join("trace-2.csv")).expect("trace-2.csv");
+    assert_eq!(
+        trace.headers().expect("header"),
+        vec![
+            "position",
+            "token",
+            "positive",
+            "negative",
+            "top_token",
+            "top_prob"
+        ]
+    );
+    let tokens: String = trace
+        .records()
+        .map(|r| r.expect("a record")[1].to_owned())
+        .collect();
+    assert_eq!(tokens, "She said \"no, thanks\"\nand left");
+    let scores_dir = p
+        .cache_entries()
+        .into_iter()
+        .map(|e| p.path().join("results/cache").join(e))
+        .find(|d| d.join("scores.csv").is_file())
+        .expect("scores entry");
+    let mut scores = csv::Reader::from_path(scores_dir.join("scores.csv")).expect("scores.csv");
+    assert_eq!(
+        scores.headers().expect("header"),
+        vec!["line", "tokens", "nll", "nll_per_token", "text"]
+    );
+    let lines: Vec<(String, String)> = scores
+        .records()
+        .map(|r| {
+            let r = r.expect("a record");
+            (r[0].to_owned(), r[4].to_owned())
+        })
+        .collect();
+    let want = [
+        ("1", "I love it"),
+        ("3", "this is bad"),
+        ("4", "she said \"no, thanks\", twice"),
+    ];
+    assert_eq!(
+        lines,
+        want.map(|(n, t)| (n.to_owned(), t.to_owned())).to_vec()
+    );
 }
 
 /// The tiny fixture model with a small tokenizer trained on the sample tweets, in `dir`.

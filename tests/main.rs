@@ -9,6 +9,7 @@ mod executor;
 mod gc;
 mod golden;
 mod model;
+mod robust;
 mod store;
 mod sweep;
 mod train;

@@ -652,13 +652,9 @@ fn train_stages_run_in_a_pipeline_and_record_metrics() {
     );
 }
 
-/// Regenerates `tests/fixtures/numerics/kiln-saved/`: the fixtures' tiny GPT-2 trained 10 steps
-/// by kiln and saved by kiln. `check_kiln_saved.py` then loads it with transformers and writes
-/// the logits that [`transformers_reads_what_kiln_saves`] compares against.
-///   cargo test --test integration -- --ignored regenerate_kiln_saved_fixture
-#[test]
-#[ignore = "regenerates a committed fixture"]
-fn regenerate_kiln_saved_fixture() {
+/// Trains the fixtures' tiny GPT-2 10 steps on the sample tweets and saves it with `hf::save`
+/// into `out`: deterministic, so the same code writes the same bytes.
+fn save_kiln_trained(out: &Path) {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = sample_dataset(tmp.path());
     let device = Default::default();
@@ -668,13 +664,37 @@ fn regenerate_kiln_saved_fixture() {
         checkpoint_every: None,
         ..lm_options(10)
     };
-    let out = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
-    hf::save(&out.model, &config, &fixture("numerics/kiln-saved")).expect("saves");
+    let out_model = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
+    hf::save(&out_model.model, &config, out).expect("saves");
+}
+
+/// Regenerates `tests/fixtures/numerics/kiln-saved/`: the fixtures' tiny GPT-2 trained 10 steps
+/// by kiln and saved by kiln. `check_kiln_saved.py` then loads it with transformers and writes
+/// the logits that [`transformers_reads_what_kiln_saves`] compares against.
+///   cargo test --test integration -- --ignored regenerate_kiln_saved_fixture
+#[test]
+#[ignore = "regenerates a committed fixture"]
+fn regenerate_kiln_saved_fixture() {
+    save_kiln_trained(&fixture("numerics/kiln-saved"));
 }
 
 #[test]
 fn transformers_reads_what_kiln_saves() {
+    // The snapshot transformers read is what today's `hf::save` writes, byte for byte.
+    let today = tempfile::tempdir().expect("tmp");
+    save_kiln_trained(today.path());
     let dir = fixture("numerics/kiln-saved");
+    for f in ["config.json", "model.safetensors"] {
+        let now = std::fs::read(today.path().join(f)).expect("today's save");
+        let snapshot = std::fs::read(dir.join(f)).expect("the committed snapshot");
+        assert!(
+            now == snapshot,
+            "today's hf::save writes a different {f} than tests/fixtures/numerics/kiln-saved/ \
+             holds: regenerate the snapshot (cargo test --test integration -- --ignored \
+             regenerate_kiln_saved_fixture) and re-verify it with transformers \
+             (tests/fixtures/numerics/check_kiln_saved.py)"
+        );
+    }
     let text = std::fs::read_to_string(dir.join("transformers_logits.json"))
         .expect("transformers_logits.json (run check_kiln_saved.py)");
     let exp: Value = serde_json::from_str(&text).expect("JSON");

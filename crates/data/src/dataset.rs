@@ -224,7 +224,9 @@ pub fn build_sentiment_rows(
         .filter(|&i| !encoded[i].is_empty())
         .collect();
     let splits = split_indices(keep.len(), opts.fractions, opts.seed)?;
-    // Writing tokenizer.json (50k entries for GPT-2) overlaps with writing the shards.
+    // Writing tokenizer.json (50k entries for GPT-2) overlaps with writing the shards, so the
+    // directory must exist before either starts.
+    std::fs::create_dir_all(out).map_err(crate::error::io("cannot create", out))?;
     let (saved, written) = std::thread::scope(|scope| {
         let saved = scope.spawn(|| tok.save(&out.join("tokenizer.json")));
         let written = (|| -> Result<()> {

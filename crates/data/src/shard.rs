@@ -119,14 +119,51 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `dir/manifest.json`.
+    /// Reads `dir/manifest.json` and checks it: this kiln's schema version, shard names that
+    /// are plain `.arrow` file names in `dir`, label ids within the vocabulary.
     ///
     /// # Errors
     /// When it is missing or invalid.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.json");
         let text = std::fs::read_to_string(&path).map_err(io("cannot read", &path))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let manifest: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        manifest
+            .check()
+            .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+        Ok(manifest)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(format!(
+                "schema_version {} (this kiln reads {SCHEMA_VERSION})",
+                self.schema_version
+            ));
+        }
+        for (name, split) in &self.splits {
+            let bad = split
+                .shards
+                .iter()
+                .find(|s| !s.ends_with(".arrow") || s.contains(['/', '\\']) || s.starts_with('.'));
+            if let Some(shard) = bad {
+                return Err(format!(
+                    "split {name:?}: shard {shard:?} is not a file name"
+                ));
+            }
+        }
+        match self
+            .label_map
+            .iter()
+            .find(|(_, l)| l.id as usize >= self.vocab_size)
+        {
+            Some((name, l)) => Err(format!(
+                "label {name:?}: id {} is outside the vocabulary ({} entries)",
+                l.id, self.vocab_size
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Writes `dir/manifest.json`.
@@ -250,39 +287,48 @@ fn to_batch(
 
 /// Reads every record batch of one shard file through a memory map.
 ///
+/// The file is checked before arrow decodes it (arrow's decoder trusts the file's offsets and
+/// sizes): the footer's schema must be one of the dataset schemas ([`schema`]), and every
+/// block, buffer, node and compressed size must lie within the file. A truncated or corrupted
+/// shard is an error, never a panic.
+///
 /// # Errors
-/// When the file cannot be mapped or is not a valid Arrow IPC file.
+/// When the file cannot be mapped or is not a valid dataset shard.
 pub fn read_shard(path: &Path) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).map_err(io("cannot open", path))?;
     // SAFETY: the shard is opened read-only and kiln never modifies a finished shard; the
     // map lives as long as the Buffer that owns it.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io("cannot map", path))?;
-    let len = mmap.len();
-    let bad = |m: &str| Error::Arrow {
+    let bad = |m: String| Error::Arrow {
         path: path.to_owned(),
-        message: m.to_owned(),
+        message: m,
     };
-    if len < 10 {
-        return Err(bad("too short to be an Arrow IPC file"));
+    let len = mmap.len();
+    // Magic and padding (8 bytes), footer length and magic (10 bytes).
+    if len < 18 || mmap[..6] != *b"ARROW1" {
+        return Err(bad(
+            "not an Arrow IPC file (too short or no ARROW1 magic)".into()
+        ));
     }
-    let ptr = NonNull::new(mmap.as_ptr().cast_mut()).ok_or_else(|| bad("empty map"))?;
+    let ptr = NonNull::new(mmap.as_ptr().cast_mut()).ok_or_else(|| bad("empty map".into()))?;
     // SAFETY: ptr and len describe the mapped region, which the Arc keeps alive.
     let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(mmap)) };
-    let trailer = buffer.len() - 10;
-    let footer_len = arrow_ipc::reader::read_footer_length(
-        buffer[trailer..]
-            .try_into()
-            .map_err(|_| bad("bad trailer"))?,
-    )
-    .map_err(arrow_err(path))?;
-    let footer = arrow_ipc::root_as_footer(&buffer[trailer - footer_len..trailer])
-        .map_err(|e| bad(&format!("bad footer: {e}")))?;
-    let schema = arrow_ipc::convert::fb_to_schema(footer.schema().ok_or_else(|| bad("no schema"))?);
-    let decoder = FileDecoder::new(Arc::new(schema), footer.version());
+    let footer = read_footer(&buffer).map_err(bad)?;
+    let kind = footer
+        .schema()
+        .and_then(|s| footer_kind(&s))
+        .ok_or_else(|| bad("the schema is not a dataset schema".into()))?;
+    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
+        return Err(bad("dataset shards have no dictionaries".into()));
+    }
+    let decoder = FileDecoder::new(schema(kind), footer.version());
     let mut out = Vec::new();
-    for block in footer.recordBatches().into_iter().flatten() {
-        let block_len = block.bodyLength() as usize + block.metaDataLength() as usize;
-        let data = buffer.slice_with_length(block.offset() as usize, block_len);
+    for (i, block) in footer.recordBatches().into_iter().flatten().enumerate() {
+        let (start, meta, body) =
+            block_range(block, buffer.len()).map_err(|m| bad(format!("block {i}: {m}")))?;
+        check_block(&buffer[start..start + meta + body], meta)
+            .map_err(|m| bad(format!("block {i}: {m}")))?;
+        let data = buffer.slice_with_length(start, meta + body);
         if let Some(batch) = decoder
             .read_record_batch(block, &data)
             .map_err(arrow_err(path))?
@@ -291,6 +337,201 @@ pub fn read_shard(path: &Path) -> Result<Vec<RecordBatch>> {
         }
     }
     Ok(out)
+}
+
+/// The footer of an Arrow IPC file at least 18 bytes long, its length checked against the file.
+fn read_footer(buffer: &[u8]) -> std::result::Result<arrow_ipc::Footer<'_>, String> {
+    let trailer = buffer.len() - 10;
+    let last: [u8; 10] = buffer[trailer..]
+        .try_into()
+        .map_err(|_| "bad trailer".to_owned())?;
+    let footer_len =
+        arrow_ipc::reader::read_footer_length(last).map_err(|e| format!("bad trailer: {e}"))?;
+    let start = trailer
+        .checked_sub(footer_len)
+        .filter(|&s| s >= 8)
+        .ok_or_else(|| format!("footer length {footer_len} exceeds the file"))?;
+    arrow_ipc::root_as_footer(&buffer[start..trailer]).map_err(|e| format!("bad footer: {e}"))
+}
+
+/// The kind whose schema the footer's schema is, field by field (names, types, nullability).
+fn footer_kind(fb: &arrow_ipc::Schema<'_>) -> Option<Kind> {
+    if fb.endianness() != arrow_ipc::Endianness::Little {
+        return None;
+    }
+    let fields: Vec<arrow_ipc::Field<'_>> = fb.fields()?.iter().collect();
+    [Kind::Classification, Kind::Lm].into_iter().find(|&kind| {
+        let want = schema(kind);
+        fields.len() == want.fields().len()
+            && fields
+                .iter()
+                .zip(want.fields())
+                .all(|(f, w)| same_field(f, w))
+    })
+}
+
+/// Whether a flatbuffer field is `want`, for the types dataset schemas use.
+fn same_field(fb: &arrow_ipc::Field<'_>, want: &Field) -> bool {
+    let children: Vec<arrow_ipc::Field<'_>> = fb
+        .children()
+        .map(|c| c.iter().collect())
+        .unwrap_or_default();
+    let same_type = match want.data_type() {
+        DataType::UInt32 | DataType::Int32 => {
+            let signed = *want.data_type() == DataType::Int32;
+            children.is_empty()
+                && fb
+                    .type_as_int()
+                    .is_some_and(|t| t.bitWidth() == 32 && t.is_signed() == signed)
+        }
+        DataType::List(item) => {
+            fb.type_as_list().is_some() && children.len() == 1 && same_field(&children[0], item)
+        }
+        _ => false,
+    };
+    same_type
+        && fb.name() == Some(want.name().as_str())
+        && fb.nullable() == want.is_nullable()
+        && fb.dictionary().is_none()
+}
+
+/// A block's start, metadata length and body length, checked to lie within a file of `len`
+/// bytes.
+fn block_range(
+    block: &arrow_ipc::Block,
+    len: usize,
+) -> std::result::Result<(usize, usize, usize), String> {
+    let start = usize::try_from(block.offset()).map_err(|_| "negative offset")?;
+    let meta = usize::try_from(block.metaDataLength()).map_err(|_| "negative metadata length")?;
+    let body = usize::try_from(block.bodyLength()).map_err(|_| "negative body length")?;
+    if meta < 8 {
+        return Err(format!("metadata length {meta} is too short"));
+    }
+    match start.checked_add(meta).and_then(|e| e.checked_add(body)) {
+        Some(end) if end <= len => Ok((start, meta, body)),
+        _ => Err(format!(
+            "offset {start} + {meta} + {body} bytes exceeds the file ({len} bytes)"
+        )),
+    }
+}
+
+/// Checks a record batch block (metadata, then `data.len() - meta` body bytes) before arrow
+/// decodes it: the message parses as arrow parses it, node lengths are non-negative and fit
+/// 32-bit offsets, no node has nulls, buffers lie within the body, and compressed buffers
+/// declare the size their zstd frame declares.
+fn check_block(data: &[u8], meta: usize) -> std::result::Result<(), String> {
+    let body = &data[meta..];
+    // As arrow's FileDecoder reads it: an optional continuation marker, the length, the message.
+    let message = if data[..4] == [0xff; 4] {
+        &data[8..]
+    } else {
+        &data[4..]
+    };
+    let message = arrow_ipc::root_as_message(message).map_err(|e| format!("bad message: {e}"))?;
+    let Some(batch) = message.header_as_record_batch() else {
+        // arrow reports any other message itself.
+        return Ok(());
+    };
+    let fits = |n: i64| (0..=i64::from(i32::MAX)).contains(&n);
+    if !fits(batch.length()) {
+        return Err(format!("bad row count {}", batch.length()));
+    }
+    // kiln writes no nulls, so arrow never reads a validity bitmap (it trusts their sizes).
+    for node in batch.nodes().into_iter().flatten() {
+        if !fits(node.length()) || node.null_count() != 0 {
+            return Err(format!(
+                "bad node: length {}, nulls {}",
+                node.length(),
+                node.null_count()
+            ));
+        }
+    }
+    if batch.variadicBufferCounts().is_some_and(|v| !v.is_empty()) {
+        return Err("unexpected variadic buffers".into());
+    }
+    let zstd = match batch.compression().map(|c| c.codec()) {
+        None => false,
+        Some(arrow_ipc::CompressionType::ZSTD) => true,
+        Some(c) => return Err(format!("unexpected compression {c:?}")),
+    };
+    for b in batch.buffers().into_iter().flatten() {
+        let range = usize::try_from(b.offset())
+            .ok()
+            .zip(usize::try_from(b.length()).ok())
+            .and_then(|(o, l)| body.get(o..o.checked_add(l)?))
+            .ok_or_else(|| {
+                format!(
+                    "buffer at {} of {} bytes exceeds the body ({} bytes)",
+                    b.offset(),
+                    b.length(),
+                    body.len()
+                )
+            })?;
+        let decoded = if zstd && !range.is_empty() {
+            check_compressed(range)?
+        } else {
+            range.len() as u64
+        };
+        // Every column holds 32-bit values (arrow panics on a buffer of a partial value).
+        if decoded % 4 != 0 {
+            return Err(format!(
+                "a buffer of {decoded} bytes holds no whole 32-bit values"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an arrow compressed buffer and returns its decoded size: an 8-byte uncompressed
+/// length (−1: stored uncompressed), then a zstd frame that must declare the same content
+/// size, which cannot exceed what zstd can expand its bytes to (so a corrupted length never
+/// becomes a huge allocation).
+fn check_compressed(buf: &[u8]) -> std::result::Result<u64, String> {
+    let prefix: [u8; 8] = buf
+        .get(..8)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| format!("compressed buffer of {} bytes", buf.len()))?;
+    let frame = &buf[8..];
+    let declared = match i64::from_le_bytes(prefix) {
+        -1 => return Ok(frame.len() as u64),
+        0 => return Ok(0),
+        d => d,
+    };
+    // zstd blocks are at most 128 KiB and take at least 4 bytes (an RLE block).
+    let most = u64::try_from(frame.len())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(32_768);
+    match (u64::try_from(declared), zstd_content_size(frame)) {
+        (Ok(d), Some(c)) if d == c && d <= most => Ok(d),
+        _ => Err(format!(
+            "compressed buffer declares {declared} bytes, its zstd frame {:?}",
+            zstd_content_size(frame)
+        )),
+    }
+}
+
+/// The content size a zstd frame's header declares (RFC 8878, 3.1.1.1), if it has one.
+fn zstd_content_size(frame: &[u8]) -> Option<u64> {
+    if frame.get(..4)? != [0x28, 0xb5, 0x2f, 0xfd] {
+        return None;
+    }
+    let descriptor = *frame.get(4)?;
+    let single_segment = descriptor & 0x20 != 0;
+    let size_len = match descriptor >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let dictionary_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let start = 5 + usize::from(!single_segment) + dictionary_len;
+    let bytes = frame
+        .get(start..start + size_len)
+        .filter(|b| !b.is_empty())?;
+    let mut value = [0u8; 8];
+    value[..size_len].copy_from_slice(bytes);
+    let value = u64::from_le_bytes(value);
+    Some(if size_len == 2 { value + 256 } else { value })
 }
 
 /// The examples in a record batch.
@@ -421,5 +662,40 @@ impl Iterator for ShardReader {
         }
         let take = self.batch_size.min(self.current.len());
         Some(Ok(self.current.drain(..take).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zstd_content_size;
+
+    /// Frame headers laid out by hand from RFC 8878, 3.1.1.1: magic, descriptor (FCS flag in
+    /// bits 7-6, single segment bit 5, dictionary id flag in bits 1-0), window descriptor
+    /// unless single segment, dictionary id, content size.
+    #[test]
+    fn zstd_frame_content_sizes() {
+        let magic = [0x28, 0xb5, 0x2f, 0xfd];
+        let frame = |rest: &[u8]| [&magic[..], rest].concat();
+        // Single segment, 1-byte size.
+        assert_eq!(zstd_content_size(&frame(&[0x20, 200])), Some(200));
+        // 2-byte size (+256), after a window descriptor.
+        assert_eq!(
+            zstd_content_size(&frame(&[0x40, 0x58, 0x10, 0x00])),
+            Some(16 + 256)
+        );
+        // 4-byte size after a window descriptor and a 1-byte dictionary id.
+        assert_eq!(
+            zstd_content_size(&frame(&[0x81, 0x58, 7, 0x00, 0x00, 0x01, 0x00])),
+            Some(65_536)
+        );
+        // 8-byte size, single segment.
+        assert_eq!(
+            zstd_content_size(&frame(&[0xe0, 1, 0, 0, 0, 0, 0, 0, 1])),
+            Some((1 << 56) + 1)
+        );
+        // No size recorded, a truncated header, not a zstd frame.
+        assert_eq!(zstd_content_size(&frame(&[0x00, 0x58])), None);
+        assert_eq!(zstd_content_size(&frame(&[0x80, 0x58, 1])), None);
+        assert_eq!(zstd_content_size(&[0, 1, 2, 3, 0x20, 5]), None);
     }
 }

@@ -45,6 +45,26 @@ impl std::fmt::Debug for Tok {
     }
 }
 
+/// Checks every `Precompiled` normalizer in `normalizer` (a `Sequence` nests them): the
+/// tokenizers library reads them with `expect`, panicking on a bad one.
+fn check_precompiled(normalizer: &serde_json::Value) -> std::result::Result<(), String> {
+    match normalizer["type"].as_str() {
+        Some("Precompiled") => {
+            serde_json::from_value::<tokenizers::normalizers::precompiled::Precompiled>(
+                normalizer.clone(),
+            )
+            .map_err(|e| format!("bad Precompiled normalizer: {e}"))?;
+        }
+        Some("Sequence") => {
+            for n in normalizer["normalizers"].as_array().into_iter().flatten() {
+                check_precompiled(n)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn tk_err(path: &Path) -> impl Fn(tokenizers::Error) -> Error + '_ {
     move |e| Error::Tokenizer {
         path: path.to_owned(),
@@ -92,7 +112,18 @@ impl Tok {
                 path: path.to_owned(),
             });
         }
-        let inner = Tokenizer::from_file(path).map_err(tk_err(path))?;
+        let bytes = std::fs::read(path).map_err(crate::error::io("cannot read", path))?;
+        let invalid = |message: String| Error::Tokenizer {
+            path: path.to_owned(),
+            message,
+        };
+        // The tokenizers library panics on some malformed files (a syntax error inside
+        // `decoder`, a bad `Precompiled` normalizer), so the file is checked first.
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not a JSON file: {e}")))?;
+        check_precompiled(&json["normalizer"]).map_err(invalid)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let inner: Tokenizer = text.parse().map_err(tk_err(path))?;
         Ok(Self::wrap(inner, path.to_owned()))
     }
 

@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::DType;
+use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore};
 
 use crate::error::{Error, Result};
 use crate::gpt2::{Gpt2, Gpt2Config};
@@ -162,7 +163,6 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    let mut model = config.init::<B>(device);
     let mut store = SafetensorsStore::from_file(&weights)
         .with_key_remapping(r"^transformer\.", "")
         .with_key_remapping(r"^h\.", "blocks.")
@@ -173,6 +173,12 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
         path: weights.clone(),
         message,
     };
+    // The header is parsed (bounds-checked by the safetensors crate) before the model is built.
+    store
+        .get_all_snapshots()
+        .map_err(|e| bad(format!("cannot read: {e}")))?;
+    let mut model = config.init::<B>(device);
+    check_dtypes(&model, &mut store).map_err(bad)?;
     let result = model.load_from(&mut store).map_err(|e| {
         let text = e.to_string();
         match text.find("ShapeMismatch") {
@@ -216,4 +222,25 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
         )));
     }
     Ok((config, model))
+}
+
+/// burn-store gives a parameter the dtype its tensor has in the file, and kiln's GPT-2
+/// computes in float32 (the CPU backends panic or crash on other dtypes): a parameter stored
+/// as anything else is refused here.
+fn check_dtypes<B: Backend>(
+    model: &Gpt2<B>,
+    store: &mut SafetensorsStore,
+) -> std::result::Result<(), String> {
+    for param in model.collect(None, None, false) {
+        let path = param.full_path();
+        let snapshot = store
+            .get_snapshot(&path)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if let Some(dtype) = snapshot.map(|s| s.dtype).filter(|d| *d != DType::F32) {
+            return Err(format!(
+                "{path} is stored as {dtype:?}; kiln loads float32 weights (convert the checkpoint)"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -8,11 +8,16 @@
 //!                                    model's parameters meet their optimizer state again
 //!   trainer.json                     step, data position, best metric ([`TrainerState`])
 //!   metrics.json                     every metric reported up to this step
+//!   checksums.json                   the blake3 of every other file
 //! ```
 //!
 //! A checkpoint is written as `step-N.tmp/` and renamed when complete, so a kill leaves either
-//! the previous checkpoints or a `.tmp` directory that is ignored and replaced.
+//! the previous checkpoints or a `.tmp` directory that is ignored and replaced. Loading checks
+//! every file against `checksums.json` before any of them is decoded, so a truncated or
+//! corrupted checkpoint is refused with an error naming the file (burn's decoder of
+//! `optimizer.bin` trusts the lengths in the file).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -141,6 +146,7 @@ where
     write_json(&tmp.join("param_ids.json"), &ids)?;
     write_json(&tmp.join("trainer.json"), state)?;
     write_json(&tmp.join("metrics.json"), &history)?;
+    write_checksums(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(io("cannot replace", &dir))?;
     }
@@ -154,6 +160,77 @@ fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
         message: e.to_string(),
     })?;
     std::fs::write(path, text).map_err(io("cannot write", path))
+}
+
+/// The file listing every other file of a checkpoint with its blake3.
+const CHECKSUMS: &str = "checksums.json";
+
+/// The files every checkpoint has (`model.bin` too when the model has LoRA adapters).
+const REQUIRED: [&str; 6] = [
+    "config.json",
+    "model.safetensors",
+    "optimizer.bin",
+    "param_ids.json",
+    "trainer.json",
+    "metrics.json",
+];
+
+fn blake3_of(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(io("cannot read", path))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(io("cannot read", path))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Writes `dir/checksums.json`: every other file in `dir` with its blake3.
+fn write_checksums(dir: &Path) -> Result<()> {
+    let mut sums = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io("cannot list", dir))? {
+        let path = entry.map_err(io("cannot list", dir))?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let Some(name) = name.filter(|n| n != CHECKSUMS && path.is_file()) {
+            sums.insert(name, blake3_of(&path)?);
+        }
+    }
+    write_json(&dir.join(CHECKSUMS), &sums)
+}
+
+/// Checks the checkpoint in `dir` against its `checksums.json`: every file listed has the
+/// recorded blake3, and the files every checkpoint needs are listed.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming a missing, truncated or corrupted file.
+pub fn verify(dir: &Path) -> Result<()> {
+    let corrupt = |message: String| Error::Checkpoint {
+        path: dir.to_owned(),
+        message,
+    };
+    let listing = dir.join(CHECKSUMS);
+    if !listing.is_file() {
+        return Err(corrupt(format!(
+            "no {CHECKSUMS} (written by an older kiln, or damaged): delete the checkpoint to start over"
+        )));
+    }
+    let sums: BTreeMap<String, String> = read_json(&listing)?;
+    if let Some(missing) = REQUIRED.iter().find(|f| !sums.contains_key(**f)) {
+        return Err(corrupt(format!("{CHECKSUMS} does not list {missing}")));
+    }
+    for (name, want) in &sums {
+        if name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(corrupt(format!(
+                "{CHECKSUMS} lists {name:?}, not a file name"
+            )));
+        }
+        let got = blake3_of(&dir.join(name))?;
+        if &got != want {
+            return Err(corrupt(format!(
+                "{name} is truncated or corrupted (blake3 {got}, {CHECKSUMS} says {want})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -176,13 +253,22 @@ pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
     pub history: Vec<Recorded>,
 }
 
-/// The model of the checkpoint in `dir`. `template` is the model training started with: a
-/// LoRA checkpoint's base weights and adapters are loaded into it (keeping its structure);
-/// otherwise the Hugging Face weights are read.
+/// The model of the checkpoint in `dir` (checked with [`verify`] first). `template` is the
+/// model training started with: a LoRA checkpoint's base weights and adapters are loaded into
+/// it (keeping its structure); otherwise the Hugging Face weights are read.
 ///
 /// # Errors
 /// Missing or corrupt files, or a model that does not fit.
 pub fn load_model<B: AutodiffBackend>(
+    dir: &Path,
+    template: &Gpt2<B>,
+    device: &B::Device,
+) -> Result<Gpt2<B>> {
+    verify(dir)?;
+    read_model(dir, template, device)
+}
+
+fn read_model<B: AutodiffBackend>(
     dir: &Path,
     template: &Gpt2<B>,
     device: &B::Device,
@@ -200,7 +286,8 @@ pub fn load_model<B: AutodiffBackend>(
     Ok(hf::load::<B>(dir, device)?.1)
 }
 
-/// Loads the checkpoint in `dir` into a fresh `optim`; see [`load_model`] for `template`.
+/// Loads the checkpoint in `dir` (checked with [`verify`] first) into a fresh `optim`; see
+/// [`load_model`] for `template`.
 ///
 /// # Errors
 /// Missing or corrupt files, or a model that does not fit.
@@ -214,7 +301,8 @@ where
     B: AutodiffBackend,
     O: Optimizer<Gpt2<B>, B>,
 {
-    let model = load_model(dir, template, device)?;
+    verify(dir)?;
+    let model = read_model(dir, template, device)?;
     let ids: Vec<u64> = read_json(&dir.join("param_ids.json"))?;
     let expected = param_ids(&model).len();
     if ids.len() != expected {

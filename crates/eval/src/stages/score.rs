@@ -1,10 +1,11 @@
 //! `eval.score`: batch NLL of a file of texts (one per line), optionally each given a common
-//! prefix: `scores.csv` and the mean NLL (total and per token) as metrics.
+//! prefix: `scores.csv` (line number, tokens, NLL, NLL per token, the text) and the mean NLL
+//! (total and per token) as metrics.
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_model::Flex;
 
-use super::path;
+use super::{path, write_csv};
 use crate::Lm;
 
 /// The `eval.score` stage kind.
@@ -34,7 +35,7 @@ impl Stage for EvalScore {
         "eval.score"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn doc(&self) -> &'static str {
         "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"
@@ -48,7 +49,7 @@ impl Stage for EvalScore {
         let text = std::fs::read_to_string(&source)
             .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
         let given = ctx.param_str("given");
-        let mut csv = String::from("line,tokens,nll,nll_per_token\n");
+        let mut rows = Vec::new();
         let (mut total, mut tokens, mut n) = (0.0, 0usize, 0usize);
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -60,7 +61,13 @@ impl Stage for EvalScore {
             }
             .map_err(|e| format!("{}:{}: {e}", source.display(), i + 1))?;
             let count = lm.tok.encode(line)?.len().max(1);
-            csv.push_str(&format!("{},{count},{nll},{}\n", i + 1, nll / count as f64));
+            rows.push([
+                (i + 1).to_string(),
+                count.to_string(),
+                nll.to_string(),
+                (nll / count as f64).to_string(),
+                line.to_owned(),
+            ]);
             total += nll;
             tokens += count;
             n += 1;
@@ -68,7 +75,11 @@ impl Stage for EvalScore {
         if n == 0 {
             return Err(format!("{}: no texts to score", source.display()).into());
         }
-        std::fs::write(ctx.out_dir.join("scores.csv"), csv)?;
+        write_csv(
+            &ctx.out_dir.join("scores.csv"),
+            &["line", "tokens", "nll", "nll_per_token", "text"],
+            rows,
+        )?;
         ctx.metrics.record("mean_nll", 0, total / n as f64);
         ctx.metrics
             .record("nll_per_token", 0, total / tokens as f64);

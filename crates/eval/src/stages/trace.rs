@@ -5,7 +5,7 @@
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_model::Flex;
 
-use super::{path, write_json};
+use super::{path, write_csv, write_json};
 use crate::Lm;
 
 /// The `eval.trace` stage kind.
@@ -36,7 +36,7 @@ impl Stage for EvalTrace {
         "eval.trace"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn doc(&self) -> &'static str {
         "per-token sentiment traces of probe sentences: tables and SVG/PNG plots"
@@ -56,19 +56,28 @@ impl Stage for EvalTrace {
         for (i, text) in texts.iter().enumerate() {
             let points = lm.trace(text, &neg, &pos)?;
             let tokens: Vec<String> = points.iter().map(|p| lm.token_text(p.token)).collect();
-            let mut csv = String::from("position,token,positive,negative,top_token,top_prob\n");
-            for (p, t) in points.iter().zip(&tokens) {
-                csv.push_str(&format!(
-                    "{},{:?},{},{},{:?},{}\n",
-                    p.position,
-                    t,
-                    p.positive,
-                    p.negative,
+            let rows = points.iter().zip(&tokens).map(|(p, t)| {
+                [
+                    p.position.to_string(),
+                    t.clone(),
+                    p.positive.to_string(),
+                    p.negative.to_string(),
                     lm.token_text(p.top_token),
-                    p.top_prob
-                ));
-            }
-            std::fs::write(ctx.out_dir.join(format!("trace-{i}.csv")), csv)?;
+                    p.top_prob.to_string(),
+                ]
+            });
+            write_csv(
+                &ctx.out_dir.join(format!("trace-{i}.csv")),
+                &[
+                    "position",
+                    "token",
+                    "positive",
+                    "negative",
+                    "top_token",
+                    "top_prob",
+                ],
+                rows,
+            )?;
             let values: Vec<f32> = points.iter().map(|p| p.positive).collect();
             for ext in ["svg", "png"] {
                 crate::plot::trace(
