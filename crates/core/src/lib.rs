@@ -31,6 +31,7 @@ pub mod experiment;
 pub mod fingerprint;
 pub mod gc;
 pub mod interp;
+pub mod metric;
 pub mod param;
 pub mod plan;
 pub mod spec;
@@ -42,6 +43,7 @@ pub mod yaml;
 pub use error::{Diagnostic, Error, Result, SpecErrors};
 pub use event::{Event, Reporter, Silent};
 pub use executor::{ExecOptions, RunMeta, RunSummary, StageOutcome, execute};
+pub use metric::MetricDirection;
 pub use plan::{Plan, PlannedStage};
 pub use spec::Pipeline;
 pub use stage::{

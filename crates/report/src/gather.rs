@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use kiln_core::MetricDirection;
 use kiln_store::{Cell, Store};
 
 use crate::{Error, Result};
@@ -37,12 +38,37 @@ pub struct Report {
     pub trials: Vec<Trial>,
     /// The metric that ranks trials and colours the heatmap (`stage.metric`).
     pub metric: String,
-    /// Index into `trials` of the best trial (highest metric; lowest for a loss).
+    /// Index into `trials` of the best trial by `metric` ([`Report::ranking`]'s first, when it
+    /// has the metric).
     pub best: Option<usize>,
     /// Probe texts, their top-k next tokens from the best trial's model.
     pub top_k: Vec<(String, Vec<(String, f32)>)>,
     /// Probe texts and the best model's greedy continuation.
     pub samples: Vec<(String, String)>,
+}
+
+impl Report {
+    /// Which way the ranking metric improves ([`MetricDirection::of`] its name).
+    pub fn direction(&self) -> MetricDirection {
+        MetricDirection::of(&self.metric)
+    }
+
+    /// Indexes into `trials`, best first by the ranking metric; trials without it (or with
+    /// NaN) come last. Ties keep trial order.
+    pub fn ranking(&self) -> Vec<usize> {
+        let direction = self.direction();
+        let value = |i: usize| self.trials[i].metrics.get(&self.metric).copied();
+        let mut order: Vec<usize> = (0..self.trials.len()).collect();
+        order.sort_by(|&a, &b| direction.best_first(value(a), value(b)));
+        order
+    }
+
+    /// The best trial: the first of the ranking, if it has the metric.
+    pub(crate) fn best_trial(&self) -> Option<usize> {
+        let first = *self.ranking().first()?;
+        let value = self.trials[first].metrics.get(&self.metric)?;
+        (!value.is_nan()).then_some(first)
+    }
 }
 
 fn text(c: &Cell) -> String {
@@ -65,7 +91,8 @@ fn num(c: &Cell) -> Option<f64> {
 
 /// Reads experiment `experiment_id`'s trials. `metric` (`stage.metric` or a metric name)
 /// picks the ranking metric; by default the first recorded metric whose name holds
-/// `accuracy`, else the first holding `loss` (lower is better then).
+/// `accuracy`, else the first holding `loss`. Which way it ranks comes from its name
+/// ([`MetricDirection`]).
 ///
 /// # Errors
 /// An unreadable store, an unknown experiment, or one without a succeeded trial.
@@ -167,24 +194,16 @@ pub async fn gather(store: &Store, experiment_id: i64, metric: Option<&str>) -> 
             .map(|k| (*k).clone())
             .unwrap_or_default(),
     };
-    let lower_better = metric.contains("loss") || metric.contains("nll");
-    let best = trials
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.metrics.get(&metric).map(|v| (i, *v)))
-        .max_by(|a, b| {
-            let o = a.1.total_cmp(&b.1);
-            if lower_better { o.reverse() } else { o }
-        })
-        .map(|(i, _)| i);
-    Ok(Report {
+    let mut report = Report {
         name,
         experiment_id,
         swept,
         trials,
         metric,
-        best,
+        best: None,
         top_k: Vec::new(),
         samples: Vec::new(),
-    })
+    };
+    report.best = report.best_trial();
+    Ok(report)
 }

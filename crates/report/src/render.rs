@@ -14,6 +14,16 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A metric value as the report prints it: four decimals, or scientific notation for a
+/// non-zero value under 1e-3 in size (`1.23e-5`, not `0.0000`).
+pub(crate) fn number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 fn values(report: &Report, param: &str) -> Vec<String> {
     let mut v: Vec<String> = report
         .trials
@@ -59,6 +69,8 @@ fn heatmap(report: &Report) -> Option<String> {
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
+    // The darkest cell is the best one.
+    let lower_better = report.direction() == kiln_core::MetricDirection::Lower;
     let mut svg = String::new();
     kiln_eval::plot::register_font();
     {
@@ -101,6 +113,7 @@ fn heatmap(report: &Report) -> Option<String> {
             for (j, y) in ys.iter().enumerate() {
                 let Some(v) = cell(x, y) else { continue };
                 let t = if hi > lo { (v - lo) / (hi - lo) } else { 1.0 };
+                let t = if lower_better { 1.0 - t } else { t };
                 let colour = RGBColor(
                     (235.0 - 200.0 * t) as u8,
                     (240.0 - 130.0 * t) as u8,
@@ -116,7 +129,7 @@ fn heatmap(report: &Report) -> Option<String> {
                 let ink = if t > 0.5 { WHITE } else { BLACK };
                 chart
                     .draw_series(std::iter::once(Text::new(
-                        format!("{v:.3}"),
+                        number(v),
                         (SegmentValue::CenterOf(i), SegmentValue::CenterOf(j)),
                         ("sans-serif", 15).into_font().color(&ink),
                     )))
@@ -219,8 +232,11 @@ const SORT_JS: &str = r#"document.querySelectorAll('table.sortable th').forEach(
   const body = th.closest('table').tBodies[0];
   const rows = Array.from(body.rows);
   const dir = th.dataset.dir = th.dataset.dir === 'asc' ? 'desc' : 'asc';
-  const val = r => { const t = r.cells[i].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; };
-  rows.sort((a, b) => { const x = val(a), y = val(b); const o = x < y ? -1 : x > y ? 1 : 0; return dir === 'asc' ? o : -o; });
+  const val = r => { const t = r.cells[i].textContent; const n = parseFloat(t); return t === '' ? null : isNaN(n) ? t : n; };
+  // Empty cells (a trial without that metric) go last either way.
+  rows.sort((a, b) => { const x = val(a), y = val(b);
+    if (x === null || y === null) return (x === null) - (y === null);
+    const o = x < y ? -1 : x > y ? 1 : 0; return dir === 'asc' ? o : -o; });
   rows.forEach(r => body.appendChild(r));
 });"#;
 
@@ -270,7 +286,8 @@ tr.best td{{background:#e8f5e9;font-weight:bold}}section{{margin-bottom:28px}}pr
         let _ = write!(h, "<th>{}</th>", esc(c));
     }
     h.push_str("</tr></thead><tbody>");
-    for (i, t) in report.trials.iter().enumerate() {
+    for i in report.ranking() {
+        let t = &report.trials[i];
         let class = if Some(i) == report.best {
             " class=\"best\""
         } else {
@@ -288,9 +305,7 @@ tr.best td{{background:#e8f5e9;font-weight:bold}}section{{margin-bottom:28px}}pr
             let _ = write!(
                 h,
                 "<td>{}</td>",
-                t.metrics
-                    .get(c)
-                    .map_or(String::new(), |v| format!("{v:.4}"))
+                t.metrics.get(c).map_or(String::new(), |v| number(*v))
             );
         }
         h.push_str("</tr>");
@@ -331,8 +346,9 @@ tr.best td{{background:#e8f5e9;font-weight:bold}}section{{margin-bottom:28px}}pr
             for (tok, p) in rows {
                 let _ = write!(
                     h,
-                    "<tr><td>{}</td><td>{p:.4}</td></tr>",
-                    esc(&format!("{tok:?}"))
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    esc(&format!("{tok:?}")),
+                    number(f64::from(*p))
                 );
             }
             h.push_str("</table>");
@@ -369,18 +385,7 @@ pub fn markdown(report: &Report) -> String {
         m.push_str("---|");
     }
     m.push('\n');
-    let mut order: Vec<usize> = (0..report.trials.len()).collect();
-    let key = |i: &usize| {
-        report.trials[*i]
-            .metrics
-            .get(&report.metric)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    order.sort_by(|a, b| key(b).total_cmp(&key(a)));
-    if report.metric.contains("loss") {
-        order.reverse();
-    }
+    let order = report.ranking();
     for i in order {
         let t = &report.trials[i];
         let star = if Some(i) == report.best {
@@ -396,9 +401,7 @@ pub fn markdown(report: &Report) -> String {
             let _ = write!(
                 m,
                 " {} |",
-                t.metrics
-                    .get(c)
-                    .map_or(String::new(), |v| format!("{v:.4}"))
+                t.metrics.get(c).map_or(String::new(), |v| number(*v))
             );
         }
         m.push('\n');
@@ -412,4 +415,100 @@ pub fn markdown(report: &Report) -> String {
         let _ = write!(m, "\nBest model, greedy: **{probe}**{shown}\n");
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::Trial;
+
+    /// A report over trials 1…n; `values[i]` is trial i+1's `eval.<metric>` (none: missing).
+    fn report(metric: &str, values: &[Option<f64>]) -> Report {
+        let key = format!("eval.{metric}");
+        let trials = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Trial {
+                trial: i as i64 + 1,
+                run_id: i as i64 + 10,
+                params: BTreeMap::new(),
+                metrics: v.map(|v| (key.clone(), v)).into_iter().collect(),
+                curves: BTreeMap::new(),
+                artifacts: Vec::new(),
+            })
+            .collect();
+        let mut report = Report {
+            name: "x".into(),
+            experiment_id: 1,
+            swept: Vec::new(),
+            trials,
+            metric: key,
+            best: None,
+            top_k: Vec::new(),
+            samples: Vec::new(),
+        };
+        report.best = report.best_trial();
+        report
+    }
+
+    /// Trial numbers in the order the Markdown table lists them.
+    fn markdown_order(report: &Report) -> Vec<i64> {
+        markdown(report)
+            .lines()
+            .skip_while(|l| !l.starts_with("|---"))
+            .skip(1)
+            .filter_map(|l| l.trim_start_matches("| ").split([' ', '|']).next())
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    }
+
+    /// Trial numbers in the order the HTML table lists them.
+    fn html_order(report: &Report) -> Vec<i64> {
+        let page = html(report);
+        let body = &page[page.find("<tbody>").expect("a table")..];
+        let body = &body[..body.find("</tbody>").expect("its end")];
+        body.split("<tr")
+            .skip(1)
+            .filter_map(|row| row.split("<td>").nth(1)?.split('<').next()?.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn trials_rank_best_first_and_those_without_the_metric_last() {
+        let acc = report(
+            "accuracy",
+            &[Some(0.5), None, Some(0.9), Some(f64::NAN), Some(0.7)],
+        );
+        assert_eq!(acc.best, Some(2));
+        assert_eq!(markdown_order(&acc), vec![3, 5, 1, 2, 4]);
+        assert_eq!(html_order(&acc), vec![3, 5, 1, 2, 4]);
+        assert!(html(&acc).contains("<tr class=\"best\"><td>3</td>"));
+        let loss = report("val_loss", &[None, Some(0.3), Some(0.1), Some(2.0)]);
+        assert_eq!(loss.best, Some(2));
+        assert_eq!(markdown_order(&loss), vec![3, 2, 4, 1]);
+        assert_eq!(html_order(&loss), vec![3, 2, 4, 1]);
+        let gap = report("gap_mean", &[Some(0.2), Some(0.05)]);
+        assert_eq!(markdown_order(&gap), vec![2, 1], "a gap is lower-is-better");
+        let none = report("accuracy", &[None, None]);
+        assert_eq!(none.best, None);
+        assert_eq!(markdown_order(&none), vec![1, 2]);
+    }
+
+    #[test]
+    fn small_values_print_in_scientific_notation() {
+        assert_eq!(number(0.0), "0.0000");
+        assert_eq!(number(0.123_456), "0.1235");
+        assert_eq!(number(12.5), "12.5000");
+        assert_eq!(number(0.001), "0.0010");
+        assert_eq!(number(0.000_999), "9.99e-4");
+        assert_eq!(number(1.234e-5), "1.23e-5");
+        assert_eq!(number(-1.234e-5), "-1.23e-5");
+        let tiny = report("val_loss", &[Some(2.5e-6), Some(1.0)]);
+        let md = markdown(&tiny);
+        assert!(md.contains("| 2.50e-6 |"), "{md}");
+        assert!(!md.contains("0.0000"), "{md}");
+        assert!(html(&tiny).contains("<td>2.50e-6</td>"));
+    }
 }

@@ -9,6 +9,7 @@ use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use kiln_core::MetricDirection;
 use kiln_data::shard::{Manifest, ShardReader};
 use kiln_model::gpt2::{Gpt2, Gpt2Config};
 
@@ -56,7 +57,8 @@ pub struct TrainOptions {
     /// Keep this many most recent checkpoints (plus the best).
     pub keep_checkpoints: usize,
     /// The metric that picks the best checkpoint, e.g. `val_loss` (lower is better) or
-    /// `val_accuracy` (higher is better: any name containing "accuracy").
+    /// `val_accuracy` (higher is better); the direction comes from the name
+    /// ([`kiln_core::MetricDirection::of`]).
     pub best_metric: String,
     /// Whether the returned model is the best checkpoint's rather than the last.
     pub load_best_at_end: bool,
@@ -101,10 +103,6 @@ impl TrainOptions {
     fn hash(&self) -> String {
         let json = serde_json::to_string(self).unwrap_or_default();
         blake3::hash(json.as_bytes()).to_hex().to_string()
-    }
-
-    fn higher_is_better(&self) -> bool {
-        self.best_metric.contains("accuracy")
     }
 }
 
@@ -430,8 +428,7 @@ where
             if let Some(&(_, v)) = last_eval.iter().find(|(k, _)| *k == opts.best_metric) {
                 let better = match state.best {
                     None => true,
-                    Some((b, _)) if opts.higher_is_better() => v > b,
-                    Some((b, _)) => v < b,
+                    Some((b, _)) => MetricDirection::of(&opts.best_metric).is_better(v, b),
                 };
                 if better {
                     state.best = Some((v, step));
