@@ -16,8 +16,8 @@
 #![deny(missing_docs)]
 
 mod error;
-mod hashes;
 mod gc;
+mod hashes;
 mod query;
 mod records;
 mod writer;
@@ -33,8 +33,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use error::{Error, Result};
-pub use hashes::FileHash;
 pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
+pub use hashes::FileHash;
 pub use query::{Cell, QueryResult};
 pub use records::{
     ArtifactRecord, MetricPoint, NewRun, NewStageRun, RecordedRun, RunRow, RunStatus,
