@@ -36,7 +36,7 @@ impl Stage for EvalGap {
         "eval.gap"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"

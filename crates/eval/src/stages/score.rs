@@ -34,7 +34,7 @@ impl Stage for EvalScore {
         "eval.score"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"

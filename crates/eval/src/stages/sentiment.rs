@@ -29,7 +29,7 @@ impl Stage for EvalSentiment {
         "eval.sentiment"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split"

@@ -36,7 +36,7 @@ impl Stage for EvalTrace {
         "eval.trace"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "per-token sentiment traces of probe sentences: tables and SVG/PNG plots"

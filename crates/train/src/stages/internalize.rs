@@ -46,7 +46,7 @@ impl Stage for TrainInternalize {
         "train.internalize"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"
