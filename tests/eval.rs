@@ -75,6 +75,100 @@ fn nll_and_conditional_nll_match_transformers() {
     );
 }
 
+fn expected_peaked() -> Value {
+    let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json"))
+        .expect("expected_peaked.json");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// The GPT-2-vocabulary model whose next-token distributions are peaked (top > 0.9), made by
+/// generate_peaked.py.
+fn peaked() -> kiln_model::gpt2::Gpt2<B> {
+    hf::load::<B>(&fixture("numerics/tiny-gpt2-peaked"), &Default::default())
+        .expect("peaked model")
+        .1
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    serde_json::from_value(v.clone()).expect("numbers")
+}
+
+/// The largest `|got − want|`.
+fn worst(got: impl IntoIterator<Item = f64>, want: &[f64]) -> f64 {
+    got.into_iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn peaked_top_k_probabilities_match_transformers_in_float64() {
+    let model = peaked();
+    let exp = expected_peaked();
+    let case = &exp["topk"];
+    let probs = score::next_token_probs(&model, &ids(&case["ids"]));
+    assert_eq!(probs.len(), 50257);
+    let got = score::top_k(&probs, 10).expect("k = 10");
+    let want = floats(&case["top_probs"]);
+    assert!(want[0] > 0.9, "the fixture is peaked");
+    assert_eq!(
+        got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        ids(&case["top_ids"])
+    );
+    let err = worst(got.iter().map(|(_, p)| f64::from(*p)), &want);
+    assert!(
+        err < 1e-5,
+        "max |kiln − transformers (f64)| = {err:e}; kiln {got:?}"
+    );
+    // And the whole distribution sums to 1.
+    let total: f64 = probs.iter().map(|&p| f64::from(p)).sum();
+    assert!((total - 1.0).abs() < 1e-5, "sum {total}");
+}
+
+#[test]
+fn peaked_nll_trace_and_gap_match_transformers_in_float64() {
+    let model = peaked();
+    let exp = expected_peaked();
+    let nll = score::nll_from(&model, &ids(&exp["nll"]["ids"]), 1);
+    let want = exp["nll"]["nll"].as_f64().expect("nll");
+    assert!((nll - want).abs() < 1e-3, "NLL {nll} vs {want}");
+
+    let t = &exp["trace"];
+    // The label pair is irrelevant here: the trace's top token and its probability.
+    let trace = score::label_trace(&model, &ids(&t["ids"]), 0, 1);
+    let top: Vec<u32> = trace.iter().map(|p| p.top_token).collect();
+    assert_eq!(top, ids(&t["top_ids"]));
+    let err = worst(
+        trace.iter().map(|p| f64::from(p.top_prob)),
+        &floats(&t["top_probs"]),
+    );
+    // f32 row sums were off by 6e-6 here.
+    assert!(err < 1e-6, "trace top probabilities: max error {err:e}");
+
+    let g = &exp["gap"];
+    let gap = score::internalization_gap(&model, &model, &ids(&g["ids"]), &ids(&g["prompt"]));
+    for (name, got, tol) in [
+        ("max", gap.max, 1e-6),
+        ("mean", gap.mean, 1e-10),
+        ("sum", gap.sum, 1e-6),
+    ] {
+        let want = g[name].as_f64().expect(name);
+        assert!((got - want).abs() < tol, "gap {name}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn long_context_nll_matches_transformers_in_float64() {
+    let model = peaked();
+    let exp = expected_peaked();
+    let long = &exp["long"];
+    let row = ids(&long["ids"]);
+    assert!(row.len() >= 512);
+    let nll = score::nll_from(&model, &row, 1);
+    let want = long["nll"].as_f64().expect("nll");
+    assert!((nll - want).abs() < 1e-3, "NLL {nll} vs {want}");
+}
+
 fn greedy(max: usize, stop: Option<u32>, kv_cache: bool) -> GenerateOptions {
     GenerateOptions {
         max_new_tokens: max,

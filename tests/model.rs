@@ -97,3 +97,53 @@ fn bad_model_directories_are_clear_errors() {
     let err = hf::load::<Cpu>(dir.path(), &device).expect_err("shape mismatch");
     assert!(err.to_string().contains("do not fit config.json"), "{err}");
 }
+
+/// Logits of a 512-token row (attention over up to 512 positions) at some positions for some
+/// ids, against transformers in float64 (tests/fixtures/numerics/generate_peaked.py).
+fn long_context_logits<B: Backend>() -> f32 {
+    let device = Default::default();
+    let (config, model) =
+        hf::load::<B>(&fixture("numerics/tiny-gpt2-peaked"), &device).expect("loads");
+    assert_eq!((config.n_positions, config.vocab_size), (512, 50257));
+    let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json")).expect("json");
+    let exp: Value = serde_json::from_str(&text).expect("valid JSON");
+    let long = &exp["long"];
+    let ids: Vec<i64> = serde_json::from_value(long["ids"].clone()).expect("ids");
+    let positions: Vec<usize> = serde_json::from_value(long["positions"].clone()).expect("at");
+    let columns: Vec<usize> = serde_json::from_value(long["columns"].clone()).expect("ids");
+    let want: Vec<Vec<f64>> = serde_json::from_value(long["logits"].clone()).expect("logits");
+    let n = ids.len();
+    assert!(n >= 512);
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+    let d = config.n_embd;
+    let at: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+    let at = Tensor::<B, 1, Int>::from_data(TensorData::new(at, [positions.len()]), &device);
+    let hidden = model.hidden(input, None).reshape([n, d]).select(0, at);
+    let got: Vec<f32> = model
+        .project(hidden)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 logits");
+    let vocab = config.vocab_size;
+    let mut worst = 0f32;
+    for (r, row) in want.iter().enumerate() {
+        for (&c, &w) in columns.iter().zip(row) {
+            worst = worst.max((got[r * vocab + c] - w as f32).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn long_context_logits_match_transformers_in_float64() {
+    for (backend, worst) in [
+        ("ndarray", long_context_logits::<Cpu>()),
+        ("flex", long_context_logits::<kiln_model::Flex>()),
+    ] {
+        assert!(
+            worst < 1e-4,
+            "{backend}: max |kiln − transformers (f64)| = {worst}"
+        );
+    }
+}

@@ -87,6 +87,173 @@ fn internalization_loss_matches_transformers() {
     }
 }
 
+/// The internalization losses of generate_peaked.py's fixture on backend `A`: student and
+/// teacher are the same peaked GPT-2-vocabulary model. (got, want, what) per case.
+fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
+    let device = Default::default();
+    let dir = fixture("numerics/tiny-gpt2-peaked");
+    let (_, student) = hf::load::<A>(&dir, &device).expect("student");
+    let (_, teacher) = hf::load::<A::InnerBackend>(&dir, &device).expect("teacher");
+    let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json")).expect("json");
+    let exp: Value = serde_json::from_str(&text).expect("valid JSON");
+    let case = &exp["internalization"];
+    let rows = ids(&case["rows"]);
+    let lengths: Vec<usize> = serde_json::from_value(case["lengths"].clone()).expect("lengths");
+    let prompt: Vec<u32> = serde_json::from_value(case["prompt"].clone()).expect("prompt");
+    let labels: Vec<u32> = serde_json::from_value(case["labels"].clone()).expect("labels");
+    let examples: Vec<Example> = rows
+        .iter()
+        .zip(&lengths)
+        .zip(&labels)
+        .map(|((r, &n), &label)| Example {
+            input_ids: r[..n].iter().map(|&t| t as u32).collect(),
+            label: Some(label),
+            labels: None,
+        })
+        .collect();
+    let cases = case["losses"].as_array().expect("losses");
+    assert_eq!(cases.len(), 4, "alpha in 0, 0.5 times T in 1, 2");
+    cases
+        .iter()
+        .map(|c| {
+            let alpha = c["alpha"].as_f64().expect("alpha");
+            let temperature = c["temperature"].as_f64().expect("T");
+            let mut objective = Internalize::<A> {
+                teacher: Some(teacher.clone()),
+                prompt: prompt.clone(),
+                alpha,
+                temperature,
+                pad: exp["pad"].as_u64().expect("pad") as u32,
+                max_length: None,
+                label_pair: None,
+            };
+            let got = scalar(objective.loss(&student, &examples).expect("loss").loss);
+            let want = c["loss"].as_f64().expect("loss");
+            (got, want, format!("alpha {alpha}, T {temperature}"))
+        })
+        .collect()
+}
+
+#[test]
+fn internalization_loss_on_a_peaked_teacher_matches_transformers_in_float64() {
+    let flex = peaked_internalization::<Ad>();
+    let ndarray = peaked_internalization::<kiln_model::burn::backend::Autodiff<Cpu>>();
+    let mut report = Vec::new();
+    let mut worst = 0f64;
+    for (backend, cases) in [("flex", flex), ("ndarray", ndarray)] {
+        for (got, want, what) in cases {
+            let rel = (got - want).abs() / want.abs();
+            worst = worst.max(rel);
+            report.push(format!(
+                "{backend}, {what}: kiln {got} vs {want} ({rel:.1e})"
+            ));
+        }
+    }
+    assert!(worst < 1e-4, "relative errors:\n{}", report.join("\n"));
+}
+
+/// The internalization loss's gradient with respect to the student logits on backend `A`,
+/// for peaked logits (the loss runs in f64; its gradient comes back through the casts).
+fn internalization_grad<A: AutodiffBackend>(
+    s: &[f32],
+    t: &[f32],
+    labels: &[i64],
+    alpha: f64,
+    temperature: f64,
+) -> Vec<f32> {
+    let device = Default::default();
+    let (batch, vocab) = (labels.len(), s.len() / labels.len());
+    let student = Tensor::<A, 2>::from_data(TensorData::new(s.to_vec(), [batch, vocab]), &device)
+        .require_grad();
+    let teacher = Tensor::<A, 2>::from_data(TensorData::new(t.to_vec(), [batch, vocab]), &device);
+    let labels = Tensor::<A, 1, Int>::from_data(TensorData::new(labels.to_vec(), [batch]), &device);
+    let loss = loss::internalization(student.clone(), Some(teacher), labels, alpha, temperature);
+    let grads = loss.backward();
+    student
+        .grad(&grads)
+        .map(|g| g.into_data().convert::<f32>().to_vec().expect("f32"))
+        .expect("a gradient")
+}
+
+#[test]
+fn internalization_gradients_flow_back_through_the_f64_loss() {
+    let (batch, vocab) = (2, 300);
+    let s: Vec<f32> = (0..batch * vocab)
+        .map(|i| {
+            if i % vocab == 7 {
+                9.0
+            } else {
+                (i % 13) as f32 / 10.0
+            }
+        })
+        .collect();
+    let t: Vec<f32> = (0..batch * vocab)
+        .map(|i| {
+            if i % vocab == 7 {
+                10.0
+            } else {
+                (i % 7) as f32 / 10.0
+            }
+        })
+        .collect();
+    let labels = [7i64, 3];
+    let (alpha, temperature) = (0.5, 2.0);
+    // d/ds [α·CE + (1−α)·T²·KL] = (α·(softmax(s) − onehot) + (1−α)·T·(softmax(s/T) − softmax(t/T))) / batch
+    let softmax = |row: &[f32], temp: f64| -> Vec<f64> {
+        let m = row
+            .iter()
+            .map(|&v| f64::from(v) / temp)
+            .fold(f64::MIN, f64::max);
+        let e: Vec<f64> = row
+            .iter()
+            .map(|&v| (f64::from(v) / temp - m).exp())
+            .collect();
+        let sum: f64 = e.iter().sum();
+        e.iter().map(|v| v / sum).collect()
+    };
+    let mut want = Vec::new();
+    for b in 0..batch {
+        let (sr, tr) = (
+            &s[b * vocab..(b + 1) * vocab],
+            &t[b * vocab..(b + 1) * vocab],
+        );
+        let (p1, pt, qt) = (
+            softmax(sr, 1.0),
+            softmax(sr, temperature),
+            softmax(tr, temperature),
+        );
+        for j in 0..vocab {
+            let onehot = if j as i64 == labels[b] { 1.0 } else { 0.0 };
+            let g = alpha * (p1[j] - onehot) + (1.0 - alpha) * temperature * (pt[j] - qt[j]);
+            want.push(g / batch as f64);
+        }
+    }
+    for (backend, got) in [
+        (
+            "flex",
+            internalization_grad::<Ad>(&s, &t, &labels, alpha, temperature),
+        ),
+        (
+            "ndarray",
+            internalization_grad::<kiln_model::burn::backend::Autodiff<Cpu>>(
+                &s,
+                &t,
+                &labels,
+                alpha,
+                temperature,
+            ),
+        ),
+    ] {
+        assert_eq!(got.len(), want.len(), "{backend}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(&a, b)| (f64::from(a) - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-7, "{backend}: max gradient error {worst:e}");
+    }
+}
+
 #[test]
 fn masked_lm_loss_matches_transformers() {
     let device = Default::default();

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::log_softmax;
 use kiln_data::collate;
 use kiln_data::shard::{Manifest, ShardReader};
 use kiln_model::gpt2::Gpt2;
@@ -95,8 +94,14 @@ pub fn evaluate<B: Backend>(
             TensorData::new(b.inputs.clone(), [b.rows, b.seq]),
             &device,
         );
-        let lp = log_softmax(model.logits_at(input, None, &at), 1);
-        let rows_lp: Vec<f32> = lp.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let logits = model.logits_at(input, None, &at);
+        let logits: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        // In f64 on the host: an f32 sum over the vocabulary loses a peaked row's tail.
+        let rows_lp = kiln_model::kernels::log_softmax_f64(&logits, vocab);
         for (i, r) in rows.iter().enumerate() {
             let label = r
                 .label

@@ -4,11 +4,15 @@
 //!
 //! All functions take token ids; [`crate::Lm`] adds the tokenizer and the research code's
 //! conventions (BOS prefixed, continuations joined with a space).
+//!
+//! Softmaxes over the vocabulary are taken on the host in f64
+//! ([`kiln_model::kernels::softmax_f64`]) from the model's logits, so that the tail of a
+//! peaked distribution is not rounded away (an f32 sum over 50,257 ids loses ~1e-4 of it).
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{log_softmax, softmax};
 use kiln_model::gpt2::Gpt2;
+use kiln_model::kernels::{log_softmax_f64, softmax_f64};
 
 use crate::error::{Error, Result};
 
@@ -49,8 +53,8 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 pub fn log_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<Vec<f32>> {
     let device = model.wte.weight.device();
     let logits = model.forward(ids_tensor::<B>(ids, &device), None);
-    let [_, seq, vocab] = logits.dims();
-    let flat = to_vec(log_softmax(logits.reshape([seq, vocab]), 1));
+    let vocab = logits.dims()[2];
+    let flat = log_softmax_f64(&to_vec(logits), vocab);
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
@@ -58,7 +62,8 @@ pub fn log_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<Vec<f32>> {
 pub fn next_token_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<f32> {
     let device = model.wte.weight.device();
     let logits = model.logits_at(ids_tensor::<B>(ids, &device), None, &[ids.len() - 1]);
-    to_vec(softmax(logits, 1))
+    let vocab = logits.dims()[1];
+    softmax_f64(&to_vec(logits), vocab)
 }
 
 /// The `k` most probable entries of `probs`, most probable first (ties by lower id).
@@ -137,7 +142,7 @@ pub fn label_trace<B: Backend>(
                 positive: ep / (en + ep),
                 negative: en / (en + ep),
                 top_token: top as u32,
-                top_prob: top_lp.exp(),
+                top_prob: f64::from(top_lp).exp() as f32,
             }
         })
         .collect()

@@ -5,6 +5,12 @@
 //! in place: one pass per row instead of one burn op (and one allocation) per step, a
 //! vectorised `exp` instead of libm's scalar one, and rows spread over rayon's threads. Both
 //! paths compute the same function; the tests compare them.
+//!
+//! Row sums never run through one f32 accumulator: the flex kernels add f32 lanes into f64
+//! ([`FLUSH`]), and [`log_softmax_f64`] / [`softmax_f64`] (for results read on the host) work
+//! in f64. A plain f32 running sum over a 50,257-wide row rounds away the tail of a peaked
+//! distribution: on `tests/fixtures/numerics/tiny-gpt2-peaked` a top probability of 0.90750
+//! came out 0.90715.
 
 use std::any::{Any, TypeId};
 use std::mem::MaybeUninit;
@@ -49,8 +55,9 @@ fn on_flex_storage<B: Backend, const D: usize, R>(
 }
 
 /// `exp(x)` to about 2 ulp, without branches so that loops over it vectorise (Cephes'
-/// `expf`: `2^n · e^r` with `|r| ≤ ln2/2` and a degree-6 polynomial). Inputs are clamped to
-/// [-87, 88], where `exp` is a normal f32.
+/// `expf`: `2^n · e^r` with `|r| ≤ ln2/2` and a degree-6 polynomial). Inputs above 88 are
+/// clamped to 88; below −87, where `exp` leaves the normal f32 range, the result is 0 (a
+/// masked attention score's weight).
 #[inline(always)]
 fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -58,6 +65,7 @@ fn exp_approx(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5·2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
+    let below = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -69,7 +77,8 @@ fn exp_approx(x: f32) -> f32 {
         * (r * r)
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    let y = p * f32::from_bits(((n as i32 + 127) << 23) as u32);
+    if below { 0.0 } else { y }
 }
 
 /// Lanes of the partial sums and maxima: wide enough for AVX-512, and a fixed order of
@@ -81,6 +90,71 @@ const LANES: usize = 16;
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// Chunks of [`LANES`] elements after which [`exp_sum`] adds its f32 lane sums into f64: no
+/// f32 partial sum holds more than this many terms, so the small terms of a peaked row are
+/// not rounded away under its largest one.
+const FLUSH: usize = 8;
+
+/// The largest element of `row` (NaN skipped), over [`LANES`] lanes.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let (chunks, tail) = row.as_chunks::<LANES>();
+    let mut max = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        for l in 0..LANES {
+            max[l] = max[l].max(c[l]);
+        }
+    }
+    max.iter()
+        .chain(tail)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Overwrites every `v` of `row` with `exp(v − m)` and returns their sum: f32 sums over
+/// [`LANES`] lanes, added into f64 lanes every [`FLUSH`] chunks.
+#[inline(always)]
+fn exp_sum(row: &mut [f32], m: f32) -> f64 {
+    let mut total = [0f64; LANES];
+    let (chunks, tail) = row.as_chunks_mut::<LANES>();
+    for block in chunks.chunks_mut(FLUSH) {
+        let mut part = [0f32; LANES];
+        for c in block.iter_mut() {
+            for l in 0..LANES {
+                let e = exp_approx(c[l] - m);
+                c[l] = e;
+                part[l] += e;
+            }
+        }
+        for l in 0..LANES {
+            total[l] += f64::from(part[l]);
+        }
+    }
+    let mut s: f64 = total.iter().sum();
+    for v in tail.iter_mut() {
+        let e = exp_approx(*v - m);
+        *v = e;
+        s += f64::from(e);
+    }
+    s
+}
+
+/// `Σ a ⊙ b` over [`LANES`] f32 lanes (each holding `len / LANES` terms), added in f64.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let mut acc = [0f32; LANES];
+    for (x, y) in ac.iter().zip(bc) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let lanes: f64 = acc.iter().map(|&v| f64::from(v)).sum();
+    let rest: f64 = at.iter().zip(bt).map(|(x, y)| f64::from(x * y)).sum();
+    (lanes + rest) as f32
 }
 
 /// One row of [`softmax_cross_entropy`] on the CPU: returns `logsumexp(row) − row[target]`
@@ -109,21 +183,7 @@ fn ce_row(row: &mut [f32], target: usize, weight: f32, grad: bool) -> f64 {
     if !finite {
         return f64::NAN;
     }
-    let mut sum = [0f32; LANES];
-    let (chunks, tail) = row.as_chunks_mut::<LANES>();
-    for c in chunks.iter_mut() {
-        for l in 0..LANES {
-            let e = exp_approx(c[l] - m);
-            c[l] = e;
-            sum[l] += e;
-        }
-    }
-    let mut s: f64 = sum.iter().map(|&v| v as f64).sum();
-    for v in tail.iter_mut() {
-        let e = exp_approx(*v - m);
-        *v = e;
-        s += e as f64;
-    }
+    let s = exp_sum(row, m);
     if grad {
         let scale = (weight as f64 / s) as f32;
         for v in row.iter_mut() {
@@ -399,24 +459,89 @@ pub fn gelu_tanh_ops<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     x * sigmoid(inner)
 }
 
+/// Softmax of each row of `row` elements of `x`, into `y` (as long as `x`).
+#[inline(always)]
+fn softmax_rows(x: &[f32], y: &mut [f32], row: usize) {
+    for (x, y) in x.chunks_exact(row).zip(y.chunks_exact_mut(row)) {
+        let m = row_max(x);
+        y.copy_from_slice(x);
+        let inv = (1.0 / exp_sum(y, m)) as f32;
+        for v in y.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_rows_avx2(x: &[f32], y: &mut [f32], row: usize) {
+    softmax_rows(x, y, row)
+}
+
+fn softmax_rows_dispatch(x: &[f32], y: &mut [f32], row: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { softmax_rows_avx2(x, y, row) };
+    }
+    softmax_rows(x, y, row)
+}
+
+/// Elements per rayon task of a row kernel: whole rows of `row` elements, about [`CHUNK`].
+fn rows_per_task(row: usize) -> usize {
+    row * (CHUNK / row.max(1)).max(1)
+}
+
+/// Softmax over the last dimension of a burn-flex tensor, as a new tensor
+/// ([`softmax_rows`] over rayon's threads); `None` when it is not f32.
+fn softmax_flex<const D: usize>(x: &FlexTensor) -> Option<FlexTensor> {
+    let x = flex_f32(x)?;
+    let dims = x.layout().shape();
+    let shape: [usize; D] = std::array::from_fn(|i| dims[i]);
+    let row = shape[D - 1];
+    let src = x.as_slice::<f32>()?;
+    Some(flex_new(shape, |y| {
+        if row > 0 {
+            let per_task = rows_per_task(row);
+            src.par_chunks(per_task)
+                .zip(y.par_chunks_mut(per_task))
+                .for_each(|(x, y)| softmax_rows_dispatch(x, y, row));
+        }
+    }))
+}
+
 /// `dx = y ⊙ (g − Σ g ⊙ y)` per row of `row` elements: softmax's backward pass, into `g`.
 #[inline(always)]
 fn softmax_backward_rows(y: &[f32], g: &mut [f32], row: usize) {
     for (y, g) in y.chunks_exact(row).zip(g.chunks_exact_mut(row)) {
-        let dot: f32 = y.iter().zip(g.iter()).map(|(a, b)| a * b).sum();
+        let dot = dot(y, g);
         for (g, y) in g.iter_mut().zip(y) {
             *g = *y * (*g - dot);
         }
     }
 }
 
-/// Softmax over the last dimension under autodiff over burn-flex, as one op: burn-flex's
-/// fused forward, and a backward pass of one parallel sweep per row that keeps only the
-/// output (the composed form records a max, a subtraction, an exp, a sum and a broadcast
-/// division, and replays each backwards).
-fn softmax_last_autodiff_flex(
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_backward_rows_avx2(y: &[f32], g: &mut [f32], row: usize) {
+    softmax_backward_rows(y, g, row)
+}
+
+fn softmax_backward_rows_dispatch(y: &[f32], g: &mut [f32], row: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { softmax_backward_rows_avx2(y, g, row) };
+    }
+    softmax_backward_rows(y, g, row)
+}
+
+/// Softmax over the last dimension under autodiff over burn-flex, as one op: the forward
+/// pass of [`softmax_flex`], and a backward pass of one parallel sweep per row that keeps
+/// only the output (the composed form records a max, a subtraction, an exp, a sum and a
+/// broadcast division, and replays each backwards).
+fn softmax_last_autodiff_flex<const D: usize>(
     x: FloatTensor<Autodiff<Flex>>,
-    dim: usize,
 ) -> FloatTensor<Autodiff<Flex>> {
     #[derive(Debug)]
     struct SoftmaxBackward;
@@ -436,10 +561,10 @@ fn softmax_last_autodiff_flex(
                 let mut g = grad.to_contiguous();
                 match (y.as_slice::<f32>(), g.dtype() == DType::F32) {
                     (Some(ys), true) if row > 0 => {
-                        let per_task = row * (CHUNK / row).max(1);
+                        let per_task = rows_per_task(row);
                         ys.par_chunks(per_task)
                             .zip(g.storage_mut::<f32>().par_chunks_mut(per_task))
-                            .for_each(|(y, g)| softmax_backward_rows(y, g, row));
+                            .for_each(|(y, g)| softmax_backward_rows_dispatch(y, g, row));
                         g
                     }
                     _ => {
@@ -454,19 +579,30 @@ fn softmax_last_autodiff_flex(
         }
     }
 
-    let y = burn_flex::ops::activation::softmax(x.primitive.clone(), dim);
+    let y = softmax_flex::<D>(&x.primitive)
+        .unwrap_or_else(|| burn_flex::ops::activation::softmax(x.primitive.clone(), D - 1));
     record(SoftmaxBackward, [&x], y.clone(), y)
 }
 
-/// Softmax over the last dimension (`burn::tensor::activation::softmax(x, D - 1)`), as one
-/// autodiff op with a fused backward pass when training on burn-flex.
+/// Softmax over the last dimension (`burn::tensor::activation::softmax(x, D - 1)`). On
+/// burn-flex, [`softmax_flex`] (its row sums added in f64, see [`FLUSH`]); under autodiff
+/// over burn-flex, as one op with a fused backward pass. Elsewhere, the backend's softmax.
 pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    match cast::<B, Autodiff<Flex>, D>(x) {
+    let x = match cast::<B, Autodiff<Flex>, D>(x) {
         Ok(x) => {
-            let y = softmax_last_autodiff_flex(x.into_primitive().tensor(), D - 1);
-            back(Tensor::<Autodiff<Flex>, D>::from_primitive(
+            let y = softmax_last_autodiff_flex::<D>(x.into_primitive().tensor());
+            return back(Tensor::<Autodiff<Flex>, D>::from_primitive(
                 TensorPrimitive::Float(y),
-            ))
+            ));
+        }
+        Err(x) => x,
+    };
+    match cast::<B, Flex, D>(x) {
+        Ok(x) => {
+            let p = x.into_primitive().tensor();
+            let y = softmax_flex::<D>(&p)
+                .unwrap_or_else(|| burn_flex::ops::activation::softmax(p, D - 1));
+            back(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(y)))
         }
         Err(x) => softmax(x, D - 1),
     }
@@ -793,6 +929,47 @@ pub fn softmax_cross_entropy<B: Backend>(
     (total, g)
 }
 
+/// `ln Σ exp(row)`, accumulated in f64 (so exact to f64 rounding at any width); −∞ for an
+/// empty row or one of −∞ only, NaN when the row holds +∞ or NaN.
+pub fn logsumexp_f64(row: &[f32]) -> f64 {
+    if row.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    let m = f64::from(row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    let sum: f64 = row.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+    m + sum.ln()
+}
+
+/// Log-softmax of every row of `width` elements of `logits`, on the host: each
+/// `x − logsumexp(row)` in f64 ([`logsumexp_f64`]), rounded to f32. Rows in parallel.
+pub fn log_softmax_f64(logits: &[f32], width: usize) -> Vec<f32> {
+    rows_f64(logits, width, |x, lse| (f64::from(x) - lse) as f32)
+}
+
+/// Softmax of every row of `width` elements of `logits`, on the host: each
+/// `exp(x − logsumexp(row))` in f64, rounded to f32. Rows in parallel.
+pub fn softmax_f64(logits: &[f32], width: usize) -> Vec<f32> {
+    rows_f64(logits, width, |x, lse| (f64::from(x) - lse).exp() as f32)
+}
+
+fn rows_f64(logits: &[f32], width: usize, f: impl Fn(f32, f64) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; logits.len()];
+    if width > 0 {
+        out.par_chunks_mut(width)
+            .zip(logits.par_chunks(width))
+            .for_each(|(y, x)| {
+                let lse = logsumexp_f64(x);
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = f(x, lse);
+                }
+            });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,6 +985,102 @@ mod tests {
             worst = worst.max(rel);
         }
         assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn exp_approx_is_zero_below_the_normal_range() {
+        assert_eq!(exp_approx(-87.5), 0.0);
+        assert_eq!(exp_approx(f32::MIN), 0.0);
+        assert!(exp_approx(f32::NAN).is_nan());
+    }
+
+    /// A GPT-2-wide row whose top probability is about 0.9 and whose 50,256 other terms are
+    /// each about 2e-6 of it (the case where an f32 running sum loses the tail), and its
+    /// softmax in f64.
+    fn peaked_row() -> (Vec<f32>, Vec<f64>) {
+        const TOP: f32 = 13.15;
+        let x: Vec<f32> = (0..50_257)
+            .map(|i| {
+                if i == 9 {
+                    TOP
+                } else {
+                    ((i * 7919) % 1000) as f32 / 5000.0
+                }
+            })
+            .collect();
+        let m = f64::from(TOP);
+        let sum: f64 = x.iter().map(|&v| (f64::from(v) - m).exp()).sum();
+        let p = x.iter().map(|&v| (f64::from(v) - m).exp() / sum).collect();
+        (x, p)
+    }
+
+    fn worst(got: &[f32], want: &[f64]) -> f64 {
+        got.iter()
+            .zip(want)
+            .map(|(&a, &b)| (f64::from(a) - b).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn softmax_of_a_wide_peaked_row_keeps_its_tail() {
+        let (x, want) = peaked_row();
+        assert!(want[9] > 0.9 && want[9] < 0.91, "{}", want[9]);
+        let n = x.len();
+        let device = Default::default();
+        let flex = softmax_last(Tensor::<Flex, 2>::from_data(
+            TensorData::new(x.clone(), [1, n]),
+            &device,
+        ));
+        let autodiff = softmax_last(Tensor::<Autodiff<Flex>, 2>::from_data(
+            TensorData::new(x.clone(), [1, n]),
+            &device,
+        ));
+        for y in [
+            flex.into_data().to_vec::<f32>().unwrap_or_default(),
+            autodiff.into_data().to_vec::<f32>().unwrap_or_default(),
+        ] {
+            assert_eq!(y.len(), n);
+            let err = worst(&y, &want);
+            assert!(err < 3e-7, "max |softmax − f64| = {err:e}");
+        }
+        let host = softmax_f64(&x, n);
+        assert!(worst(&host, &want) < 1e-7);
+        let lse = logsumexp_f64(&x);
+        let log_p = log_softmax_f64(&x, n);
+        assert!((f64::from(log_p[9]) - want[9].ln()).abs() < 1e-6);
+        assert!((lse - (f64::from(13.15f32) - want[9].ln())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn cross_entropy_of_a_wide_peaked_row_matches_f64() {
+        let (x, want) = peaked_row();
+        let n = x.len();
+        let device = Default::default();
+        // Through a matrix product, so flex computes in place on a fresh output.
+        let logits = Tensor::<Flex, 2>::from_data(TensorData::new(x, [n, 1]), &device)
+            .matmul(Tensor::ones([1, 1], &device))
+            .reshape([1, n]);
+        let (total, g) = softmax_cross_entropy(logits, &[9], &[1.0], true);
+        let nll = f64::from(total.into_scalar().elem::<f32>());
+        assert!((nll + want[9].ln()).abs() < 1e-6, "{nll}");
+        let mut g_want = want.clone();
+        g_want[9] -= 1.0;
+        let g = g.into_data().to_vec::<f32>().unwrap_or_default();
+        assert!(worst(&g, &g_want) < 3e-7, "{:e}", worst(&g, &g_want));
+    }
+
+    #[test]
+    fn host_rows_handle_edge_cases() {
+        assert_eq!(logsumexp_f64(&[]), f64::NEG_INFINITY);
+        assert_eq!(logsumexp_f64(&[f32::NEG_INFINITY; 3]), f64::NEG_INFINITY);
+        assert!(logsumexp_f64(&[0.0, f32::NAN]).is_nan());
+        assert!(logsumexp_f64(&[0.0, f32::INFINITY]).is_nan());
+        // Two rows of two: ln 2 apart from uniform.
+        let lp = log_softmax_f64(&[0.0, 0.0, 1.0, 1.0], 2);
+        let half = -std::f32::consts::LN_2;
+        assert_eq!(lp, vec![half; 4]);
+        assert_eq!(softmax_f64(&[3.0, 3.0], 2), vec![0.5, 0.5]);
+        assert!(softmax_f64(&[], 0).is_empty());
     }
 
     fn case<B: Backend>(grad: bool) -> (f32, Vec<f32>) {

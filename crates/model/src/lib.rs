@@ -5,7 +5,8 @@
 //!   `distilgpt2`, or any size).
 //! - [`hf::load`] / [`hf::save`]: Hugging Face `config.json` + `model.safetensors` directories.
 //! - [`lora`]: LoRA adapters on the attention projections, merged on export.
-//! - [`kernels`]: fused row kernels (cross-entropy) with a burn-flex fast path.
+//! - [`kernels`]: fused row kernels (cross-entropy, softmax, GELU) with a burn-flex fast path,
+//!   and softmaxes of rows on the host in f64.
 //!
 //! ```no_run
 //! use kiln_model::{Cpu, hf};

@@ -37,7 +37,8 @@ impl Stage for EvalGap {
         "eval.gap"
     }
     fn version(&self) -> u32 {
-        2 // 2: rows_truncated counted (metric and gap.json)
+        // 2: rows_truncated counted (metric and gap.json); 3: accurate softmax row sums (f64)
+        3
     }
     fn doc(&self) -> &'static str {
         "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"

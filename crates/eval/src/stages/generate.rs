@@ -58,7 +58,7 @@ impl Stage for EvalGenerate {
         "eval.generate"
     }
     fn version(&self) -> u32 {
-        1
+        2 // 2: accurate softmax row sums (f64 accumulation)
     }
     fn doc(&self) -> &'static str {
         "answers for held-out instructions: generations.jsonl, exact-match and contains rates"

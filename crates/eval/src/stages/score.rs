@@ -35,7 +35,8 @@ impl Stage for EvalScore {
         "eval.score"
     }
     fn version(&self) -> u32 {
-        2
+        // 2: scores.csv through the csv crate, with a text column; 3: accurate softmax row sums (f64)
+        3
     }
     fn doc(&self) -> &'static str {
         "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"

@@ -30,7 +30,8 @@ impl Stage for EvalSentiment {
         "eval.sentiment"
     }
     fn version(&self) -> u32 {
-        2 // 2: rows_truncated counted (metric and sentiment.json)
+        // 2: rows_truncated counted (metric and sentiment.json); 3: accurate softmax row sums (f64)
+        3
     }
     fn doc(&self) -> &'static str {
         "sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split"

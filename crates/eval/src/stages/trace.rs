@@ -36,7 +36,8 @@ impl Stage for EvalTrace {
         "eval.trace"
     }
     fn version(&self) -> u32 {
-        2
+        // 2: trace-N.csv through the csv crate; 3: accurate softmax row sums (f64)
+        3
     }
     fn doc(&self) -> &'static str {
         "per-token sentiment traces of probe sentences: tables and SVG/PNG plots"

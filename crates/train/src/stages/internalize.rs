@@ -49,8 +49,8 @@ impl Stage for TrainInternalize {
     }
     fn version(&self) -> u32 {
         // 2: the fused LM-head loss, GELU and attention kernels (last bits of every step);
-        // rows_truncated recorded.
-        2
+        // rows_truncated recorded. 3: the loss in f64 and accurate softmax row sums.
+        3
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"
