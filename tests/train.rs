@@ -42,19 +42,14 @@ fn rel_close(got: f64, want: f64, what: &str) {
     );
 }
 
-#[test]
-fn internalization_loss_matches_transformers() {
-    let device = Default::default();
-    let (_, student) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("student");
-    let (_, teacher) =
-        hf::load::<Inner>(&fixture("numerics/tiny-gpt2-teacher"), &device).expect("teacher");
-    let exp = expected();
-    let case = &exp["internalization"];
+/// A fixture's internalization batch: its rows cut to their lengths, with their labels, and
+/// the prompt.
+fn internalization_batch(case: &Value) -> (Vec<Example>, Vec<u32>) {
     let rows = ids(&case["rows"]);
     let lengths: Vec<usize> = serde_json::from_value(case["lengths"].clone()).expect("lengths");
     let prompt: Vec<u32> = serde_json::from_value(case["prompt"].clone()).expect("prompt");
     let labels: Vec<u32> = serde_json::from_value(case["labels"].clone()).expect("labels");
-    let examples: Vec<Example> = rows
+    let examples = rows
         .iter()
         .zip(&lengths)
         .zip(&labels)
@@ -64,6 +59,18 @@ fn internalization_loss_matches_transformers() {
             labels: None,
         })
         .collect();
+    (examples, prompt)
+}
+
+#[test]
+fn internalization_loss_matches_transformers() {
+    let device = Default::default();
+    let (_, student) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("student");
+    let (_, teacher) =
+        hf::load::<Inner>(&fixture("numerics/tiny-gpt2-teacher"), &device).expect("teacher");
+    let exp = expected();
+    let case = &exp["internalization"];
+    let (examples, prompt) = internalization_batch(case);
     let cases = case["losses"].as_array().expect("losses");
     assert_eq!(cases.len(), 6, "alpha in 0, 0.5, 1 times T in 1, 2");
     for c in cases {
@@ -97,20 +104,7 @@ fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
     let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json")).expect("json");
     let exp: Value = serde_json::from_str(&text).expect("valid JSON");
     let case = &exp["internalization"];
-    let rows = ids(&case["rows"]);
-    let lengths: Vec<usize> = serde_json::from_value(case["lengths"].clone()).expect("lengths");
-    let prompt: Vec<u32> = serde_json::from_value(case["prompt"].clone()).expect("prompt");
-    let labels: Vec<u32> = serde_json::from_value(case["labels"].clone()).expect("labels");
-    let examples: Vec<Example> = rows
-        .iter()
-        .zip(&lengths)
-        .zip(&labels)
-        .map(|((r, &n), &label)| Example {
-            input_ids: r[..n].iter().map(|&t| t as u32).collect(),
-            label: Some(label),
-            labels: None,
-        })
-        .collect();
+    let (examples, prompt) = internalization_batch(case);
     let cases = case["losses"].as_array().expect("losses");
     assert_eq!(cases.len(), 4, "alpha in 0, 0.5 times T in 1, 2");
     cases
