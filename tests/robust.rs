@@ -235,9 +235,8 @@ fn tiny_config() -> Gpt2Config {
 fn model_files_never_panic_on_corrupted_copies() {
     let dir = tempfile::tempdir().expect("tmp");
     let device = Default::default();
-    <Cpu as Backend>::seed(&device, 1);
     let config = tiny_config();
-    let model: Gpt2<Cpu> = config.init(&device);
+    let model: Gpt2<Cpu> = kiln_model::seeded::<Cpu, _>(&device, 1, || config.init(&device));
     hf::save(&model, &config, dir.path()).expect("saves");
     for (name, seed) in [("model.safetensors", 5), ("config.json", 6)] {
         let path = dir.path().join(name);
@@ -252,9 +251,8 @@ fn model_files_never_panic_on_corrupted_copies() {
 /// A checkpoint of the tiny model after one AdamW step (so the optimizer has moments).
 fn tiny_checkpoint(root: &Path) -> PathBuf {
     let device = Default::default();
-    <Ad as Backend>::seed(&device, 1);
     let config = tiny_config();
-    let model: Gpt2<Ad> = config.init(&device);
+    let model: Gpt2<Ad> = kiln_model::seeded::<Ad, _>(&device, 1, || config.init(&device));
     let mut optim = AdamWConfig::new().init::<Ad, Gpt2<Ad>>();
     let ids = Tensor::<Ad, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &device);
     let loss = model.forward(ids, None).powi_scalar(2).mean();
@@ -275,7 +273,7 @@ fn checkpoints_never_panic_and_refuse_every_corrupted_copy() {
     let root = tempfile::tempdir().expect("tmp");
     let dir = tiny_checkpoint(root.path());
     let device = Default::default();
-    let template: Gpt2<Ad> = tiny_config().init(&device);
+    let template: Gpt2<Ad> = kiln_model::unseeded(|| tiny_config().init(&device));
     let load = || {
         let optim = AdamWConfig::new().init::<Ad, Gpt2<Ad>>();
         checkpoint::load::<Ad, _>(&dir, &template, optim, &device).map(|l| l.state)
@@ -354,7 +352,7 @@ fn weights_stored_in_another_dtype_are_refused_naming_the_tensor() {
         ("BOOL", 1),
     ] {
         let dir = tempfile::tempdir().expect("tmp");
-        let model: Gpt2<Cpu> = config.init(&device);
+        let model: Gpt2<Cpu> = kiln_model::unseeded(|| config.init(&device));
         hf::save(&model, &config, dir.path()).expect("saves");
         let file = dir.path().join("model.safetensors");
         store_as(&file, "transformer.h.0.attn.c_attn.weight", dtype, size);

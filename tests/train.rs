@@ -428,9 +428,8 @@ fn tiny_config(vocab: usize) -> Gpt2Config {
 
 fn tiny_model(vocab: usize, seed: u64) -> (Gpt2Config, Gpt2<Ad>) {
     let device = Default::default();
-    <Ad as Backend>::seed(&device, seed);
     let config = tiny_config(vocab);
-    let model = config.init::<Ad>(&device);
+    let model = kiln_model::seeded::<Ad, _>(&device, seed, || config.init::<Ad>(&device));
     (config, model)
 }
 

@@ -177,7 +177,8 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
     store
         .get_all_snapshots()
         .map_err(|e| bad(format!("cannot read: {e}")))?;
-    let mut model = config.init::<B>(device);
+    // Initialization draws random numbers that load_from overwrites.
+    let mut model = crate::unseeded(|| config.init::<B>(device));
     check_dtypes(&model, &mut store).map_err(bad)?;
     let result = model.load_from(&mut store).map_err(|e| {
         let text = e.to_string();

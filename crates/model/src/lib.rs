@@ -30,3 +30,33 @@ pub type Cpu = burn::backend::NdArray<f32>;
 
 /// burn's flex CPU backend (kiln's default for training and evaluation: faster here).
 pub type Flex = burn::backend::Flex<f32, i32>;
+
+/// Runs `draw` with backend `B`'s random numbers seeded by `seed`, and no other thread of
+/// this process seeding or drawing through this function meanwhile.
+///
+/// burn keeps one random generator per backend, shared by every thread: two stages that seed
+/// and then initialize weights at the same time (`kiln run --jobs 2`, tests in parallel)
+/// would otherwise interleave their draws, and the same seed would give other weights.
+pub fn seeded<B: burn::tensor::backend::Backend, R>(
+    device: &B::Device,
+    seed: u64,
+    draw: impl FnOnce() -> R,
+) -> R {
+    let _only_us = RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    B::seed(device, seed);
+    draw()
+}
+
+/// Runs `draw`, whose random numbers do not matter (weights about to be overwritten), without
+/// disturbing a [`seeded`] section running on another thread.
+pub fn unseeded<R>(draw: impl FnOnce() -> R) -> R {
+    let _only_us = RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    draw()
+}
+
+/// Held while random numbers are drawn from burn's shared generators.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());

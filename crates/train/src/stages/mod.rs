@@ -420,7 +420,10 @@ impl crate::device::Job for TrainJob<'_> {
             config.vocab_size = manifest.vocab_size;
         }
         if let Some(lora) = &common.lora {
-            model = model.with_lora(lora, &device)?;
+            // The adapters' initialization is seeded, like everything else the run draws.
+            model = kiln_model::seeded::<B, _>(&device, common.opts.seed, || {
+                model.with_lora(lora, &device)
+            })?;
             ctx.log(&format!(
                 "LoRA rank {} (alpha {}) on {}: only the adapters train; they are merged on export",
                 lora.rank,

@@ -105,8 +105,8 @@ impl Stage for ModelInit {
         }
         config.check().map_err(|m| format!("model config: {m}"))?;
         let device = Default::default();
-        <Cpu as burn::tensor::backend::Backend>::seed(&device, p.u64("seed")?.unwrap_or(0));
-        let model = config.init::<Cpu>(&device);
+        let seed = p.u64("seed")?.unwrap_or(0);
+        let model = kiln_model::seeded::<Cpu, _>(&device, seed, || config.init::<Cpu>(&device));
         let dir = ctx.out_dir.join("model");
         kiln_model::hf::save(&model, &config, &dir)?;
         if let Some(t) = &tok {
