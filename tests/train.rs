@@ -68,46 +68,25 @@ fn internalization_loss_matches_transformers() {
     let (_, student) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("student");
     let (_, teacher) =
         hf::load::<Inner>(&fixture("numerics/tiny-gpt2-teacher"), &device).expect("teacher");
-    let exp = expected();
-    let case = &exp["internalization"];
-    let (examples, prompt) = internalization_batch(case);
-    let cases = case["losses"].as_array().expect("losses");
+    let cases = internalization_losses(&student, &teacher, &expected());
     assert_eq!(cases.len(), 6, "alpha in 0, 0.5, 1 times T in 1, 2");
-    for c in cases {
-        let alpha = c["alpha"].as_f64().expect("alpha");
-        let temperature = c["temperature"].as_f64().expect("T");
-        let mut objective = Internalize::<Ad> {
-            teacher: Some(teacher.clone()),
-            prompt: prompt.clone(),
-            alpha,
-            temperature,
-            pad: exp["pad"].as_u64().expect("pad") as u32,
-            max_length: None,
-            label_pair: None,
-        };
-        let got = scalar(objective.loss(&student, &examples).expect("loss").loss);
-        rel_close(
-            got,
-            c["loss"].as_f64().expect("loss"),
-            &format!("alpha {alpha}, T {temperature}"),
-        );
+    for (got, want, what) in cases {
+        rel_close(got, want, &what);
     }
 }
 
-/// The internalization losses of generate_peaked.py's fixture on backend `A`: student and
-/// teacher are the same peaked GPT-2-vocabulary model. (got, want, what) per case.
-fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
-    let device = Default::default();
-    let dir = fixture("numerics/tiny-gpt2-peaked");
-    let (_, student) = hf::load::<A>(&dir, &device).expect("student");
-    let (_, teacher) = hf::load::<A::InnerBackend>(&dir, &device).expect("teacher");
-    let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json")).expect("json");
-    let exp: Value = serde_json::from_str(&text).expect("valid JSON");
+/// The internalization loss of every case of a fixture's `internalization` batch, as
+/// `(kiln, transformers, "alpha …, T …")`.
+fn internalization_losses<A: AutodiffBackend>(
+    student: &Gpt2<A>,
+    teacher: &Gpt2<A::InnerBackend>,
+    exp: &Value,
+) -> Vec<(f64, f64, String)> {
     let case = &exp["internalization"];
     let (examples, prompt) = internalization_batch(case);
-    let cases = case["losses"].as_array().expect("losses");
-    assert_eq!(cases.len(), 4, "alpha in 0, 0.5 times T in 1, 2");
-    cases
+    case["losses"]
+        .as_array()
+        .expect("losses")
         .iter()
         .map(|c| {
             let alpha = c["alpha"].as_f64().expect("alpha");
@@ -121,11 +100,25 @@ fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
                 max_length: None,
                 label_pair: None,
             };
-            let got = scalar(objective.loss(&student, &examples).expect("loss").loss);
+            let got = scalar(objective.loss(student, &examples).expect("loss").loss);
             let want = c["loss"].as_f64().expect("loss");
             (got, want, format!("alpha {alpha}, T {temperature}"))
         })
         .collect()
+}
+
+/// The internalization losses of generate_peaked.py's fixture on backend `A`: student and
+/// teacher are the same peaked GPT-2-vocabulary model. (got, want, what) per case.
+fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
+    let device = Default::default();
+    let dir = fixture("numerics/tiny-gpt2-peaked");
+    let (_, student) = hf::load::<A>(&dir, &device).expect("student");
+    let (_, teacher) = hf::load::<A::InnerBackend>(&dir, &device).expect("teacher");
+    let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json")).expect("json");
+    let exp: Value = serde_json::from_str(&text).expect("valid JSON");
+    let cases = internalization_losses(&student, &teacher, &exp);
+    assert_eq!(cases.len(), 4, "alpha in 0, 0.5 times T in 1, 2");
+    cases
 }
 
 #[test]
