@@ -15,3 +15,4 @@ mod sweep;
 mod train;
 mod trust;
 mod validate;
+mod wgpu;

@@ -25,16 +25,16 @@ use crate::support::{Project, fixture, repo_root};
 type Ad = FlexBackend;
 type Inner = kiln_model::burn::backend::Flex<f32, i32>;
 
-fn expected() -> Value {
+pub(crate) fn expected() -> Value {
     let text = std::fs::read_to_string(fixture("numerics/expected.json")).expect("expected.json");
     serde_json::from_str(&text).expect("valid JSON")
 }
 
-fn ids(v: &Value) -> Vec<Vec<i64>> {
+pub(crate) fn ids(v: &Value) -> Vec<Vec<i64>> {
     serde_json::from_value(v.clone()).expect("rows of ids")
 }
 
-fn rel_close(got: f64, want: f64, what: &str) {
+pub(crate) fn rel_close(got: f64, want: f64, what: &str) {
     let rel = (got - want).abs() / want.abs().max(1e-12);
     assert!(
         rel < 1e-4,
@@ -77,7 +77,7 @@ fn internalization_loss_matches_transformers() {
 
 /// The internalization loss of every case of a fixture's `internalization` batch, as
 /// `(kiln, transformers, "alpha …, T …")`.
-fn internalization_losses<A: AutodiffBackend>(
+pub(crate) fn internalization_losses<A: AutodiffBackend>(
     student: &Gpt2<A>,
     teacher: &Gpt2<A::InnerBackend>,
     exp: &Value,
@@ -271,8 +271,10 @@ fn masked_lm_loss_matches_transformers() {
 /// The masked-LM case through the model's hidden states: the loss, and the gradients of the
 /// embedding and of a first-block weight (through every layer), once with the fused LM-head
 /// loss and once with `masked_cross_entropy` of the full logits.
-fn fused_and_plain<B: AutodiffBackend>() -> [(f64, Vec<f32>, Vec<f32>); 2] {
-    let device = Default::default();
+pub(crate) fn fused_and_plain<B: AutodiffBackend>(
+    device: &B::Device,
+) -> [(f64, Vec<f32>, Vec<f32>); 2] {
+    let device = device.clone();
     let (_, model) = hf::load::<B>(&fixture("numerics/tiny-gpt2"), &device).expect("model");
     let exp = expected();
     let case = &exp["masked_lm"];
@@ -318,8 +320,8 @@ fn fused_and_plain<B: AutodiffBackend>() -> [(f64, Vec<f32>, Vec<f32>); 2] {
 #[test]
 fn the_fused_lm_head_loss_matches_transformers_and_the_plain_gradients() {
     let want = expected()["masked_lm"]["loss"].as_f64().expect("loss");
-    let flex = fused_and_plain::<Ad>();
-    let ndarray = fused_and_plain::<kiln_model::burn::backend::Autodiff<Cpu>>();
+    let flex = fused_and_plain::<Ad>(&Default::default());
+    let ndarray = fused_and_plain::<kiln_model::burn::backend::Autodiff<Cpu>>(&Default::default());
     for (backend, [fused, plain]) in [("flex", flex), ("ndarray", ndarray)] {
         rel_close(fused.0, want, &format!("fused masked LM loss on {backend}"));
         rel_close(plain.0, want, &format!("plain masked LM loss on {backend}"));
@@ -391,7 +393,7 @@ fn a_label_outside_the_vocabulary_is_an_error() {
 }
 
 /// A classification dataset from the repo's sample tweets with a small trained tokenizer.
-fn sample_dataset(root: &Path) -> PathBuf {
+pub(crate) fn sample_dataset(root: &Path) -> PathBuf {
     let csv = repo_root().join("data/samples/sentiment140.sample.csv");
     let rows = kiln_data::sentiment::read(&csv, &ReadOptions::default()).expect("samples read");
     let tok = Tok::train(rows.texts.iter(), 400, 2).expect("tokenizer trains");
@@ -415,7 +417,7 @@ fn sample_dataset(root: &Path) -> PathBuf {
     out
 }
 
-fn tiny_config(vocab: usize) -> Gpt2Config {
+pub(crate) fn tiny_config(vocab: usize) -> Gpt2Config {
     Gpt2Config::new(vocab, 64, 32, 2, 4).with_eos_token_id(Some(0))
 }
 
@@ -427,16 +429,19 @@ fn tiny_model(vocab: usize, seed: u64) -> (Gpt2Config, Gpt2<Ad>) {
 }
 
 #[derive(Default)]
-struct Collect {
-    losses: Vec<(usize, f64)>,
-    metrics: Vec<(String, usize, f64)>,
-    stop_at: Option<usize>,
+pub(crate) struct Collect {
+    pub(crate) losses: Vec<(usize, f64)>,
+    pub(crate) metrics: Vec<(String, usize, f64)>,
+    pub(crate) stop_at: Option<usize>,
+    /// `kiln_model::host::reads()` when each step's loss was reported.
+    pub(crate) reads_at: Vec<u64>,
 }
 
 impl Observer for Collect {
     fn metric(&mut self, name: &str, step: usize, value: f64) {
         if name == "loss" {
             self.losses.push((step, value));
+            self.reads_at.push(kiln_model::host::reads());
         }
         self.metrics.push((name.to_owned(), step, value));
     }
@@ -459,13 +464,13 @@ impl<B: Backend> ModuleVisitor<B> for Weights {
     }
 }
 
-fn weights<B: Backend, M: Module<B>>(model: &M) -> Vec<f32> {
+pub(crate) fn weights<B: Backend, M: Module<B>>(model: &M) -> Vec<f32> {
     let mut w = Weights(Vec::new());
     model.visit(&mut w);
     w.0
 }
 
-fn lm_options(steps: usize) -> TrainOptions {
+pub(crate) fn lm_options(steps: usize) -> TrainOptions {
     TrainOptions {
         seed: 7,
         batch_size: 4,
@@ -482,7 +487,7 @@ fn lm_options(steps: usize) -> TrainOptions {
     }
 }
 
-fn vocab_of(data: &Path) -> usize {
+pub(crate) fn vocab_of(data: &Path) -> usize {
     kiln_data::shard::Manifest::load(data)
         .expect("manifest")
         .vocab_size

@@ -205,6 +205,8 @@ pub enum Command {
     },
     /// List the stage kinds and their parameters.
     Stages,
+    /// List the devices this build and machine offer (`device:` values).
+    Devices,
     /// Inspect datasets.
     Data {
         /// What to do.
@@ -216,6 +218,9 @@ pub enum Command {
         /// Model directory (Hugging Face layout with a tokenizer).
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
@@ -231,6 +236,9 @@ pub enum Command {
         /// Model directory.
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// Score the text as a continuation of this one (joined with a space).
         #[arg(long, allow_hyphen_values = true)]
         given: Option<String>,
@@ -243,6 +251,9 @@ pub enum Command {
         /// Model directory.
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// The prompt.
         #[arg(long, allow_hyphen_values = true, required_unless_present = "poe")]
         prompt: Option<String>,
@@ -274,6 +285,9 @@ pub enum Command {
         /// Model directory.
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
@@ -292,6 +306,9 @@ pub enum Command {
         /// Model directory.
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// Classification dataset directory (a data.sentiment140 output).
         #[arg(long, short)]
         data: PathBuf,
@@ -304,6 +321,9 @@ pub enum Command {
         /// The student's model directory.
         #[arg(long, short)]
         model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
         /// The teacher's model directory.
         #[arg(long)]
         teacher: PathBuf,
@@ -340,13 +360,41 @@ pub enum Command {
         /// Timed steps of the training benchmark.
         #[arg(long, default_value_t = 20)]
         steps: usize,
-        /// Device of the training benchmark (cpu, cuda, cuda:N).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// Precision of the training benchmark (f32; bf16 on CUDA).
-        #[arg(long, default_value = "f32")]
-        precision: String,
+        /// Where the training and decoding benchmarks run.
+        #[command(flatten)]
+        on: DeviceArgs,
     },
+}
+
+/// Where a command runs its model: the same texts as the stages' `device` and `precision`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// cpu, cpu:flex, cpu:ndarray, cuda[:N] or wgpu[:N].
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 (GPUs that support it) or bf16 (CUDA).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+}
+
+impl DeviceArgs {
+    /// The parsed device and precision.
+    ///
+    /// # Errors
+    /// A text that is not a device or precision, naming the option.
+    pub fn parse(
+        &self,
+    ) -> anyhow::Result<(kiln_model::device::Device, kiln_model::device::Precision)> {
+        let device = self
+            .device
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
+        let precision = self
+            .precision
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
+        Ok((device, precision))
+    }
 }
 
 /// `kiln data …` commands.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::value::{ParamType, describe, display};
 
 /// What values of the right type a parameter still refuses.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Constraint {
     /// Any value of the type.
     None,
@@ -33,6 +33,14 @@ pub enum Constraint {
     },
     /// One of these texts.
     OneOf(&'static [&'static str]),
+    /// A text that `check` accepts (a grammar too open for a list, such as `cuda:N`);
+    /// `rule` describes it for `kiln stages`.
+    Parses {
+        /// What the accepted texts look like.
+        rule: &'static str,
+        /// Accepts a text or says why not.
+        check: fn(&str) -> Result<(), String>,
+    },
 }
 
 impl Constraint {
@@ -63,6 +71,10 @@ impl Constraint {
                 Some(v) if allowed.contains(&v) => Ok(()),
                 _ => refuse(format!("is not one of {}", allowed.join(", "))),
             },
+            Self::Parses { check, .. } => match value.as_str() {
+                Some(v) => check(v),
+                None => refuse("is not a text".into()),
+            },
         }
     }
 }
@@ -77,6 +89,7 @@ impl std::fmt::Display for Constraint {
                 write!(f, "[{min}, {max}{}", if *max_open { ")" } else { "]" })
             }
             Self::OneOf(allowed) => write!(f, "one of {}", allowed.join(", ")),
+            Self::Parses { rule, .. } => f.write_str(rule),
         }
     }
 }
@@ -151,6 +164,11 @@ impl ParamSpec {
     /// Only one of these texts.
     pub const fn one_of(self, allowed: &'static [&'static str]) -> Self {
         self.with(Constraint::OneOf(allowed))
+    }
+
+    /// Only texts that `check` accepts; `rule` says which for `kiln stages`.
+    pub const fn parses(self, rule: &'static str, check: fn(&str) -> Result<(), String>) -> Self {
+        self.with(Constraint::Parses { rule, check })
     }
 
     const fn with(self, constraint: Constraint) -> Self {

@@ -95,11 +95,7 @@ pub fn evaluate<B: Backend>(
             &device,
         );
         let logits = model.logits_at(input, None, &at);
-        let logits: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+        let logits = kiln_model::host::read_f32(logits);
         // In f64 on the host: an f32 sum over the vocabulary loses a peaked row's tail.
         let rows_lp = kiln_model::kernels::log_softmax_f64(&logits, vocab);
         for (i, r) in rows.iter().enumerate() {

@@ -128,11 +128,7 @@ impl<B: Backend> Reader<'_, B> {
             Some(cache) => self.model.forward_cached(ids, cache),
             None => self.model.logits_at(ids, None, &[n - 1]),
         };
-        logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default()
+        kiln_model::host::read_f32(logits)
     }
 }
 

@@ -46,7 +46,7 @@ pub fn check_input(ids: &[u32], n_positions: usize, vocab: usize) -> Result<()> 
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().unwrap_or_default()
+    kiln_model::host::read_f32(t)
 }
 
 /// Log-probabilities of every position's next token: `[len, vocab]` as rows.

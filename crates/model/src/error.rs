@@ -33,6 +33,10 @@ pub enum Error {
         /// What is wrong (missing tensors, shape mismatches, a corrupt file).
         message: String,
     },
+    /// The device or precision cannot be used (not built in, no driver or adapter, out of
+    /// range, unsupported precision).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// Result with the model crate's error.

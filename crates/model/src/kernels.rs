@@ -921,7 +921,7 @@ pub fn softmax_cross_entropy<B: Backend>(
     let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [rows, 1]), &device);
     let log_p = log_softmax(logits, 1);
     let picked = log_p.clone().gather(1, index.clone());
-    let total = -(picked * w.clone()).sum();
+    let total = -crate::backend::sum(picked * w.clone());
     if !grad {
         return (total, log_p);
     }

@@ -5,6 +5,9 @@
 //!   `distilgpt2`, or any size).
 //! - [`hf::load`] / [`hf::save`]: Hugging Face `config.json` + `model.safetensors` directories.
 //! - [`lora`]: LoRA adapters on the attention projections, merged on export.
+//! - [`backend`]: run-to-run deterministic sums and the widest usable float per backend.
+//! - [`device`]: the `device` and `precision` params → a burn backend (CPU, CUDA, wgpu).
+//! - [`host`]: device-to-host reads, counted (a training step makes one).
 //! - [`kernels`]: fused row kernels (cross-entropy, softmax, GELU) with a burn-flex fast path,
 //!   and softmaxes of rows on the host in f64.
 //!
@@ -16,9 +19,12 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod device;
 mod error;
 pub mod gpt2;
 pub mod hf;
+pub mod host;
 pub mod kernels;
 pub mod lora;
 

@@ -105,7 +105,7 @@ pub fn run<B: AutodiffBackend>(
         model = optim.step(1e-4, model, grads);
     }
     // Make sure queued work (on asynchronous backends) is done before stopping the clock.
-    let _ = model.valid().wte.weight.val().sum().into_scalar();
+    let _ = kiln_model::host::read_scalar(model.valid().wte.weight.val().sum());
     let seconds = started.elapsed().as_secs_f64();
     Ok(Throughput {
         steps,

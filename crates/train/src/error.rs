@@ -47,9 +47,6 @@ pub enum Error {
         /// Steps done.
         step: usize,
     },
-    /// A device that this build or machine does not have.
-    #[error("{0}")]
-    Device(String),
     /// Inputs that do not fit together (vocabulary, labels, sizes).
     #[error("{0}")]
     Invalid(String),

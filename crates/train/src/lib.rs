@@ -12,12 +12,14 @@
 
 pub mod bench;
 pub mod checkpoint;
-pub mod device;
 mod error;
 pub mod loss;
 pub mod objective;
 pub mod schedule;
 pub mod stages;
 pub mod trainer;
+
+/// Device selection lives in the model crate (evaluation uses it too).
+pub use kiln_model::device;
 
 pub use error::{Error, Result};

@@ -8,9 +8,9 @@
 //! are off by ~1e-4 relative on a peaked teacher).
 
 use burn::prelude::*;
-use burn::tensor::FloatDType;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
+use kiln_model::backend::sum;
 
 /// The target value that is not trained (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -33,8 +33,8 @@ pub fn masked_cross_entropy<B: Backend>(
         .gather(1, safe.reshape([n, 1]))
         .reshape([n]);
     let weight = keep.float().cast(picked.dtype());
-    let count = weight.clone().sum().clamp_min(1.0);
-    -(picked * weight).sum() / count
+    let count = sum(weight.clone()).clamp_min(1.0);
+    -sum(picked * weight) / count
 }
 
 /// Rows of the LM head per chunk in [`linear_cross_entropy`]: about 2M logits (8 MiB), so the
@@ -148,7 +148,7 @@ pub fn linear_cross_entropy<B: AutodiffBackend>(
     if parts.kept.is_empty() {
         // Every target ignored: a loss of 0 that still backpropagates (zero gradients), as
         // `masked_cross_entropy`'s does; with no tracked input the backward pass would fail.
-        return Tensor::from_inner(parts.loss) + hidden.sum() * 0.0;
+        return Tensor::from_inner(parts.loss) + sum(hidden) * 0.0;
     }
     let kept = kept_rows(hidden, &parts.kept);
     kiln_model::kernels::with_gradients(
@@ -179,14 +179,14 @@ fn kept_rows<B: Backend>(t: Tensor<B, 2>, kept: &[usize]) -> Tensor<B, 2> {
 pub fn kl_batchmean<B: Backend>(log_p: Tensor<B, 2>, log_q: Tensor<B, 2>) -> Tensor<B, 1> {
     let [batch, _] = log_p.dims();
     let p = log_p.clone().exp();
-    (p * (log_p - log_q)).sum() / batch as f64
+    sum(p * (log_p - log_q)) / batch as f64
 }
 
 /// The prompt-internalization loss:
 /// `α·CE(student, labels) + (1−α)·T²·KL(softmax(teacher/T) ‖ softmax(student/T))`, batch-mean.
 /// With `teacher` `None` (α = 1) only the cross-entropy is computed. The logits are cast to f64
 /// and the loss computed there (the gradients flow back through the casts); it is returned in
-/// the student's dtype.
+/// the student's dtype. On wgpu, whose shaders have no f64 `exp`/`log`, it is computed in f32.
 ///
 /// # Shapes
 /// - `student`: logits at each row's last attended token, `[batch, vocab]`
@@ -201,12 +201,13 @@ pub fn internalization<B: Backend>(
     temperature: f64,
 ) -> Tensor<B, 1> {
     let dtype = student.dtype();
-    let student = student.cast(FloatDType::F64);
+    let wide = kiln_model::backend::wide_float::<B>(&student.device());
+    let student = student.cast(wide);
     let ce = masked_cross_entropy(student.clone(), labels);
     let Some(teacher) = teacher.filter(|_| alpha < 1.0) else {
         return ce.cast(dtype);
     };
-    let log_p = log_softmax(teacher.cast(FloatDType::F64) / temperature, 1);
+    let log_p = log_softmax(teacher.cast(wide) / temperature, 1);
     let log_q = log_softmax(student / temperature, 1);
     let kl = kl_batchmean(log_p, log_q);
     (ce * alpha + kl * ((1.0 - alpha) * temperature * temperature)).cast(dtype)

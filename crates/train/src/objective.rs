@@ -143,7 +143,7 @@ impl<B: AutodiffBackend> Objective<B> for Lm {
 
 /// The value of a one-element tensor.
 pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    t.into_scalar().elem::<f64>()
+    kiln_model::host::read_scalar(t)
 }
 
 /// Prompt internalization: the student reads the text, the frozen teacher reads the text
@@ -258,13 +258,7 @@ impl<B: AutodiffBackend> Objective<B> for Internalize<B> {
             let teacher = self.teacher_logits(&rows);
             let student = Self::student_logits(model, &rows);
             let labels = Self::label_tensor::<B::InnerBackend>(&rows, &device);
-            let predicted: Vec<i64> = student
-                .clone()
-                .argmax(1)
-                .into_data()
-                .convert::<i64>()
-                .to_vec()
-                .unwrap_or_default();
+            let predicted = kiln_model::host::read_i64(student.clone().argmax(1));
             correct += predicted
                 .iter()
                 .zip(&rows.labels)
@@ -275,14 +269,7 @@ impl<B: AutodiffBackend> Objective<B> for Internalize<B> {
                     TensorData::new(vec![i64::from(neg), i64::from(pos)], [2]),
                     &device,
                 );
-                let two: Vec<i64> = student
-                    .clone()
-                    .select(1, pair)
-                    .argmax(1)
-                    .into_data()
-                    .convert::<i64>()
-                    .to_vec()
-                    .unwrap_or_default();
+                let two = kiln_model::host::read_i64(student.clone().select(1, pair).argmax(1));
                 correct2 += two
                     .iter()
                     .zip(&rows.labels)

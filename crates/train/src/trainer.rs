@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_core::MetricDirection;
 use kiln_data::shard::{Manifest, ShardReader};
@@ -15,7 +16,7 @@ use kiln_model::gpt2::{Gpt2, Gpt2Config};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Error, Result};
-use crate::objective::{Objective, scalar};
+use crate::objective::Objective;
 use crate::schedule::{Decay, Schedule};
 
 /// How to train. Defaults follow the research code: AdamW with ε = 1e-8 and no weight decay
@@ -208,15 +209,20 @@ impl Feed {
     }
 }
 
-struct GradNorm<'a> {
+/// Each gradient's sum of squares, in the model's visiting order, as a one-element f32
+/// tensor on the device (half-precision gradients are widened first, so squares cannot
+/// overflow).
+struct GradSquares<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
-    squares: f64,
+    squares: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradSquares<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.squares += g.powi_scalar(2).sum().into_scalar().elem::<f64>();
+            let g = g.cast(FloatDType::F32);
+            self.squares
+                .push(kiln_model::backend::sum(g.powi_scalar(2)));
         }
     }
 }
@@ -235,23 +241,58 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
     }
 }
 
-/// The global L2 norm of the gradients, clipped to `max` as `torch.nn.utils.clip_grad_norm_`
-/// does (scale by `max / (norm + 1e-6)` when that is below 1). Returns the norm before
-/// clipping.
-fn clip<B: AutodiffBackend>(model: &Gpt2<B>, grads: &mut GradientsParams, max: Option<f64>) -> f64 {
-    let mut norm = GradNorm {
+/// What a step reads back from the device, in one read: its micro-batches' losses and the
+/// gradients' squared norms.
+struct StepValues {
+    /// Mean of the micro-batch losses.
+    loss: f64,
+    /// The first non-finite micro-batch loss, if any.
+    bad_loss: Option<f64>,
+    /// Global L2 norm of the gradients.
+    grad_norm: f64,
+}
+
+/// Reads the step's `losses` and `grads`' squared norms with one device-to-host read.
+fn read_step<B: AutodiffBackend>(
+    model: &Gpt2<B>,
+    grads: &GradientsParams,
+    losses: Vec<Tensor<B::InnerBackend, 1>>,
+) -> StepValues {
+    let mut visitor = GradSquares::<B> {
         grads,
-        squares: 0.0,
+        squares: Vec::new(),
     };
-    model.visit(&mut norm);
-    let total = norm.squares.sqrt();
+    model.visit(&mut visitor);
+    let n = losses.len();
+    let mut parts: Vec<_> = losses
+        .into_iter()
+        .map(|l| l.cast(FloatDType::F32))
+        .collect();
+    parts.extend(visitor.squares);
+    let values = kiln_model::host::read_f32(Tensor::cat(parts, 0));
+    let (losses, squares) = values.split_at(n.min(values.len()));
+    let losses: Vec<f64> = losses.iter().map(|&v| f64::from(v)).collect();
+    StepValues {
+        loss: losses.iter().sum::<f64>() / n.max(1) as f64,
+        bad_loss: losses.iter().copied().find(|v| !v.is_finite()),
+        grad_norm: squares.iter().map(|&v| f64::from(v)).sum::<f64>().sqrt(),
+    }
+}
+
+/// Clips the gradients to a global L2 norm of `max` as `torch.nn.utils.clip_grad_norm_` does
+/// (scale by `max / (norm + 1e-6)` when that is below 1).
+fn clip<B: AutodiffBackend>(
+    model: &Gpt2<B>,
+    grads: &mut GradientsParams,
+    norm: f64,
+    max: Option<f64>,
+) {
     if let Some(max) = max {
-        let factor = max / (total + 1e-6);
+        let factor = max / (norm + 1e-6);
         if factor < 1.0 {
             model.visit(&mut ScaleGrads { grads, factor });
         }
     }
-    total
 }
 
 /// Trains `model` with `objective` on `data`, checkpointing under `checkpoints` and resuming
@@ -368,15 +409,11 @@ where
     while state.step < total {
         let step = state.step + 1;
         let mut accumulated = GradientsAccumulator::<Gpt2<B>>::new();
-        let mut loss_sum = 0.0;
+        let mut losses = Vec::with_capacity(opts.grad_accum.max(1));
         for _ in 0..opts.grad_accum.max(1) {
             let rows = feed.next()?;
             let out = objective.loss(&model, &rows)?;
-            let value = scalar(out.loss.clone());
-            if !value.is_finite() {
-                return Err(Error::NonFinite { step, value });
-            }
-            loss_sum += value;
+            losses.push(out.loss.clone().inner());
             tokens_since += out.tokens;
             state.tokens += out.tokens as u64;
             let grads = (out.loss / opts.grad_accum.max(1) as f64).backward();
@@ -385,18 +422,24 @@ where
         state.epoch = feed.epoch;
         state.batch_in_epoch = feed.taken;
         let mut grads = accumulated.grads();
-        let grad_norm = clip(&model, &mut grads, opts.clip_grad_norm);
+        // The step's only read from the device.
+        let values = read_step(&model, &grads, losses);
+        if let Some(value) = values.bad_loss {
+            return Err(Error::NonFinite { step, value });
+        }
+        let grad_norm = values.grad_norm;
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite {
                 step,
                 value: grad_norm,
             });
         }
+        clip(&model, &mut grads, grad_norm, opts.clip_grad_norm);
         let lr = schedule.at(state.step);
         model = optim.step(lr, model, grads);
         state.step = step;
 
-        let loss = loss_sum / opts.grad_accum.max(1) as f64;
+        let loss = values.loss;
         if step.is_multiple_of(opts.log_every.max(1)) || step == total {
             let seconds = window.elapsed().as_secs_f64().max(1e-9);
             report(observer, &mut history, "loss", step, loss);

@@ -5,25 +5,32 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use kiln_store::{MetricPoint, NewRun, RunStatus, Store};
 
-use crate::Cli;
-use crate::args::BenchKind;
+use kiln_model::burn::tensor::backend::{AutodiffBackend, Backend};
+use kiln_model::device::{self, InferJob, Job};
 
-/// The training benchmark's options.
-pub struct TrainArgs {
-    pub steps: usize,
-    pub device: String,
-    pub precision: String,
-}
+use crate::Cli;
+use crate::args::{BenchKind, DeviceArgs};
 
 struct TrainJob(usize);
 
-impl kiln_train::device::Job for TrainJob {
+impl Job for TrainJob {
     type Output = kiln_train::Result<kiln_train::bench::Throughput>;
-    fn run<B: kiln_model::burn::tensor::backend::AutodiffBackend>(
-        self,
-        device: B::Device,
-    ) -> Self::Output {
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         kiln_train::bench::run::<B>(kiln_train::bench::Shape::default(), self.0, 3, &device)
+    }
+}
+
+/// Decoding tokens/s with and without the KV cache.
+struct GenerateJob;
+
+impl InferJob for GenerateJob {
+    type Output = kiln_eval::Result<(f64, f64)>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let config = kiln_model::gpt2::Gpt2Config::distilgpt2();
+        let run = |cache: bool| {
+            kiln_eval::bench::generate_tokens_per_s::<B>(&config, 32, 64, cache, &device)
+        };
+        Ok((run(true)?, run(false)?))
     }
 }
 
@@ -32,22 +39,16 @@ pub async fn run(
     which: BenchKind,
     rows: usize,
     repeat: usize,
-    train: &TrainArgs,
+    steps: usize,
+    on: &DeviceArgs,
 ) -> Result<()> {
     let mut results: Vec<(&str, f64, &str, &str)> = Vec::new();
     if which == BenchKind::Train {
-        let device = train
-            .device
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--device: {e}"))?;
-        let precision = train
-            .precision
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
-        let out = kiln_train::device::dispatch(device, precision, TrainJob(train.steps))??;
+        let (dev, precision) = on.parse()?;
+        let out = device::dispatch(dev, precision, TrainJob(steps))??;
         eprintln!(
-            "train: {} steps in {:.2} s on {} ({})",
-            out.steps, out.seconds, train.device, train.precision
+            "train: {} steps in {:.2} s on {dev} ({precision})",
+            out.steps, out.seconds
         );
         results.push((
             "train_tokens_per_s",
@@ -57,15 +58,9 @@ pub async fn run(
         ));
     }
     if which == BenchKind::Generate {
-        let config = kiln_model::gpt2::Gpt2Config::distilgpt2();
-        let device = Default::default();
-        let run = |cache: bool| {
-            kiln_eval::bench::generate_tokens_per_s::<kiln_model::Flex>(
-                &config, 32, 64, cache, &device,
-            )
-        };
-        let with = run(true)?;
-        let without = run(false)?;
+        let (dev, precision) = on.parse()?;
+        let (with, without) = device::dispatch_infer(dev, precision, GenerateJob)??;
+        eprintln!("generate: on {dev} ({precision})");
         results.push((
             "generate_kv_cache_tokens_per_s",
             with,
@@ -117,6 +112,8 @@ pub async fn run(
             params: [
                 ("rows".to_owned(), serde_json::json!(rows)),
                 ("repeat".to_owned(), serde_json::json!(repeat)),
+                ("device".to_owned(), serde_json::json!(on.device)),
+                ("precision".to_owned(), serde_json::json!(on.precision)),
             ]
             .into_iter()
             .collect(),

@@ -1,23 +1,114 @@
-//! `kiln topk`, `kiln nll`, `kiln generate`, `kiln trace`: the research measurements on any
-//! model directory (kiln's `model/` outputs and checkpoints, or a Hugging Face directory).
+//! `kiln topk`, `kiln nll`, `kiln generate`, `kiln trace`, `kiln sentiment`, `kiln gap`: the
+//! research measurements on any model directory (kiln's `model/` outputs and checkpoints, or a
+//! Hugging Face directory), on the device `--device` names.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use kiln_eval::Lm;
 use kiln_eval::decode::GenerateOptions;
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
+use kiln_model::device::{self, InferJob};
 use kiln_store::{Cell, QueryResult};
 
-use crate::args::TableFormat;
+use crate::args::{Command, TableFormat};
 
-fn load(dir: &Path) -> Result<Lm<Flex>> {
-    Lm::load(dir, &Default::default())
-        .with_context(|| format!("loading the model {}", dir.display()))
+/// Runs one of the measurement commands on its `--device`.
+///
+/// # Errors
+/// A device or precision that cannot be used (before any model is loaded), or the command's
+/// own errors.
+pub fn run(command: &Command, json: bool) -> Result<()> {
+    struct Job<'a> {
+        command: &'a Command,
+        json: bool,
+    }
+    impl InferJob for Job<'_> {
+        type Output = Result<()>;
+        fn run<B: Backend>(self, device: B::Device) -> Result<()> {
+            measure::<B>(self.command, self.json, &device)
+        }
+    }
+    let on = match command {
+        Command::Topk { on, .. }
+        | Command::Nll { on, .. }
+        | Command::Generate { on, .. }
+        | Command::Trace { on, .. }
+        | Command::Sentiment { on, .. }
+        | Command::Gap { on, .. } => on,
+        _ => anyhow::bail!("not a measurement command"),
+    };
+    let (dev, precision) = on.parse()?;
+    device::dispatch_infer(dev, precision, Job { command, json })?
 }
 
-pub fn topk(model: &Path, text: &str, k: usize, format: TableFormat) -> Result<()> {
-    let lm = load(model)?;
+fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Result<()> {
+    match command {
+        Command::Topk {
+            model,
+            text,
+            k,
+            format,
+            ..
+        } => topk(&load::<B>(model, device)?, text, *k, *format),
+        Command::Nll {
+            model, given, text, ..
+        } => nll(&load::<B>(model, device)?, given.as_deref(), text, json),
+        Command::Generate {
+            model,
+            prompt,
+            poe,
+            instruction,
+            temperature,
+            top_k,
+            seed,
+            max_new_tokens,
+            no_cache,
+            ..
+        } => {
+            let opts = GenerateOptions {
+                max_new_tokens: *max_new_tokens,
+                temperature: *temperature,
+                top_k: *top_k,
+                seed: *seed,
+                stop: None,
+                kv_cache: !*no_cache,
+            };
+            let lm = load::<B>(model, device)?;
+            generate(&lm, prompt.as_deref(), poe, *instruction, &opts, json)
+        }
+        Command::Trace {
+            model,
+            text,
+            labels,
+            format,
+            plot,
+            ..
+        } => trace(
+            &load::<B>(model, device)?,
+            text,
+            labels,
+            *format,
+            plot.as_deref(),
+        ),
+        Command::Sentiment {
+            model, data, split, ..
+        } => sentiment::<B>(model, data, split, json, device),
+        Command::Gap {
+            model,
+            teacher,
+            prompt,
+            text,
+            ..
+        } => gap::<B>(model, teacher, prompt, text, json, device),
+        _ => anyhow::bail!("not a measurement command"),
+    }
+}
+
+fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Lm<B>> {
+    Lm::load(dir, device).with_context(|| format!("loading the model {}", dir.display()))
+}
+fn topk<B: Backend>(lm: &Lm<B>, text: &str, k: usize, format: TableFormat) -> Result<()> {
     let rows = lm.top_k(text, k)?;
     let table = QueryResult {
         columns: vec!["rank".into(), "id".into(), "token".into(), "prob".into()],
@@ -36,8 +127,7 @@ pub fn topk(model: &Path, text: &str, k: usize, format: TableFormat) -> Result<(
     crate::output::print(&table, format)
 }
 
-pub fn nll(model: &Path, given: Option<&str>, text: &str, json: bool) -> Result<()> {
-    let lm = load(model)?;
+fn nll<B: Backend>(lm: &Lm<B>, given: Option<&str>, text: &str, json: bool) -> Result<()> {
     let value = match given {
         Some(g) => lm.conditional_nll(g, text)?,
         None => lm.nll(text)?,
@@ -53,15 +143,14 @@ pub fn nll(model: &Path, given: Option<&str>, text: &str, json: bool) -> Result<
     Ok(())
 }
 
-pub fn generate(
-    model: &Path,
+fn generate<B: Backend>(
+    lm: &Lm<B>,
     prompt: Option<&str>,
     poe: &[String],
     instruction: bool,
     opts: &GenerateOptions,
     json: bool,
 ) -> Result<()> {
-    let lm = load(model)?;
     let wrap = |p: &str| {
         if instruction {
             kiln_data::alpaca::prompt(p, "")
@@ -92,14 +181,13 @@ pub fn generate(
     Ok(())
 }
 
-pub fn trace(
-    model: &Path,
+fn trace<B: Backend>(
+    lm: &Lm<B>,
     text: &str,
     labels: &[String],
     format: TableFormat,
     plot: Option<&Path>,
 ) -> Result<()> {
-    let lm = load(model)?;
     let (neg, pos) = match labels {
         [n, p] => (n.as_str(), p.as_str()),
         _ => anyhow::bail!("--labels takes two tokens: NEGATIVE POSITIVE"),
@@ -143,8 +231,14 @@ pub fn trace(
     crate::output::print(&table, format)
 }
 
-pub fn sentiment(model: &Path, data: &Path, split: &str, json: bool) -> Result<()> {
-    let (config, m) = kiln_model::hf::load::<Flex>(model, &Default::default())
+fn sentiment<B: Backend>(
+    model: &Path,
+    data: &Path,
+    split: &str,
+    json: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let (config, m) = kiln_model::hf::load::<B>(model, device)
         .with_context(|| format!("loading the model {}", model.display()))?;
     let pad = config.eos_token_id.map_or(0, |e| e as u32);
     let report = kiln_eval::classify::evaluate(&m, data, split, 32, Some(config.n_positions), pad)?;
@@ -164,9 +258,16 @@ pub fn sentiment(model: &Path, data: &Path, split: &str, json: bool) -> Result<(
     Ok(())
 }
 
-pub fn gap(model: &Path, teacher: &Path, prompt: &str, text: &str, json: bool) -> Result<()> {
-    let lm = load(model)?;
-    let (_, t) = kiln_model::hf::load::<Flex>(teacher, &Default::default())
+fn gap<B: Backend>(
+    model: &Path,
+    teacher: &Path,
+    prompt: &str,
+    text: &str,
+    json: bool,
+    device: &B::Device,
+) -> Result<()> {
+    let lm = load::<B>(model, device)?;
+    let (_, t) = kiln_model::hf::load::<B>(teacher, device)
         .with_context(|| format!("loading the teacher {}", teacher.display()))?;
     let g = lm.gap(&t, text, prompt)?;
     if json {

@@ -50,21 +50,19 @@ pub async fn execute(cli: Cli) -> Result<()> {
             stages::run(&registry());
             Ok(())
         }
+        Command::Devices => {
+            for (device, what) in kiln_model::device::available() {
+                println!("{device:<12} {what}");
+            }
+            Ok(())
+        }
         Command::Bench {
             which,
             rows,
             repeat,
             steps,
-            device,
-            precision,
-        } => {
-            let train = bench::TrainArgs {
-                steps: *steps,
-                device: device.clone(),
-                precision: precision.clone(),
-            };
-            bench::run(&cli, *which, *rows, *repeat, &train).await
-        }
+            on,
+        } => bench::run(&cli, *which, *rows, *repeat, *steps, on).await,
         Command::Sweep {
             file,
             set,
@@ -95,48 +93,12 @@ pub async fn execute(cli: Cli) -> Result<()> {
             out,
         } => report::run(&cli, *experiment, metric.as_deref(), out.as_deref()).await,
         Command::Data { command } => data::run(command),
-        Command::Topk {
-            model,
-            text,
-            k,
-            format,
-        } => lm::topk(model, text, *k, *format),
-        Command::Nll { model, given, text } => lm::nll(model, given.as_deref(), text, cli.json),
-        Command::Generate {
-            model,
-            prompt,
-            poe,
-            instruction,
-            temperature,
-            top_k,
-            seed,
-            max_new_tokens,
-            no_cache,
-        } => {
-            let opts = kiln_eval::decode::GenerateOptions {
-                max_new_tokens: *max_new_tokens,
-                temperature: *temperature,
-                top_k: *top_k,
-                seed: *seed,
-                stop: None,
-                kv_cache: !*no_cache,
-            };
-            lm::generate(model, prompt.as_deref(), poe, *instruction, &opts, cli.json)
-        }
-        Command::Trace {
-            model,
-            text,
-            labels,
-            format,
-            plot,
-        } => lm::trace(model, text, labels, *format, plot.as_deref()),
-        Command::Sentiment { model, data, split } => lm::sentiment(model, data, split, cli.json),
-        Command::Gap {
-            model,
-            teacher,
-            prompt,
-            text,
-        } => lm::gap(model, teacher, prompt, text, cli.json),
+        Command::Topk { .. }
+        | Command::Nll { .. }
+        | Command::Generate { .. }
+        | Command::Trace { .. }
+        | Command::Sentiment { .. }
+        | Command::Gap { .. } => lm::run(&cli.command, cli.json),
         Command::Tokenize {
             tokenizer,
             text,

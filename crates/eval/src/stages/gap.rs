@@ -5,7 +5,7 @@
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_data::shard::ShardReader;
 use kiln_data::tokenizer::Tok;
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
 
 use super::{path, write_json};
 use crate::score;
@@ -30,6 +30,8 @@ const PARAMS: &[ParamSpec] = &[
         "score at most N rows (default all)",
     )
     .at_least(1),
+    super::DEVICE,
+    super::PRECISION,
 ];
 
 impl Stage for EvalGap {
@@ -47,9 +49,14 @@ impl Stage for EvalGap {
         PARAMS
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let device = Default::default();
-        let (config, student) = kiln_model::hf::load::<Flex>(&path(ctx, "model")?, &device)?;
-        let (_, teacher) = kiln_model::hf::load::<Flex>(&path(ctx, "teacher")?, &device)?;
+        super::on_device(ctx, *self)
+    }
+}
+
+impl super::OnDevice for EvalGap {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
+        let (config, student) = kiln_model::hf::load::<B>(&path(ctx, "model")?, device)?;
+        let (_, teacher) = kiln_model::hf::load::<B>(&path(ctx, "teacher")?, device)?;
         let data = path(ctx, "data")?;
         let tok = Tok::load(&data)?;
         let prompt = tok.encode(&ctx.param_str("prompt").unwrap_or_default())?;

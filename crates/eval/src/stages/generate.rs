@@ -5,7 +5,7 @@
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_data::alpaca::{self, Record};
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
 
 use super::path;
 use crate::Lm;
@@ -47,6 +47,8 @@ const PARAMS: &[ParamSpec] = &[
         "answer at most N records (default all)",
     )
     .at_least(1),
+    super::DEVICE,
+    super::PRECISION,
 ];
 
 fn short(answer: &str) -> bool {
@@ -67,7 +69,13 @@ impl Stage for EvalGenerate {
         PARAMS
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
+        super::on_device(ctx, *self)
+    }
+}
+
+impl super::OnDevice for EvalGenerate {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
+        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
         let records = alpaca::read(&path(ctx, "source")?)?;
         let opts = GenerateOptions {
             max_new_tokens: ctx.p().count("max_new_tokens")?.unwrap_or(64),

@@ -1,5 +1,6 @@
 //! The eval crate's stage kinds. One file per kind; one line each in [`register`]. All read a
-//! model directory (`model: ${stages.X.dir}/model`) on the CPU and record into the store.
+//! model directory (`model: ${stages.X.dir}/model`) on the device their `device` param names
+//! (the CPU by default) and record into the store.
 
 mod gap;
 mod generate;
@@ -9,7 +10,9 @@ mod trace;
 
 use std::path::{Path, PathBuf};
 
-use kiln_core::{Registry, StageContext, StageError};
+use kiln_core::{ParamSpec, ParamType, Registry, StageContext, StageError, StageResult};
+use kiln_model::burn::tensor::backend::Backend;
+use kiln_model::device::{self, Device, InferJob, Precision};
 
 pub use gap::EvalGap;
 pub use generate::EvalGenerate;
@@ -24,6 +27,46 @@ pub fn register(registry: &mut Registry) {
     registry.add(EvalGap);
     registry.add(EvalScore);
     registry.add(EvalGenerate);
+}
+
+/// The `device` param every eval kind takes.
+const DEVICE: ParamSpec = ParamSpec::optional(
+    "device",
+    ParamType::String,
+    "where to run the model (default cpu); cuda:N / wgpu:N is the Nth GPU the stage holds",
+)
+.parses(device::DEVICE_RULE, device::check_device);
+
+/// The `precision` param every eval kind takes.
+const PRECISION: ParamSpec = ParamSpec::optional("precision", ParamType::String, "default f32")
+    .parses(device::PRECISION_RULE, device::check_precision);
+
+/// A stage kind's work, generic over the backend its `device` param picks.
+trait OnDevice: Copy {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult;
+}
+
+/// Runs `kind`'s work on the stage's `device` at its `precision` (checked before it starts).
+fn on_device<K: OnDevice>(ctx: &mut StageContext, kind: K) -> StageResult {
+    struct Job<'a, K> {
+        ctx: &'a mut StageContext,
+        kind: K,
+    }
+    impl<K: OnDevice> InferJob for Job<'_, K> {
+        type Output = StageResult;
+        fn run<B: Backend>(self, device: B::Device) -> StageResult {
+            self.kind.run::<B>(self.ctx, &device)
+        }
+    }
+    let p = ctx.p();
+    let device: Device =
+        device::resolve(p.string("device")?.as_deref().unwrap_or("cpu"), &ctx.gpus)?;
+    let precision: Precision = p.string("precision")?.as_deref().unwrap_or("f32").parse()?;
+    ctx.log(&format!(
+        "running on {} at {precision}",
+        device::describe(device)
+    ));
+    device::dispatch_infer(device, precision, Job { ctx, kind })?
 }
 
 /// A required path param, relative to the project root.

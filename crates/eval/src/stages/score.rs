@@ -3,7 +3,7 @@
 //! (total and per token) as metrics.
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
 
 use super::{path, write_csv};
 use crate::Lm;
@@ -28,6 +28,8 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::String,
         "score each line as a continuation of this text",
     ),
+    super::DEVICE,
+    super::PRECISION,
 ];
 
 impl Stage for EvalScore {
@@ -45,7 +47,13 @@ impl Stage for EvalScore {
         PARAMS
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
+        super::on_device(ctx, *self)
+    }
+}
+
+impl super::OnDevice for EvalScore {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
+        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
         let source = path(ctx, "source")?;
         let text = std::fs::read_to_string(&source)
             .map_err(|e| format!("cannot read {}: {e}", source.display()))?;

@@ -4,7 +4,7 @@
 //! `data.sentiment140` (`val: 0`, `test: 0`) and evaluate its `train` split.
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
 
 use super::{path, write_json};
 
@@ -23,6 +23,8 @@ const PARAMS: &[ParamSpec] = &[
         "cut rows to N tokens, counted as rows_truncated (default: the model's context; more is an error)",
     )
     .at_least(1),
+    super::DEVICE,
+    super::PRECISION,
 ];
 
 impl Stage for EvalSentiment {
@@ -40,8 +42,14 @@ impl Stage for EvalSentiment {
         PARAMS
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
+        super::on_device(ctx, *self)
+    }
+}
+
+impl super::OnDevice for EvalSentiment {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
         let dir = path(ctx, "model")?;
-        let (config, model) = kiln_model::hf::load::<Flex>(&dir, &Default::default())?;
+        let (config, model) = kiln_model::hf::load::<B>(&dir, device)?;
         let data = path(ctx, "data")?;
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
         let pad = config

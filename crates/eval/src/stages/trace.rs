@@ -3,7 +3,7 @@
 //! text, and plots (`trace-N.svg`, `trace-N.png`).
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
-use kiln_model::Flex;
+use kiln_model::burn::tensor::backend::Backend;
 
 use super::{path, write_csv, write_json};
 use crate::Lm;
@@ -29,6 +29,8 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::String,
         "positive label token (default \" good\")",
     ),
+    super::DEVICE,
+    super::PRECISION,
 ];
 
 impl Stage for EvalTrace {
@@ -46,7 +48,13 @@ impl Stage for EvalTrace {
         PARAMS
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
-        let lm = Lm::<Flex>::load(&path(ctx, "model")?, &Default::default())?;
+        super::on_device(ctx, *self)
+    }
+}
+
+impl super::OnDevice for EvalTrace {
+    fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
+        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
         let neg = ctx.param_str("negative").unwrap_or_else(|| " bad".into());
         let pos = ctx.param_str("positive").unwrap_or_else(|| " good".into());
         let texts = ctx.p().strings("texts")?.unwrap_or_default();

@@ -20,7 +20,7 @@ use kiln_data::shard::{Manifest, ShardReader};
 use kiln_data::tokenizer::Tok;
 use kiln_model::lora::LoraConfig;
 
-use crate::device::{Device, Precision};
+use crate::device::{self, Device, Precision};
 use crate::schedule::Decay;
 use crate::trainer::{Data, Observer, TrainOptions, train};
 
@@ -52,13 +52,11 @@ pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "device",
         ParamType::String,
-        "cpu (default), cpu:flex, cpu:ndarray, cuda or cuda:N (the Nth GPU the stage holds)",
-    ),
-    ParamSpec::optional(
-        "precision",
-        ParamType::String,
-        "f32 (default) or bf16 (CUDA)",
-    ),
+        "where to train (default cpu); cuda:N / wgpu:N is the Nth GPU the stage holds",
+    )
+    .parses(device::DEVICE_RULE, device::check_device),
+    ParamSpec::optional("precision", ParamType::String, "default f32")
+        .parses(device::PRECISION_RULE, device::check_precision),
     ParamSpec::optional("seed", ParamType::Int, "data order seed (default 0)").at_least(0),
     ParamSpec::optional(
         "batch_size",
@@ -193,36 +191,11 @@ pub(crate) struct Common {
     pub lora: Option<LoraConfig>,
 }
 
-/// The `device` param as the device to use: `cuda` is the first GPU the stage holds and
-/// `cuda:N` its Nth (the engine assigns GPUs to stages that declare `resources.gpu`); a stage
-/// holding none addresses GPUs by their system index.
-pub(crate) fn resolve_device(text: &str, held: &[u32]) -> Result<Device, String> {
-    let device = text.parse::<Device>()?;
-    let Device::Cuda(n) = device else {
-        return Ok(device);
-    };
-    if held.is_empty() {
-        return Ok(device);
-    }
-    held.get(n)
-        .map(|&gpu| Device::Cuda(gpu as usize))
-        .ok_or_else(|| {
-            format!(
-                "device {text}: the stage holds {} GPU(s) ({}); declare more with resources.gpu",
-                held.len(),
-                held.iter()
-                    .map(u32::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
 impl Common {
     pub(crate) fn read(ctx: &StageContext) -> Result<Self, StageError> {
         let p = ctx.p();
         let defaults = TrainOptions::default();
-        let device = resolve_device(p.string("device")?.as_deref().unwrap_or("cpu"), &ctx.gpus)?;
+        let device = device::resolve(p.string("device")?.as_deref().unwrap_or("cpu"), &ctx.gpus)?;
         let precision = p
             .string("precision")?
             .unwrap_or_else(|| "f32".into())
@@ -290,23 +263,11 @@ impl Common {
     }
 }
 
-/// Checks what the param specs cannot: devices, precisions and LoRA targets.
+/// Checks what the param specs cannot: LoRA targets.
 pub(crate) fn validate_common(
     params: &BTreeMap<String, Value>,
     problems: &mut Vec<(String, String)>,
 ) {
-    let parsed = |key: &str,
-                  f: &dyn Fn(&str) -> Result<(), String>,
-                  problems: &mut Vec<(String, String)>| {
-        if let Some(v) = params.get(key).and_then(Value::as_str)
-            && !v.contains("${")
-            && let Err(m) = f(v)
-        {
-            problems.push((key.to_owned(), m));
-        }
-    };
-    parsed("device", &|v| v.parse::<Device>().map(drop), problems);
-    parsed("precision", &|v| v.parse::<Precision>().map(drop), problems);
     if let Some(targets) = params.get("lora_targets").and_then(Value::as_array) {
         for t in targets {
             if !matches!(t.as_str(), Some("c_attn" | "c_proj")) {
@@ -405,6 +366,11 @@ impl crate::device::Job for TrainJob<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         use crate::objective::{Internalize, Lm};
         let Self { ctx, common, spec } = self;
+        ctx.log(&format!(
+            "training on {} at {}",
+            device::describe(common.device),
+            common.precision
+        ));
         let started = std::time::Instant::now();
         let (mut config, mut model) = kiln_model::hf::load::<B>(&common.model, &device)?;
         let manifest = Manifest::load(&common.data)?;

@@ -1,0 +1,552 @@
+//! The GPU code path (issue 13) on burn's wgpu backend, on whatever adapter the machine has:
+//! in CI that is Mesa's software Vulkan device (lavapipe), so the cubecl kernels a CUDA run
+//! uses execute in every CI run. Each test runs the real dispatch (`device: wgpu`), compares
+//! with the transformers fixtures or with the CPU, and needs an adapter: without one it says so
+//! and passes, unless `KILN_REQUIRE_WGPU` is set (as `.ci/run` sets it), where it fails.
+
+use std::path::Path;
+
+use kiln_eval::decode::{self, GenerateOptions};
+use kiln_model::burn::prelude::*;
+use kiln_model::burn::tensor::TensorData;
+use kiln_model::burn::tensor::backend::AutodiffBackend;
+use kiln_model::device::{self, Device, InferJob, Job, Precision};
+use kiln_model::gpt2::Gpt2Config;
+use kiln_model::lora::LoraConfig;
+use kiln_model::{hf, host};
+use kiln_train::objective::Lm;
+use kiln_train::trainer::{self, Data, TrainOptions};
+use serde_json::Value;
+
+use crate::support::{Project, fixture, repo_root};
+use crate::train::{
+    Collect, expected, fused_and_plain, ids, internalization_losses, lm_options, rel_close,
+    sample_dataset, tiny_config, vocab_of, weights,
+};
+
+/// `wgpu:0` when this machine has a wgpu adapter.
+fn wgpu() -> Option<Device> {
+    let adapters = device::wgpu_adapters();
+    if adapters.is_empty() {
+        assert!(
+            std::env::var_os("KILN_REQUIRE_WGPU").is_none(),
+            "KILN_REQUIRE_WGPU is set but this machine has no wgpu adapter: install \
+             mesa-vulkan-drivers and libvulkan1 (Mesa's software Vulkan device)"
+        );
+        eprintln!("skipping: no wgpu adapter (apt-get install mesa-vulkan-drivers libvulkan1)");
+        return None;
+    }
+    eprintln!("wgpu adapters: {adapters:?}");
+    Some(Device::Wgpu(0))
+}
+
+const CPU: Device = Device::Cpu(device::DEFAULT_CPU);
+
+fn run<J: Job>(on: Device, job: J) -> J::Output {
+    device::dispatch(on, Precision::F32, job).expect("the device is usable")
+}
+
+fn infer<J: InferJob>(on: Device, job: J) -> J::Output {
+    device::dispatch_infer(on, Precision::F32, job).expect("the device is usable")
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The fixture's logits cases on a backend: (name, kiln's logits, transformers' logits).
+struct FixtureLogits;
+
+impl InferJob for FixtureLogits {
+    type Output = Vec<(String, Vec<f32>, Vec<f32>)>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let (_, model) = hf::load::<B>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+        let exp = expected();
+        let tensor = |v: &Value| {
+            let rows = ids(v);
+            let shape = [rows.len(), rows[0].len()];
+            Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), shape), &device)
+        };
+        ["single", "short", "padded"]
+            .iter()
+            .map(|name| {
+                let case = &exp["logits"][name];
+                let mask = (!case["mask"].is_null()).then(|| tensor(&case["mask"]));
+                let got = host::read_f32(model.forward(tensor(&case["ids"]), mask));
+                let want = case["logits"]
+                    .as_array()
+                    .expect("nested")
+                    .iter()
+                    .flat_map(|row| row.as_array().expect("rows").iter())
+                    .flat_map(|pos| pos.as_array().expect("positions").iter())
+                    .map(|v| v.as_f64().expect("number") as f32)
+                    .collect();
+                ((*name).to_owned(), got, want)
+            })
+            .collect()
+    }
+}
+
+/// The masked-LM loss (fused LM head and plain) with gradients, and the internalization
+/// losses, on a backend.
+struct FixtureLosses;
+
+type Losses = ([(f64, Vec<f32>, Vec<f32>); 2], Vec<(f64, f64, String)>);
+
+impl Job for FixtureLosses {
+    type Output = Losses;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Losses {
+        let masked = fused_and_plain::<B>(&device);
+        let (_, student) = hf::load::<B>(&fixture("numerics/tiny-gpt2"), &device).expect("s");
+        let (_, teacher) =
+            hf::load::<B::InnerBackend>(&fixture("numerics/tiny-gpt2-teacher"), &device)
+                .expect("teacher");
+        (
+            masked,
+            internalization_losses(&student, &teacher, &expected()),
+        )
+    }
+}
+
+#[test]
+fn gpt2_logits_and_losses_match_transformers_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    for (name, got, want) in infer(gpu, FixtureLogits) {
+        let worst = largest_difference(&got, &want);
+        assert!(worst < 1e-4, "{name}: max |wgpu - transformers| = {worst}");
+    }
+    let want = expected()["masked_lm"]["loss"].as_f64().expect("loss");
+    let ([fused, plain], internalization) = run(gpu, FixtureLosses);
+    let ([cpu_fused, _], _) = run(CPU, FixtureLosses);
+    rel_close(fused.0, want, "fused masked LM loss on wgpu");
+    rel_close(plain.0, want, "plain masked LM loss on wgpu");
+    for (what, a, b) in [
+        ("wte", &fused.1, &cpu_fused.1),
+        ("c_fc", &fused.2, &cpu_fused.2),
+    ] {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = largest_difference(a, b);
+        assert!(
+            scale > 0.0 && worst <= 1e-4 * scale,
+            "{what} gradient: wgpu vs cpu differ by {worst} (largest {scale})"
+        );
+    }
+    assert_eq!(internalization.len(), 6);
+    for (got, want, what) in internalization {
+        rel_close(got, want, &format!("internalization loss on wgpu, {what}"));
+    }
+}
+
+/// Training on a backend from the same starting weights (a saved directory): the per-step
+/// losses, the trained model's weights, the device reads the steps made, the outcome's
+/// `resumed_from`, and (when `save` is given) the model saved there.
+struct Train<'a> {
+    start: &'a Path,
+    data: &'a Path,
+    checkpoints: std::path::PathBuf,
+    opts: TrainOptions,
+    stop_at: Option<usize>,
+    save: Option<&'a Path>,
+    lora: Option<LoraConfig>,
+}
+
+struct Trained {
+    losses: Vec<(usize, f64)>,
+    metrics: Vec<(String, usize, f64)>,
+    weights: Vec<f32>,
+    /// Device reads per step (from the second step on: the first also loads the data).
+    reads_per_step: Vec<u64>,
+    resumed_from: Option<usize>,
+}
+
+impl Job for Train<'_> {
+    type Output = Trained;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Trained {
+        let (config, mut model) = hf::load::<B>(self.start, &device).expect("start loads");
+        if let Some(lora) = &self.lora {
+            model = kiln_model::seeded::<B, _>(&device, 1, || model.with_lora(lora, &device))
+                .expect("adapters attach");
+        }
+        let mut lm = Lm {
+            pad: 0,
+            max_length: Some(64),
+        };
+        let mut seen = Collect {
+            stop_at: self.stop_at,
+            ..Collect::default()
+        };
+        let out = trainer::train(
+            model,
+            &config,
+            &mut lm,
+            &Data {
+                dir: self.data.to_owned(),
+            },
+            &self.opts,
+            &self.checkpoints,
+            &mut seen,
+        );
+        let reads_per_step = seen.reads_at.windows(2).map(|w| w[1] - w[0]).collect();
+        let (weights, resumed_from) = match out {
+            Ok(out) => {
+                if let Some(dir) = self.save {
+                    hf::save(&out.model, &config, dir).expect("saves");
+                }
+                (weights(&out.model), Some(out.resumed_from))
+            }
+            Err(kiln_train::Error::Interrupted { .. }) => (Vec::new(), None),
+            Err(e) => panic!("training failed: {e}"),
+        };
+        Trained {
+            losses: seen.losses,
+            metrics: seen.metrics,
+            weights,
+            reads_per_step,
+            resumed_from,
+        }
+    }
+}
+
+/// A tiny GPT-2 for the sample dataset, saved as the starting point of every run.
+fn start(root: &Path, data: &Path) -> std::path::PathBuf {
+    let config: Gpt2Config = tiny_config(vocab_of(data));
+    let cpu = Default::default();
+    let model = kiln_model::seeded::<kiln_model::Flex, _>(&cpu, 3, || {
+        config.init::<kiln_model::Flex>(&cpu)
+    });
+    let dir = root.join("start");
+    hf::save(&model, &config, &dir).expect("saves");
+    dir
+}
+
+fn ten_steps() -> TrainOptions {
+    TrainOptions {
+        eval_every: None,
+        checkpoint_every: Some(5),
+        log_every: 1,
+        ..lm_options(10)
+    }
+}
+
+#[test]
+fn ten_training_steps_on_wgpu_match_the_cpu_reading_the_device_once_per_step() {
+    let Some(gpu) = wgpu() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = sample_dataset(tmp.path());
+    let start = start(tmp.path(), &data);
+    let train = |on: Device, name: &str| {
+        let job = Train {
+            start: &start,
+            data: &data,
+            checkpoints: tmp.path().join(name),
+            opts: ten_steps(),
+            stop_at: None,
+            save: None,
+            lora: None,
+        };
+        run(on, job)
+    };
+    let cpu = train(CPU, "cpu");
+    let gpu = train(gpu, "wgpu");
+    assert_eq!(cpu.losses.len(), 10);
+    assert_eq!(gpu.losses.len(), 10);
+    for ((step, a), (_, b)) in cpu.losses.iter().zip(&gpu.losses) {
+        let rel = (a - b).abs() / a.abs();
+        assert!(
+            rel < 1e-3,
+            "step {step}: cpu loss {a} vs wgpu {b} (relative {rel:e})"
+        );
+    }
+    assert!(gpu.losses[9].1 < gpu.losses[0].1, "{:?}", gpu.losses);
+    // One read per step (the step's losses and gradient norms together) and none elsewhere in
+    // the loop, checkpoint steps (5) included: a checkpoint copies the weights out, but
+    // through burn-store's record, not inside the step.
+    assert_eq!(gpu.reads_per_step, [1; 9], "device-to-host reads per step");
+    assert_eq!(cpu.reads_per_step, [1; 9]);
+}
+
+#[test]
+fn resuming_on_wgpu_at_step_5_of_10_matches_an_uninterrupted_wgpu_run_and_saves_round_trip() {
+    let Some(gpu) = wgpu() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = sample_dataset(tmp.path());
+    let start = start(tmp.path(), &data);
+    let saved = tmp.path().join("saved");
+    let job = |name: &str, stop_at: Option<usize>, save: Option<&'static str>| Train {
+        start: &start,
+        data: &data,
+        checkpoints: tmp.path().join(name),
+        opts: ten_steps(),
+        stop_at,
+        save: save.map(|_| saved.as_path()),
+        lora: None,
+    };
+    let whole = run(gpu, job("whole", None, Some("save")));
+    let first = run(gpu, job("resumed", Some(5), None));
+    assert_eq!(first.resumed_from, None, "stopped at step 5");
+    assert_eq!(first.losses.len(), 5);
+    let second = run(gpu, job("resumed", None, None));
+    assert_eq!(second.resumed_from, Some(5));
+    assert_eq!(
+        second.losses, whole.losses,
+        "per-step losses after resuming"
+    );
+    let timing = |m: &[(String, usize, f64)]| -> Vec<(String, usize, u64)> {
+        m.iter()
+            .filter(|(n, _, _)| n != "tokens_per_s")
+            .map(|(n, s, v)| (n.clone(), *s, v.to_bits()))
+            .collect()
+    };
+    assert_eq!(timing(&second.metrics), timing(&whole.metrics));
+    assert!(
+        second.weights == whole.weights,
+        "weights differ after resuming"
+    );
+
+    // Save on wgpu, load on wgpu: the same weights and the same logits.
+    struct Reload<'a>(&'a Path);
+    impl InferJob for Reload<'_> {
+        type Output = (Vec<f32>, Vec<f32>);
+        fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+            let (_, model) = hf::load::<B>(self.0, &device).expect("loads back");
+            let ids = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![1i64, 5, 9, 20, 33, 2, 7, 8], [2, 4]),
+                &device,
+            );
+            (weights(&model), host::read_f32(model.forward(ids, None)))
+        }
+    }
+    let (reloaded, logits) = infer(gpu, Reload(&saved));
+    assert!(
+        reloaded == whole.weights,
+        "weights differ after save and load"
+    );
+    let (_, logits_again) = infer(gpu, Reload(&saved));
+    assert!(logits == logits_again && !logits.is_empty());
+}
+
+#[test]
+fn lora_and_half_precision_train_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = sample_dataset(tmp.path());
+    let start = start(tmp.path(), &data);
+    let job = |name: &str, lora: Option<LoraConfig>| Train {
+        start: &start,
+        data: &data,
+        checkpoints: tmp.path().join(name),
+        opts: TrainOptions {
+            checkpoint_every: None,
+            ..ten_steps()
+        },
+        stop_at: None,
+        save: None,
+        lora,
+    };
+    // LoRA: the adapters' random start comes from each backend's own generator, so the run
+    // is compared with itself: it learns, and still reads the device once per step.
+    let lora = run(gpu, job("lora", Some(LoraConfig::new(4).with_c_proj(true))));
+    assert_eq!(lora.losses.len(), 10);
+    assert!(lora.losses.iter().all(|(_, l)| l.is_finite()));
+    assert!(lora.losses[9].1 < lora.losses[0].1, "{:?}", lora.losses);
+    assert_eq!(lora.reads_per_step, [1; 9]);
+
+    // f16 where the adapter supports it (lavapipe does); else a clear error, before training.
+    let full = run(gpu, job("f32", None));
+    match device::dispatch(gpu, Precision::F16, job("f16", None)) {
+        Ok(half) => {
+            for ((step, a), (_, b)) in full.losses.iter().zip(&half.losses) {
+                let rel = (a - b).abs() / a.abs();
+                assert!(rel < 1e-2, "step {step}: f32 loss {a} vs f16 {b} ({rel:e})");
+            }
+        }
+        Err(e) => assert!(
+            e.to_string().contains("does not support precision f16"),
+            "{e}"
+        ),
+    }
+}
+
+/// Greedy decoding of the fixture model from a prompt, with and without the KV cache, and a
+/// product of two experts.
+struct Greedy;
+
+impl InferJob for Greedy {
+    type Output = [Vec<u32>; 3];
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let (_, model) = hf::load::<B>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+        let opts = |kv_cache| GenerateOptions {
+            max_new_tokens: 24,
+            temperature: 0.0,
+            top_k: None,
+            seed: 0,
+            stop: None,
+            kv_cache,
+        };
+        let prompt = [11u32, 200, 37, 5, 401];
+        let cached = decode::generate(&model, &prompt, &opts(true)).expect("generates");
+        let plain = decode::generate(&model, &prompt, &opts(false)).expect("generates");
+        let poe = decode::generate_poe(&model, &[prompt.to_vec(), vec![7, 8, 9]], &opts(true))
+            .expect("generates");
+        [cached.tokens, plain.tokens, poe.tokens]
+    }
+}
+
+#[test]
+fn greedy_generation_with_the_kv_cache_on_wgpu_gives_the_cpus_tokens() {
+    let Some(gpu) = wgpu() else { return };
+    let cpu = infer(CPU, Greedy);
+    let got = infer(gpu, Greedy);
+    assert_eq!(cpu[0].len(), 24);
+    assert_eq!(got[0], cpu[0], "greedy tokens with the KV cache");
+    assert_eq!(got[1], cpu[0], "greedy tokens without the cache");
+    assert_eq!(got[2], cpu[2], "product-of-experts tokens");
+}
+
+#[test]
+fn the_quickstart_pipeline_runs_end_to_end_on_wgpu() {
+    if wgpu().is_none() {
+        return;
+    }
+    let p = quickstart_project();
+    p.run(
+        "pipelines/quickstart.yaml",
+        &["--set", "device=wgpu", "--set", "student_steps=20"],
+    )
+    .ok();
+    let accuracy: f64 = p
+        .scalar("SELECT value FROM metrics WHERE stage = 'accuracy' AND name = 'accuracy_2way'")
+        .parse()
+        .expect("a number");
+    assert!((0.0..=1.0).contains(&accuracy), "{accuracy}");
+    let params = p.query("SELECT value FROM params WHERE key = 'device'");
+    assert_eq!(params, [["wgpu".to_owned()]], "the run records its device");
+    // The training stages say where they ran.
+    let logs = p.cache_entries();
+    let ran_on_wgpu = logs.iter().any(|fp| {
+        std::fs::read_to_string(p.path().join("results/cache").join(fp).join("stage.log"))
+            .is_ok_and(|log| log.contains("on wgpu:0"))
+    });
+    assert!(ran_on_wgpu, "no stage log says it ran on wgpu:0");
+}
+
+/// The quickstart files in a scratch project.
+fn quickstart_project() -> Project {
+    let p = Project::new();
+    for file in [
+        "pipelines/quickstart.yaml",
+        "data/samples/sentiment140.sample.csv",
+    ] {
+        let to = p.path().join(file);
+        std::fs::create_dir_all(to.parent().expect("a folder")).expect("mkdir");
+        std::fs::copy(repo_root().join(file), to).expect("copies");
+    }
+    p
+}
+
+#[test]
+fn wgpu_without_an_adapter_is_a_clear_error_naming_what_to_install() {
+    // No Vulkan driver is visible to this process: the loader finds no ICD.
+    let p = Project::new();
+    let out = p
+        .cmd(&["bench", "train", "--device", "wgpu", "--steps", "1"])
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .output()
+        .expect("kiln runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("no Vulkan or Metal adapter found")
+            && stderr.contains("mesa-vulkan-drivers"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_missing_adapter_index_and_bf16_on_wgpu_fail_before_training_starts() {
+    let Some(_) = wgpu() else { return };
+    let n = device::wgpu_adapters().len();
+    let p = quickstart_project();
+    let ran = p.run(
+        "pipelines/quickstart.yaml",
+        &["--set", &format!("device=wgpu:{}", n + 6)],
+    );
+    assert_eq!(ran.status, 1, "{}", ran.stderr);
+    let message = format!(
+        "wgpu:{} asked for, but this machine has {n} wgpu adapter(s)",
+        n + 6
+    );
+    assert!(ran.stderr.contains(&message), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
+    let trained = p.scalar("SELECT count(*) FROM metrics WHERE stage = 'teacher'");
+    assert_eq!(
+        trained, "0",
+        "the teacher recorded metrics: training started"
+    );
+
+    let ran = p.kiln(&["bench", "train", "--device", "wgpu", "--precision", "bf16"]);
+    assert_eq!(ran.status, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("precision bf16 is not available on device wgpu:0")
+            && ran.stderr.contains("bf16 is CUDA only"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        !ran.stderr.contains("train:"),
+        "the benchmark ran: {}",
+        ran.stderr
+    );
+}
+
+/// Every device-to-host read in the model, training and evaluation code goes through
+/// `kiln_model::host` (which counts them, as the training test above checks per step): no
+/// other read call appears outside the test modules.
+#[test]
+fn kiln_reads_tensors_back_only_through_the_counted_host_module() {
+    let reads = [
+        ".into_data()",
+        ".to_data()",
+        ".into_scalar()",
+        "into_data_async",
+        "into_scalar_async",
+    ];
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    for dir in ["crates/model/src", "crates/train/src", "crates/eval/src"] {
+        let mut stack = vec![repo_root().join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).expect("source folder") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("host.rs") {
+                    continue;
+                }
+                scanned += 1;
+                let text = std::fs::read_to_string(&path).expect("source");
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for (i, line) in code.lines().enumerate() {
+                    if reads.iter().any(|r| line.contains(r)) {
+                        found.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(scanned > 30, "only {scanned} files scanned");
+    assert!(
+        found.is_empty(),
+        "reads outside kiln_model::host:\n{}",
+        found.join("\n")
+    );
+}
