@@ -22,6 +22,18 @@ fn int_tensor(
     Tensor::from_data(TensorData::new(flat, [b, s]), device)
 }
 
+/// A logits case's expected values (`[rows][positions][vocab]` in expected.json), flat.
+pub(crate) fn fixture_logits(case: &Value) -> Vec<f32> {
+    case["logits"]
+        .as_array()
+        .expect("nested")
+        .iter()
+        .flat_map(|row| row.as_array().expect("rows").iter())
+        .flat_map(|pos| pos.as_array().expect("positions").iter())
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
 #[test]
 fn logits_match_transformers() {
     let device = Default::default();
@@ -45,14 +57,7 @@ fn logits_match_transformers() {
             .into_data()
             .to_vec()
             .expect("f32 logits");
-        let want: Vec<f32> = case["logits"]
-            .as_array()
-            .expect("nested")
-            .iter()
-            .flat_map(|row| row.as_array().expect("rows").iter())
-            .flat_map(|pos| pos.as_array().expect("positions").iter())
-            .map(|v| v.as_f64().expect("number") as f32)
-            .collect();
+        let want = fixture_logits(case);
         assert_eq!(got.len(), want.len(), "{name}");
         let worst = got
             .iter()

@@ -18,6 +18,7 @@ use kiln_train::objective::Lm;
 use kiln_train::trainer::{self, Data, TrainOptions};
 use serde_json::Value;
 
+use crate::model::fixture_logits;
 use crate::support::{Project, fixture, repo_root};
 use crate::train::{
     Collect, expected, fused_and_plain, ids, internalization_losses, lm_options, rel_close,
@@ -77,15 +78,7 @@ impl InferJob for FixtureLogits {
                 let case = &exp["logits"][name];
                 let mask = (!case["mask"].is_null()).then(|| tensor(&case["mask"]));
                 let got = host::read_f32(model.forward(tensor(&case["ids"]), mask));
-                let want = case["logits"]
-                    .as_array()
-                    .expect("nested")
-                    .iter()
-                    .flat_map(|row| row.as_array().expect("rows").iter())
-                    .flat_map(|pos| pos.as_array().expect("positions").iter())
-                    .map(|v| v.as_f64().expect("number") as f32)
-                    .collect();
-                ((*name).to_owned(), got, want)
+                ((*name).to_owned(), got, fixture_logits(case))
             })
             .collect()
     }
@@ -152,6 +145,21 @@ struct Train<'a> {
     stop_at: Option<usize>,
     save: Option<&'a Path>,
     lora: Option<LoraConfig>,
+}
+
+impl<'a> Train<'a> {
+    /// Ten steps from `start` on `data`, checkpointing under `checkpoints`.
+    fn new(start: &'a Path, data: &'a Path, checkpoints: std::path::PathBuf) -> Self {
+        Self {
+            start,
+            data,
+            checkpoints,
+            opts: ten_steps(),
+            stop_at: None,
+            save: None,
+            lora: None,
+        }
+    }
 }
 
 struct Trained {
@@ -238,18 +246,7 @@ fn ten_training_steps_on_wgpu_match_the_cpu_reading_the_device_once_per_step() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = sample_dataset(tmp.path());
     let start = start(tmp.path(), &data);
-    let train = |on: Device, name: &str| {
-        let job = Train {
-            start: &start,
-            data: &data,
-            checkpoints: tmp.path().join(name),
-            opts: ten_steps(),
-            stop_at: None,
-            save: None,
-            lora: None,
-        };
-        run(on, job)
-    };
+    let train = |on: Device, name: &str| run(on, Train::new(&start, &data, tmp.path().join(name)));
     let cpu = train(CPU, "cpu");
     let gpu = train(gpu, "wgpu");
     assert_eq!(cpu.losses.len(), 10);
@@ -277,13 +274,9 @@ fn resuming_on_wgpu_at_step_5_of_10_matches_an_uninterrupted_wgpu_run_and_saves_
     let start = start(tmp.path(), &data);
     let saved = tmp.path().join("saved");
     let job = |name: &str, stop_at: Option<usize>, save: Option<&'static str>| Train {
-        start: &start,
-        data: &data,
-        checkpoints: tmp.path().join(name),
-        opts: ten_steps(),
         stop_at,
         save: save.map(|_| saved.as_path()),
-        lora: None,
+        ..Train::new(&start, &data, tmp.path().join(name))
     };
     let whole = run(gpu, job("whole", None, Some("save")));
     let first = run(gpu, job("resumed", Some(5), None));
@@ -336,16 +329,12 @@ fn lora_and_half_precision_train_on_wgpu() {
     let data = sample_dataset(tmp.path());
     let start = start(tmp.path(), &data);
     let job = |name: &str, lora: Option<LoraConfig>| Train {
-        start: &start,
-        data: &data,
-        checkpoints: tmp.path().join(name),
         opts: TrainOptions {
             checkpoint_every: None,
             ..ten_steps()
         },
-        stop_at: None,
-        save: None,
         lora,
+        ..Train::new(&start, &data, tmp.path().join(name))
     };
     // LoRA: the adapters' random start comes from each backend's own generator, so the run
     // is compared with itself: it learns, and still reads the device once per step.
@@ -549,4 +538,82 @@ fn kiln_reads_tensors_back_only_through_the_counted_host_module() {
         "reads outside kiln_model::host:\n{}",
         found.join("\n")
     );
+}
+
+#[test]
+fn a_stage_holding_a_gpu_slot_trains_on_that_wgpu_adapter() {
+    if wgpu().is_none() {
+        return;
+    }
+    let p = quickstart_project();
+    p.write(
+        "pipelines/slots.yaml",
+        r#"name: slots
+params:
+  device: wgpu
+stages:
+  tokenizer:
+    uses: data.tokenizer
+    inputs: {train_on: data/samples/sentiment140.sample.csv}
+    with: {vocab_size: 1000}
+  tweets:
+    uses: data.sentiment140
+    inputs: {source: data/samples/sentiment140.sample.csv}
+    with: {tokenizer: "${stages.tokenizer.dir}", labels: {negative: " bad", positive: " good"}}
+  init:
+    uses: model.init
+    with: {tokenizer: "${stages.tweets.dir}", n_positions: 64, n_embd: 32, n_layer: 1, n_head: 2}
+  train:
+    uses: train.lm
+    resources: {gpu: 1}
+    with: {data: "${stages.tweets.dir}", model: "${stages.init.dir}/model", max_steps: 2, device: "${device}"}
+"#,
+    );
+    p.run("pipelines/slots.yaml", &["--gpus", "1"]).ok();
+    let fp = p.scalar("SELECT fingerprint FROM stage_runs WHERE stage = 'train'");
+    let log = std::fs::read_to_string(p.path().join(format!("results/cache/{fp}/stage.log")))
+        .expect("the stage's log");
+    assert!(log.contains("training on wgpu:0"), "{log}");
+    // The stage holds one GPU: its second is not there.
+    let ran = p.run(
+        "pipelines/slots.yaml",
+        &["--gpus", "1", "--set", "device=wgpu:1"],
+    );
+    assert_eq!(ran.status, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("device wgpu:1: the stage holds 1 GPU(s) (0)"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_model_larger_than_the_adapter_binds_is_an_error_not_a_gpu_panic() {
+    if wgpu().is_none() {
+        return;
+    }
+    // DistilGPT-2's token embedding is 147 MiB in f32; Mesa's software device binds 128 MiB.
+    let p = Project::new();
+    let devices = p.kiln(&["devices"]).ok().stdout;
+    let limit: u64 = devices
+        .lines()
+        .find(|l| l.starts_with("wgpu:0"))
+        .and_then(|l| l.split("tensors up to ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("kiln devices gives wgpu:0's limit");
+    if limit >= 148 {
+        eprintln!("skipping: wgpu:0 binds {limit} MiB, DistilGPT-2 fits");
+        return;
+    }
+    let ran = p.kiln(&["bench", "generate", "--device", "wgpu"]);
+    assert_eq!(ran.status, 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("the token embedding (50257 × 768) takes 147.2 MiB, more than device wgpu:0"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
 }

@@ -25,6 +25,7 @@ pub fn generate_tokens_per_s<B: Backend>(
             config.n_positions
         )));
     }
+    config.check_fits::<B>(Some((1, prompt_len + new_tokens)))?;
     B::seed(device, 0);
     let model = config.init::<B>(device);
     let prompt: Vec<u32> = (0..prompt_len as u32)

@@ -39,6 +39,51 @@ pub struct Gpt2Config {
 }
 
 impl Gpt2Config {
+    /// The largest tensor a model of this configuration holds, and, given `rows × positions`
+    /// of a training batch, computes (attention scores, the MLP's hidden layer): what it is
+    /// and how many elements it has.
+    #[must_use]
+    pub fn largest_tensor(&self, batch: Option<(usize, usize)>) -> (String, u64) {
+        let d = self.n_embd as u64;
+        let mut candidates = vec![
+            (
+                format!("the token embedding ({} × {d})", self.vocab_size),
+                self.vocab_size as u64 * d,
+            ),
+            (
+                format!("the position embedding ({} × {d})", self.n_positions),
+                self.n_positions as u64 * d,
+            ),
+            (format!("an MLP weight ({d} × {})", 4 * d), 4 * d * d),
+        ];
+        if let Some((rows, positions)) = batch {
+            let (b, l, h) = (rows as u64, positions as u64, self.n_head as u64);
+            candidates.push((
+                format!("a batch's attention scores ({b} rows × {h} heads × {l}²)"),
+                b * h * l * l,
+            ));
+            candidates.push((
+                format!("a batch's MLP activations ({b} × {l} × {})", 4 * d),
+                b * l * 4 * d,
+            ));
+        }
+        candidates
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .unwrap_or_default()
+    }
+
+    /// Checks that every tensor of [`Self::largest_tensor`] fits the device the current job
+    /// runs on ([`crate::device::check_fits`]), at `B`'s float width.
+    ///
+    /// # Errors
+    /// The largest tensor is larger than the device binds.
+    pub fn check_fits<B: Backend>(&self, batch: Option<(usize, usize)>) -> crate::Result<()> {
+        let (what, elements) = self.largest_tensor(batch);
+        let width = std::mem::size_of::<B::FloatElem>() as u64;
+        crate::device::check_fits(|| what, elements * width)
+    }
+
     /// GPT-2 small (124M).
     pub fn gpt2() -> Self {
         Self::new(50257, 1024, 768, 12, 12).with_eos_token_id(Some(50256))

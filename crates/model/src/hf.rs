@@ -155,6 +155,7 @@ pub fn save<B: Backend>(model: &Gpt2<B>, config: &Gpt2Config, dir: &Path) -> Res
 /// A missing or corrupt file, or weights that do not match the configuration (named).
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, Gpt2<B>)> {
     let config = read_config(&dir.join("config.json"))?;
+    config.check_fits::<B>(None)?;
     let weights = dir.join("model.safetensors");
     if !weights.is_file() {
         return Err(Error::Io {

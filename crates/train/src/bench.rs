@@ -70,6 +70,7 @@ pub fn run<B: AutodiffBackend>(
         shape.layers,
         shape.heads,
     );
+    config.check_fits::<B>(Some((shape.batch, shape.seq)))?;
     let mut model = config.init::<B>(device);
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)

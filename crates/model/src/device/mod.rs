@@ -285,7 +285,7 @@ pub fn describe(device: Device) -> String {
     match device {
         #[cfg(feature = "wgpu")]
         Device::Wgpu(n) => match wgpu::adapters().get(n) {
-            Some(a) => format!("{device} ({})", a.name),
+            Some(a) => format!("{device} ({})", a.info.name),
             None => device.to_string(),
         },
         _ => device.to_string(),
@@ -312,7 +312,13 @@ pub fn available() -> Vec<(String, String)> {
         for (i, a) in adapters.iter().enumerate() {
             out.push((
                 format!("wgpu:{i}"),
-                format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend),
+                format!(
+                    "{} ({:?}, {:?}; tensors up to {} MiB)",
+                    a.info.name,
+                    a.info.device_type,
+                    a.info.backend,
+                    a.max_tensor_bytes >> 20
+                ),
             ));
         }
         if adapters.is_empty() {
@@ -334,6 +340,47 @@ pub fn available() -> Vec<(String, String)> {
     out
 }
 
+thread_local! {
+    /// The device of the job running on this thread, and the most bytes it binds as one tensor.
+    static TENSOR_LIMIT: std::cell::RefCell<Option<(String, u64)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `limit` (the device's name, and the most bytes one tensor may take there) as
+/// this thread's [`check_fits`] limit.
+#[cfg_attr(not(feature = "wgpu"), allow(dead_code))]
+fn with_tensor_limit<R>(limit: (String, u64), f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<(String, u64)>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            TENSOR_LIMIT.with(|l| *l.borrow_mut() = self.0.take());
+        }
+    }
+    let _reset = Reset(TENSOR_LIMIT.with(|l| l.replace(Some(limit))));
+    f()
+}
+
+/// Checks that a tensor of `bytes` (described by `what`) fits the device of the job this
+/// thread runs: wgpu binds a tensor as one storage buffer, and an adapter caps its size
+/// (128 MiB on Mesa's software device, up to 4 GiB on GPUs), where the GPU runtime would
+/// otherwise panic in its own thread. Always fine outside such a job and on other devices.
+///
+/// # Errors
+/// The tensor is larger than the device binds, naming both.
+pub fn check_fits(what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
+    TENSOR_LIMIT.with(|l| match &*l.borrow() {
+        Some((device, limit)) if bytes > *limit => Err(Error::Device(format!(
+            "{} takes {:.1} MiB, more than device {device} binds as one tensor ({:.1} MiB): \
+             use a GPU whose driver allows larger buffers, precision f16, smaller sizes, \
+             or device: cpu",
+            what(),
+            bytes as f64 / 1048576.0,
+            *limit as f64 / 1048576.0
+        ))),
+        _ => Ok(()),
+    })
+}
+
 /// The wgpu adapters of this machine, in `wgpu:N` order, as `name (type, api)` lines; empty
 /// when there are none or the build leaves wgpu out.
 #[must_use]
@@ -342,7 +389,12 @@ pub fn wgpu_adapters() -> Vec<String> {
     {
         wgpu::adapters()
             .iter()
-            .map(|a| format!("{} ({:?}, {:?})", a.name, a.device_type, a.backend))
+            .map(|a| {
+                format!(
+                    "{} ({:?}, {:?})",
+                    a.info.name, a.info.device_type, a.info.backend
+                )
+            })
             .collect()
     }
     #[cfg(not(feature = "wgpu"))]
@@ -399,6 +451,27 @@ mod tests {
             let err = dispatch(Device::Cpu(DEFAULT_CPU), p, Nothing).expect_err("cpu is f32");
             assert!(err.to_string().contains(&format!("precision {p}")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_tensor_beyond_the_jobs_device_limit_is_refused() {
+        let what = || "the token embedding".to_owned();
+        assert!(check_fits(what, u64::MAX).is_ok(), "no limit outside a job");
+        with_tensor_limit(("wgpu:0 (test)".into(), 128 << 20), || {
+            assert!(check_fits(what, 128 << 20).is_ok());
+            let err = check_fits(what, (128 << 20) + 1).expect_err("too large");
+            let text = err.to_string();
+            assert!(
+                text.contains(
+                    "the token embedding takes 128.0 MiB, more than device wgpu:0 (test)"
+                ),
+                "{text}"
+            );
+        });
+        assert!(
+            check_fits(what, u64::MAX).is_ok(),
+            "the limit ends with the job"
+        );
     }
 
     #[cfg(not(feature = "cuda"))]

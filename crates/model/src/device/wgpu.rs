@@ -24,9 +24,15 @@ impl Platform for Wgpu {
                                    (bf16 is CUDA only)";
 }
 
+/// An adapter: what wgpu says of it, and the largest buffer it binds (one tensor).
+pub(super) struct Adapter {
+    pub info: AdapterInfo,
+    pub max_tensor_bytes: u64,
+}
+
 /// The adapters of this machine, in `wgpu:N` order (listed once per process).
-pub(super) fn adapters() -> &'static [AdapterInfo] {
-    static ADAPTERS: OnceLock<Vec<AdapterInfo>> = OnceLock::new();
+pub(super) fn adapters() -> &'static [Adapter] {
+    static ADAPTERS: OnceLock<Vec<Adapter>> = OnceLock::new();
     ADAPTERS.get_or_init(|| {
         let backend = AutoGraphicsApi::backend();
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
@@ -37,9 +43,12 @@ pub(super) fn adapters() -> &'static [AdapterInfo] {
             burn_cubecl::cubecl::future::block_on(instance.enumerate_adapters(backend.into()));
         found
             .iter()
-            .map(wgpu::Adapter::get_info)
+            .map(|a| Adapter {
+                info: a.get_info(),
+                max_tensor_bytes: a.limits().max_storage_buffer_binding_size,
+            })
             // cubecl cannot address adapters of type Other by index.
-            .filter(|info| info.device_type != DeviceType::Other)
+            .filter(|a| a.info.device_type != DeviceType::Other)
             .collect()
     })
 }
@@ -50,7 +59,7 @@ pub(super) const NO_ADAPTER: &str = "no Vulkan or Metal adapter found. Install y
     mesa-vulkan-drivers and libvulkan1; or use device: cpu";
 
 /// cubecl's name for the `index`th adapter: its type and its rank among adapters of that type.
-fn cubecl_device(adapters: &[AdapterInfo], index: usize) -> Result<WgpuDevice> {
+fn cubecl_device(adapters: &[&AdapterInfo], index: usize) -> Result<WgpuDevice> {
     let Some(info) = adapters.get(index) else {
         return Err(Error::Device(if adapters.is_empty() {
             format!("device wgpu:{index}: {NO_ADAPTER}")
@@ -80,7 +89,7 @@ fn cubecl_device(adapters: &[AdapterInfo], index: usize) -> Result<WgpuDevice> {
     }
 }
 
-fn list(adapters: &[AdapterInfo]) -> String {
+fn list(adapters: &[&AdapterInfo]) -> String {
     adapters
         .iter()
         .enumerate()
@@ -92,9 +101,13 @@ fn list(adapters: &[AdapterInfo]) -> String {
 /// Runs `job` on wgpu adapter `index` at `precision`.
 pub(super) fn dispatch<J: Job>(index: usize, precision: Precision, job: J) -> Result<J::Output> {
     let adapters = adapters();
-    let device = cubecl_device(adapters, index)?;
-    let what = format!("wgpu:{index} ({})", adapters[index].name);
-    gpu::run::<Wgpu, J>(&what, device, precision, job)
+    let infos: Vec<&AdapterInfo> = adapters.iter().map(|a| &a.info).collect();
+    let device = cubecl_device(&infos, index)?;
+    let adapter = &adapters[index];
+    let what = format!("wgpu:{index} ({})", adapter.info.name);
+    super::with_tensor_limit((what.clone(), adapter.max_tensor_bytes), || {
+        gpu::run::<Wgpu, J>(&what, device, precision, job)
+    })
 }
 
 #[cfg(test)]
@@ -125,6 +138,7 @@ mod tests {
             info("c", DeviceType::DiscreteGpu),
             info("llvmpipe", DeviceType::Cpu),
         ];
+        let machine: Vec<&AdapterInfo> = machine.iter().collect();
         let got: Vec<WgpuDevice> = (0..4)
             .map(|i| cubecl_device(&machine, i).expect("exists"))
             .collect();

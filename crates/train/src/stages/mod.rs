@@ -373,6 +373,8 @@ impl crate::device::Job for TrainJob<'_> {
         ));
         let started = std::time::Instant::now();
         let (mut config, mut model) = kiln_model::hf::load::<B>(&common.model, &device)?;
+        let positions = common.max_length.unwrap_or(config.n_positions);
+        config.check_fits::<B>(Some((common.opts.batch_size, positions)))?;
         let manifest = Manifest::load(&common.data)?;
         let tok_path = common.data.join("tokenizer.json");
         let tok = Tok::load(&tok_path)?;
