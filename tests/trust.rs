@@ -181,6 +181,43 @@ fn out_of_range_numbers_are_refused_at_validation_never_replaced() {
         p.cache_entries()
     );
 
+    // Devices and precisions, in training and eval stages alike.
+    for (key, value, rule) in [
+        (
+            "device",
+            "tpu",
+            "with.device: \"tpu\" is not a device: write cpu",
+        ),
+        (
+            "device",
+            "wgpu:x",
+            "with.device: \"wgpu:x\" is not a device",
+        ),
+        (
+            "precision",
+            "f8",
+            "with.precision: \"f8\" is not a precision",
+        ),
+    ] {
+        p.write("bad.yaml", &train_with(key, value));
+        let ran = p.kiln(&["validate", "bad.yaml"]);
+        assert_eq!(ran.status, 2, "{key}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains("bad.yaml:10:") && ran.stderr.contains(rule),
+            "{key}: {}",
+            ran.stderr
+        );
+        p.write(
+            "eval.yaml",
+            &format!(
+                "name: e\nstages:\n  score:\n    uses: eval.score\n    with: {{model: m, source: s.txt, {key}: \"{value}\"}}\n"
+            ),
+        );
+        let ran = p.kiln(&["validate", "eval.yaml"]);
+        assert_eq!(ran.status, 2, "{key}: {}", ran.stderr);
+        assert!(ran.stderr.contains(rule), "{key}: {}", ran.stderr);
+    }
+
     p.write(
         "split.yaml",
         "name: split\nstages:\n  tweets:\n    uses: data.sentiment140\n    with: {source: s.csv, tokenizer: t, val: 1.5}\n",
