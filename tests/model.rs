@@ -105,8 +105,8 @@ fn bad_model_directories_are_clear_errors() {
 
 /// Logits of a 512-token row (attention over up to 512 positions) at some positions for some
 /// ids, against transformers in float64 (tests/fixtures/numerics/generate_peaked.py).
-fn long_context_logits<B: Backend>() -> f32 {
-    let device = Default::default();
+pub(crate) fn long_context_logits<B: Backend>(device: &B::Device) -> f32 {
+    let device = device.clone();
     let (config, model) =
         hf::load::<B>(&fixture("numerics/tiny-gpt2-peaked"), &device).expect("loads");
     assert_eq!((config.n_positions, config.vocab_size), (512, 50257));
@@ -143,8 +143,11 @@ fn long_context_logits<B: Backend>() -> f32 {
 #[test]
 fn long_context_logits_match_transformers_in_float64() {
     for (backend, worst) in [
-        ("ndarray", long_context_logits::<Cpu>()),
-        ("flex", long_context_logits::<kiln_model::Flex>()),
+        ("ndarray", long_context_logits::<Cpu>(&Default::default())),
+        (
+            "flex",
+            long_context_logits::<kiln_model::Flex>(&Default::default()),
+        ),
     ] {
         assert!(
             worst < 1e-4,

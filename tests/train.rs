@@ -109,8 +109,10 @@ pub(crate) fn internalization_losses<A: AutodiffBackend>(
 
 /// The internalization losses of generate_peaked.py's fixture on backend `A`: student and
 /// teacher are the same peaked GPT-2-vocabulary model. (got, want, what) per case.
-fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
-    let device = Default::default();
+pub(crate) fn peaked_internalization<A: AutodiffBackend>(
+    device: &A::Device,
+) -> Vec<(f64, f64, String)> {
+    let device = device.clone();
     let dir = fixture("numerics/tiny-gpt2-peaked");
     let (_, student) = hf::load::<A>(&dir, &device).expect("student");
     let (_, teacher) = hf::load::<A::InnerBackend>(&dir, &device).expect("teacher");
@@ -123,8 +125,9 @@ fn peaked_internalization<A: AutodiffBackend>() -> Vec<(f64, f64, String)> {
 
 #[test]
 fn internalization_loss_on_a_peaked_teacher_matches_transformers_in_float64() {
-    let flex = peaked_internalization::<Ad>();
-    let ndarray = peaked_internalization::<kiln_model::burn::backend::Autodiff<Cpu>>();
+    let flex = peaked_internalization::<Ad>(&Default::default());
+    let ndarray =
+        peaked_internalization::<kiln_model::burn::backend::Autodiff<Cpu>>(&Default::default());
     let mut report = Vec::new();
     let mut worst = 0f64;
     for (backend, cases) in [("flex", flex), ("ndarray", ndarray)] {

@@ -18,11 +18,11 @@ use kiln_train::objective::Lm;
 use kiln_train::trainer::{self, Data, TrainOptions};
 use serde_json::Value;
 
-use crate::model::fixture_logits;
+use crate::model::{fixture_logits, long_context_logits};
 use crate::support::{Project, fixture, repo_root};
 use crate::train::{
-    Collect, expected, fused_and_plain, ids, internalization_losses, lm_options, rel_close,
-    sample_dataset, tiny_config, vocab_of, weights,
+    Collect, expected, fused_and_plain, ids, internalization_losses, lm_options,
+    peaked_internalization, rel_close, sample_dataset, tiny_config, vocab_of, weights,
 };
 
 /// `wgpu:0` when this machine has a wgpu adapter.
@@ -132,6 +132,78 @@ fn gpt2_logits_and_losses_match_transformers_on_wgpu() {
     for (got, want, what) in internalization {
         rel_close(got, want, &format!("internalization loss on wgpu, {what}"));
     }
+}
+
+/// A peaked row of GPT-2's width, `[1, 1e-8, 1e-8, …]`, summed by kiln's row sum and its
+/// whole-tensor sum, three times each.
+struct PeakedRowSums;
+
+impl InferJob for PeakedRowSums {
+    type Output = Vec<f32>;
+    fn run<B: Backend>(self, device: B::Device) -> Vec<f32> {
+        let mut row = vec![1e-8f32; 50257];
+        row[0] = 1.0;
+        let x = Tensor::<B, 2>::from_data(TensorData::new(row, [1, 50257]), &device);
+        (0..3)
+            .flat_map(|_| {
+                let by_row = host::read_f32(kiln_model::backend::row_sums(x.clone()));
+                let whole = host::read_f32(kiln_model::backend::sum(x.clone()));
+                by_row.into_iter().chain(whole)
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn sums_over_a_vocabulary_keep_a_peaked_rows_tail_and_repeat_exactly_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    let want = 1.0 + 50256.0 * 1e-8;
+    let got = infer(gpu, PeakedRowSums);
+    for v in &got {
+        let rel = (f64::from(*v) - want).abs() / want;
+        assert!(rel < 1e-6, "sum {v} vs {want} ({rel:e}): {got:?}");
+    }
+    assert!(
+        got.iter().all(|v| v.to_bits() == got[0].to_bits()),
+        "sums differ between calls: {got:?}"
+    );
+}
+
+/// On the peaked GPT-2-vocabulary fixture: the worst logit error at 512 positions, and the
+/// internalization losses (the loss runs in f32 on wgpu, whose shaders have no f64 `exp`).
+struct Peaked;
+
+impl Job for Peaked {
+    type Output = (f32, Vec<(f64, f64, String)>);
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        (
+            long_context_logits::<B::InnerBackend>(&device),
+            peaked_internalization::<B>(&device),
+        )
+    }
+}
+
+#[test]
+fn a_peaked_gpt2_vocabulary_model_matches_transformers_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    let (worst_logit, losses) = run(gpu, Peaked);
+    assert!(
+        worst_logit < 1e-4,
+        "512-position logits: max |wgpu - transformers (f64)| = {worst_logit}"
+    );
+    let report: Vec<String> = losses
+        .iter()
+        .map(|(got, want, what)| {
+            let rel = (got - want).abs() / want.abs();
+            format!("{what}: wgpu {got} vs {want} ({rel:.1e})")
+        })
+        .collect();
+    eprintln!("{}", report.join("\n"));
+    let worst = losses
+        .iter()
+        .map(|(got, want, _)| (got - want).abs() / want.abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "relative errors:\n{}", report.join("\n"));
 }
 
 /// Training on a backend from the same starting weights (a saved directory): the per-step

@@ -21,7 +21,7 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, IndexingUpdateOp, TensorPrimitive};
@@ -919,7 +919,7 @@ pub fn softmax_cross_entropy<B: Backend>(
         &device,
     );
     let w = Tensor::<B, 2>::from_data(TensorData::new(weights.to_vec(), [rows, 1]), &device);
-    let log_p = log_softmax(logits, 1);
+    let log_p = crate::backend::log_softmax(logits);
     let picked = log_p.clone().gather(1, index.clone());
     let total = -crate::backend::sum(picked * w.clone());
     if !grad {

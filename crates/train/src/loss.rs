@@ -8,9 +8,8 @@
 //! are off by ~1e-4 relative on a peaked teacher).
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use kiln_model::backend::sum;
+use kiln_model::backend::{log_softmax, sum};
 
 /// The target value that is not trained (PyTorch's `ignore_index`).
 pub const IGNORE: i64 = -100;
@@ -29,7 +28,7 @@ pub fn masked_cross_entropy<B: Backend>(
     let [n, _] = logits.dims();
     let keep = targets.clone().not_equal_elem(IGNORE);
     let safe = targets.mask_fill(keep.clone().bool_not(), 0);
-    let picked = log_softmax(logits, 1)
+    let picked = log_softmax(logits)
         .gather(1, safe.reshape([n, 1]))
         .reshape([n]);
     let weight = keep.float().cast(picked.dtype());
@@ -207,8 +206,8 @@ pub fn internalization<B: Backend>(
     let Some(teacher) = teacher.filter(|_| alpha < 1.0) else {
         return ce.cast(dtype);
     };
-    let log_p = log_softmax(teacher.cast(wide) / temperature, 1);
-    let log_q = log_softmax(student / temperature, 1);
+    let log_p = log_softmax(teacher.cast(wide) / temperature);
+    let log_q = log_softmax(student / temperature);
     let kl = kl_batchmean(log_p, log_q);
     (ce * alpha + kl * ((1.0 - alpha) * temperature * temperature)).cast(dtype)
 }
