@@ -17,7 +17,7 @@ fn expected() -> Value {
     serde_json::from_str(&text).expect("JSON")
 }
 
-fn ids(v: &Value) -> Vec<u32> {
+pub(crate) fn ids(v: &Value) -> Vec<u32> {
     serde_json::from_value(v.clone()).expect("ids")
 }
 
@@ -75,7 +75,7 @@ fn nll_and_conditional_nll_match_transformers() {
     );
 }
 
-fn expected_peaked() -> Value {
+pub(crate) fn expected_peaked() -> Value {
     let text = std::fs::read_to_string(fixture("numerics/expected_peaked.json"))
         .expect("expected_peaked.json");
     serde_json::from_str(&text).expect("JSON")
@@ -89,12 +89,12 @@ fn peaked() -> kiln_model::gpt2::Gpt2<B> {
         .1
 }
 
-fn floats(v: &Value) -> Vec<f64> {
+pub(crate) fn floats(v: &Value) -> Vec<f64> {
     serde_json::from_value(v.clone()).expect("numbers")
 }
 
 /// The largest `|got − want|`.
-fn worst(got: impl IntoIterator<Item = f64>, want: &[f64]) -> f64 {
+pub(crate) fn worst(got: impl IntoIterator<Item = f64>, want: &[f64]) -> f64 {
     got.into_iter()
         .zip(want)
         .map(|(a, b)| (a - b).abs())

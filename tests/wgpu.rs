@@ -206,6 +206,41 @@ fn a_peaked_gpt2_vocabulary_model_matches_transformers_on_wgpu() {
     assert!(worst < 1e-4, "relative errors:\n{}", report.join("\n"));
 }
 
+/// The peaked fixture's top 10 next-token probabilities and its NLL, computed on a backend.
+struct PeakedScores;
+
+impl InferJob for PeakedScores {
+    type Output = (Vec<(u32, f32)>, f64);
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let dir = fixture("numerics/tiny-gpt2-peaked");
+        let (_, model) = hf::load::<B>(&dir, &device).expect("loads");
+        let exp = crate::eval::expected_peaked();
+        let ids = |v: &Value| crate::eval::ids(v);
+        let probs = kiln_eval::score::next_token_probs(&model, &ids(&exp["topk"]["ids"]));
+        let top = kiln_eval::score::top_k(&probs, 10).expect("k = 10");
+        let nll = kiln_eval::score::nll_from(&model, &ids(&exp["nll"]["ids"]), 1);
+        (top, nll)
+    }
+}
+
+#[test]
+fn peaked_top_k_and_nll_on_wgpu_match_transformers_in_float64() {
+    let Some(gpu) = wgpu() else { return };
+    let (top, nll) = infer(gpu, PeakedScores);
+    let exp = crate::eval::expected_peaked();
+    let want = crate::eval::floats(&exp["topk"]["top_probs"]);
+    assert!(want[0] > 0.9, "the fixture is peaked");
+    let order: Vec<u32> = top.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order, crate::eval::ids(&exp["topk"]["top_ids"]));
+    let err = crate::eval::worst(top.iter().map(|(_, p)| f64::from(*p)), &want);
+    assert!(
+        err < 1e-5,
+        "top-k: max |wgpu − transformers (f64)| = {err:e}"
+    );
+    let want = exp["nll"]["nll"].as_f64().expect("nll");
+    assert!((nll - want).abs() < 1e-3, "NLL {nll} vs {want}");
+}
+
 /// Training on a backend from the same starting weights (a saved directory): the per-step
 /// losses, the trained model's weights, the device reads the steps made, the outcome's
 /// `resumed_from`, and (when `save` is given) the model saved there.
