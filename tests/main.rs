@@ -2,6 +2,7 @@
 
 mod support;
 
+mod archs;
 mod cli;
 mod data;
 mod eval;

@@ -422,7 +422,7 @@ impl<B: Backend> Gpt2<B> {
 
 /// `[batch, 1, seq, seq]`: true where query i must NOT attend to key j (j > i, or key j is
 /// padding), ready for `mask_fill`.
-fn attend_mask<B: Backend>(
+pub(crate) fn attend_mask<B: Backend>(
     batch: usize,
     seq: usize,
     attention_mask: Option<Tensor<B, 2, Int>>,

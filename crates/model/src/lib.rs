@@ -26,7 +26,9 @@ pub mod gpt2;
 pub mod hf;
 pub mod host;
 pub mod kernels;
+pub mod llama;
 pub mod lora;
+pub mod weights;
 
 pub use burn;
 pub use error::{Error, Result};

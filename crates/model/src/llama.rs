@@ -1,0 +1,529 @@
+//! The Llama family in burn: Llama (1 to 3.2, SmolLM2, TinyLlama) and Qwen2/2.5, as
+//! transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` compute them: RMSNorm before attention
+//! and MLP, rotary positions in Hugging Face's half-split layout (with llama-3 `rope_scaling`),
+//! grouped-query attention (`num_key_value_heads`), a SwiGLU MLP, Qwen2's q/k/v biases, and a
+//! tied or untied LM head.
+//!
+//! Loading reads `config.json` and `model.safetensors` (or its shards) through
+//! [`crate::weights`]; `nn.Linear` weights are stored `[out, in]` and transposed to burn's
+//! `[in, out]`.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// A Llama-family `config.json` (the keys kiln uses; others are ignored).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// `llama` or `qwen2`.
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP inner size.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (grouped-query attention); default: as many as query heads.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Per-head size; default `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Longest sequence.
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// Rotary base (transformers 4.x writes it at the top level).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Rotary scaling (transformers 4.x).
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    /// Rotary base and scaling together (transformers 5.x).
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Whether the LM head is the token embedding (then no `lm_head.weight` is stored).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v/o (Llama's flag; Qwen2 always has q/k/v biases).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Biases on the MLP's projections.
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+/// Rotary settings: the base and an optional scaling (`llama3` or none).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RopeParameters {
+    /// `default` or `llama3`.
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    /// Rotary base (transformers 5.x puts it here).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// llama3: how much longer the context became.
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// llama3: below this many wavelengths per context, frequencies are divided by `factor`.
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    /// llama3: above this, frequencies stay.
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    /// llama3: the context the model was trained at.
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<f64>,
+}
+
+impl LlamaConfig {
+    /// Reads and checks `config.json`.
+    ///
+    /// # Errors
+    /// Unreadable, not JSON, not a `llama`/`qwen2` config, or sizes that do not fit together.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "cannot read",
+            path: path.to_owned(),
+            source,
+        })?;
+        let bad = |message: String| Error::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if !matches!(config.model_type.as_str(), "llama" | "qwen2") {
+            return Err(bad(format!(
+                "model_type {:?} is not llama or qwen2",
+                config.model_type
+            )));
+        }
+        let heads = config.num_attention_heads;
+        if heads == 0 || config.kv_heads() == 0 || !heads.is_multiple_of(config.kv_heads()) {
+            return Err(bad(format!(
+                "{heads} attention heads do not split into {} key/value heads",
+                config.kv_heads()
+            )));
+        }
+        if config.head_dim.is_none() && !config.hidden_size.is_multiple_of(heads) {
+            return Err(bad(format!(
+                "hidden_size {} is not a multiple of {heads} heads",
+                config.hidden_size
+            )));
+        }
+        if !config.head_dim().is_multiple_of(2) {
+            return Err(bad(format!("head_dim {} is odd", config.head_dim())));
+        }
+        Ok(config)
+    }
+
+    /// Key/value heads.
+    #[must_use]
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head size.
+    #[must_use]
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether q/k/v carry biases (Qwen2 always; Llama when `attention_bias`).
+    #[must_use]
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == "qwen2" || self.attention_bias
+    }
+
+    fn rope(&self) -> Option<&RopeParameters> {
+        self.rope_parameters.as_ref().or(self.rope_scaling.as_ref())
+    }
+
+    /// The rotary frequencies, `head_dim / 2` of them, as transformers computes them
+    /// (including llama-3 scaling).
+    #[must_use]
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let dim = self.head_dim();
+        let theta = self
+            .rope()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0);
+        // transformers computes the base frequencies in float32.
+        let base: Vec<f64> = (0..dim / 2)
+            .map(|i| f64::from(1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)))
+            .collect();
+        match self.rope() {
+            Some(r) if r.rope_type.as_deref() == Some("llama3") => llama3_scaling(&base, r),
+            _ => base,
+        }
+    }
+}
+
+/// transformers' `_compute_llama3_parameters`.
+fn llama3_scaling(inv_freq: &[f64], r: &RopeParameters) -> Vec<f64> {
+    let factor = r.factor.unwrap_or(8.0);
+    let low = r.low_freq_factor.unwrap_or(1.0);
+    let high = r.high_freq_factor.unwrap_or(4.0);
+    let old = r.original_max_position_embeddings.unwrap_or(8192.0);
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    inv_freq
+        .iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_wavelen {
+                f
+            } else if wavelen > low_wavelen {
+                f / factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+/// A Llama-family causal LM.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// Token embedding `[vocab, d]`.
+    pub embed: Embedding<B>,
+    /// Decoder layers.
+    pub layers: Vec<Layer<B>>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm<B>,
+    /// The LM head when untied (`[d, vocab]`).
+    pub lm_head: Option<Linear<B>>,
+    /// The configuration (not a parameter).
+    #[module(skip)]
+    pub config: LlamaConfig,
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    /// RMSNorm before attention.
+    pub input_norm: RmsNorm<B>,
+    /// Query projection `[d, heads·hd]`.
+    pub q_proj: Linear<B>,
+    /// Key projection `[d, kv_heads·hd]`.
+    pub k_proj: Linear<B>,
+    /// Value projection `[d, kv_heads·hd]`.
+    pub v_proj: Linear<B>,
+    /// Output projection `[heads·hd, d]`.
+    pub o_proj: Linear<B>,
+    /// RMSNorm before the MLP.
+    pub post_norm: RmsNorm<B>,
+    /// SwiGLU gate `[d, inner]`.
+    pub gate_proj: Linear<B>,
+    /// SwiGLU up `[d, inner]`.
+    pub up_proj: Linear<B>,
+    /// SwiGLU down `[inner, d]`.
+    pub down_proj: Linear<B>,
+}
+
+impl LlamaConfig {
+    /// A model of this shape with weights to be loaded (initialized with zeros).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        let d = self.hidden_size;
+        let (hd, heads, kv) = (self.head_dim(), self.num_attention_heads, self.kv_heads());
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device)
+        };
+        let norm = || {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Layer {
+                input_norm: norm(),
+                q_proj: linear(d, heads * hd, self.qkv_bias()),
+                k_proj: linear(d, kv * hd, self.qkv_bias()),
+                v_proj: linear(d, kv * hd, self.qkv_bias()),
+                o_proj: linear(heads * hd, d, self.attention_bias),
+                post_norm: norm(),
+                gate_proj: linear(d, self.intermediate_size, self.mlp_bias),
+                up_proj: linear(d, self.intermediate_size, self.mlp_bias),
+                down_proj: linear(self.intermediate_size, d, self.mlp_bias),
+            })
+            .collect();
+        Llama {
+            embed: EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+            layers,
+            norm: norm(),
+            lm_head: (!self.tie_word_embeddings).then(|| linear(d, self.vocab_size, false)),
+            config: self.clone(),
+        }
+    }
+}
+
+/// Loads a Llama-family Hugging Face directory.
+///
+/// # Errors
+/// A bad `config.json`, missing or unreadable weights, or a tensor whose shape does not fit
+/// the configuration (naming it and both shapes).
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
+    let config = LlamaConfig::load(&dir.join("config.json"))?;
+    let weights = Weights::open(dir)?;
+    let mut model = config.init::<B>(device);
+    let d = config.hidden_size;
+    let set_linear = |l: &mut Linear<B>, name: &str, i: usize, o: usize| -> Result<()> {
+        l.weight = Param::from_tensor(weights.tensor::<B, 2>(
+            &format!("{name}.weight"),
+            [i, o],
+            true,
+            device,
+        )?);
+        if l.bias.is_some() {
+            l.bias = Some(Param::from_tensor(weights.tensor::<B, 1>(
+                &format!("{name}.bias"),
+                [o],
+                false,
+                device,
+            )?));
+        }
+        Ok(())
+    };
+    let set_norm = |n: &mut RmsNorm<B>, name: &str| -> Result<()> {
+        n.gamma = Param::from_tensor(weights.tensor::<B, 1>(
+            &format!("{name}.weight"),
+            [d],
+            false,
+            device,
+        )?);
+        Ok(())
+    };
+    model.embed.weight = Param::from_tensor(weights.tensor::<B, 2>(
+        "model.embed_tokens.weight",
+        [config.vocab_size, d],
+        false,
+        device,
+    )?);
+    let (hd, heads, kv, inner) = (
+        config.head_dim(),
+        config.num_attention_heads,
+        config.kv_heads(),
+        config.intermediate_size,
+    );
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        set_norm(&mut layer.input_norm, &format!("{p}.input_layernorm"))?;
+        set_linear(
+            &mut layer.q_proj,
+            &format!("{p}.self_attn.q_proj"),
+            d,
+            heads * hd,
+        )?;
+        set_linear(
+            &mut layer.k_proj,
+            &format!("{p}.self_attn.k_proj"),
+            d,
+            kv * hd,
+        )?;
+        set_linear(
+            &mut layer.v_proj,
+            &format!("{p}.self_attn.v_proj"),
+            d,
+            kv * hd,
+        )?;
+        set_linear(
+            &mut layer.o_proj,
+            &format!("{p}.self_attn.o_proj"),
+            heads * hd,
+            d,
+        )?;
+        set_norm(
+            &mut layer.post_norm,
+            &format!("{p}.post_attention_layernorm"),
+        )?;
+        set_linear(
+            &mut layer.gate_proj,
+            &format!("{p}.mlp.gate_proj"),
+            d,
+            inner,
+        )?;
+        set_linear(&mut layer.up_proj, &format!("{p}.mlp.up_proj"), d, inner)?;
+        set_linear(
+            &mut layer.down_proj,
+            &format!("{p}.mlp.down_proj"),
+            inner,
+            d,
+        )?;
+    }
+    set_norm(&mut model.norm, "model.norm")?;
+    if let Some(head) = model.lm_head.as_mut() {
+        set_linear(head, "lm_head", d, config.vocab_size)?;
+    }
+    Ok(model)
+}
+
+impl<B: Backend> Llama<B> {
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`; `attention_mask`: `[batch, seq]`, 0 for padding
+    /// - output: `[batch, seq, vocab]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, attention_mask);
+        let [batch, seq, d] = h.dims();
+        let logits = self.project(h.reshape([batch * seq, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Hidden states `[n, d]` to logits `[n, vocab]` (the untied head, or the embedding).
+    pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed.weight.val().transpose()),
+        }
+    }
+
+    /// The final hidden states (after the last RMSNorm), `[batch, seq, d]`.
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let x = self.embed.forward(input_ids);
+        let d = x.dims()[2];
+        let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
+        let rope = Rope::new(&self.config, 0, seq, &device);
+        let mut x = x.reshape([batch * seq, d]);
+        for layer in &self.layers {
+            x = layer.forward(x, &mask, &rope, &self.config, batch, seq);
+        }
+        self.norm.forward(x).reshape([batch, seq, d])
+    }
+}
+
+/// cos and sin of the rotary angles for positions `start..start + len`, `[1, 1, len, hd]`
+/// (each frequency twice: Hugging Face's `cat(freqs, freqs)`).
+struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    fn new(config: &LlamaConfig, start: usize, len: usize, device: &B::Device) -> Self {
+        let freqs = config.inv_freq();
+        let hd = 2 * freqs.len();
+        let mut cos = Vec::with_capacity(len * hd);
+        let mut sin = Vec::with_capacity(len * hd);
+        for p in start..start + len {
+            for _ in 0..2 {
+                for &f in &freqs {
+                    // transformers: float32 inv_freq times float32 position, in float32.
+                    let angle = (f as f32) * (p as f32);
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let make =
+            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, hd]), device);
+        Self {
+            cos: make(cos),
+            sin: make(sin),
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin`, `x`: `[batch, heads, len, hd]`.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let hd = x.dims()[3];
+        let (x1, x2) = (
+            x.clone().narrow(3, 0, hd / 2),
+            x.clone().narrow(3, hd / 2, hd / 2),
+        );
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        rope: &Rope<B>,
+        config: &LlamaConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let h = self.input_norm.forward(x.clone());
+        let x = x + self.attend(h, mask, rope, config, batch, seq);
+        let h = self.post_norm.forward(x.clone());
+        let gate = burn::tensor::activation::silu(self.gate_proj.forward(h.clone()));
+        x + self.down_proj.forward(gate * self.up_proj.forward(h))
+    }
+
+    fn attend(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        rope: &Rope<B>,
+        config: &LlamaConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let (hd, heads, kv) = (
+            config.head_dim(),
+            config.num_attention_heads,
+            config.kv_heads(),
+        );
+        let split = |t: Tensor<B, 2>, n: usize| {
+            t.reshape([batch, seq, n, hd]).swap_dims(1, 2) // [batch, n, seq, hd]
+        };
+        let q = rope.apply(split(self.q_proj.forward(x.clone()), heads));
+        let k = rope.apply(split(self.k_proj.forward(x.clone()), kv));
+        let v = split(self.v_proj.forward(x), kv);
+        // Grouped-query attention: query head i reads key/value head i / (heads / kv).
+        let repeat = |t: Tensor<B, 4>| {
+            let group = heads / kv;
+            if group == 1 {
+                return t;
+            }
+            t.reshape([batch, kv, 1, seq, hd])
+                .expand([batch, kv, group, seq, hd])
+                .reshape([batch, heads, seq, hd])
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
+        let scores = scores.mask_fill(mask.clone(), f32::MIN);
+        let probs = crate::kernels::softmax_last(scores);
+        let out = probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch * seq, heads * hd]);
+        self.o_proj.forward(out)
+    }
+}
