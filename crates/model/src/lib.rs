@@ -20,12 +20,14 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod bloom;
 pub mod device;
 mod error;
 pub mod gpt2;
 pub mod hf;
 pub mod host;
 pub mod kernels;
+mod layers;
 pub mod llama;
 pub mod lora;
 pub mod weights;

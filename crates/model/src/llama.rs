@@ -11,12 +11,12 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::layers::{self, Rope};
 use crate::weights::Weights;
 
 /// A Llama-family `config.json` (the keys kiln uses; others are ignored).
@@ -166,10 +166,7 @@ impl LlamaConfig {
             .and_then(|r| r.rope_theta)
             .or(self.rope_theta)
             .unwrap_or(10_000.0);
-        // transformers computes the base frequencies in float32.
-        let base: Vec<f64> = (0..dim / 2)
-            .map(|i| f64::from(1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)))
-            .collect();
+        let base = layers::rope_frequencies(theta, dim);
         match self.rope() {
             Some(r) if r.rope_type.as_deref() == Some("llama3") => llama3_scaling(&base, r),
             _ => base,
@@ -244,17 +241,8 @@ impl LlamaConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
         let d = self.hidden_size;
         let (hd, heads, kv) = (self.head_dim(), self.num_attention_heads, self.kv_heads());
-        let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o)
-                .with_bias(bias)
-                .with_initializer(burn::nn::Initializer::Zeros)
-                .init(device)
-        };
-        let norm = || {
-            RmsNormConfig::new(d)
-                .with_epsilon(self.rms_norm_eps)
-                .init(device)
-        };
+        let linear = |i: usize, o: usize, bias: bool| layers::linear(i, o, bias, device);
+        let norm = || layers::rms_norm(d, self.rms_norm_eps, device);
         let layers = (0..self.num_hidden_layers)
             .map(|_| Layer {
                 input_norm: norm(),
@@ -289,93 +277,36 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;
     let weights = Weights::open(dir)?;
     let mut model = config.init::<B>(device);
-    let d = config.hidden_size;
-    let set_linear = |l: &mut Linear<B>, name: &str, i: usize, o: usize| -> Result<()> {
-        l.weight = Param::from_tensor(weights.tensor::<B, 2>(
-            &format!("{name}.weight"),
-            [i, o],
-            true,
-            device,
-        )?);
-        if l.bias.is_some() {
-            l.bias = Some(Param::from_tensor(weights.tensor::<B, 1>(
-                &format!("{name}.bias"),
-                [o],
-                false,
-                device,
-            )?));
-        }
-        Ok(())
-    };
-    let set_norm = |n: &mut RmsNorm<B>, name: &str| -> Result<()> {
-        n.gamma = Param::from_tensor(weights.tensor::<B, 1>(
-            &format!("{name}.weight"),
-            [d],
-            false,
-            device,
-        )?);
-        Ok(())
-    };
     model.embed.weight = Param::from_tensor(weights.tensor::<B, 2>(
         "model.embed_tokens.weight",
-        [config.vocab_size, d],
+        [config.vocab_size, config.hidden_size],
         false,
         device,
     )?);
-    let (hd, heads, kv, inner) = (
-        config.head_dim(),
-        config.num_attention_heads,
-        config.kv_heads(),
-        config.intermediate_size,
-    );
     for (i, layer) in model.layers.iter_mut().enumerate() {
         let p = format!("model.layers.{i}");
-        set_norm(&mut layer.input_norm, &format!("{p}.input_layernorm"))?;
-        set_linear(
-            &mut layer.q_proj,
-            &format!("{p}.self_attn.q_proj"),
-            d,
-            heads * hd,
+        weights.load_rms_norm(
+            &mut layer.input_norm,
+            &format!("{p}.input_layernorm"),
+            device,
         )?;
-        set_linear(
-            &mut layer.k_proj,
-            &format!("{p}.self_attn.k_proj"),
-            d,
-            kv * hd,
-        )?;
-        set_linear(
-            &mut layer.v_proj,
-            &format!("{p}.self_attn.v_proj"),
-            d,
-            kv * hd,
-        )?;
-        set_linear(
-            &mut layer.o_proj,
-            &format!("{p}.self_attn.o_proj"),
-            heads * hd,
-            d,
-        )?;
-        set_norm(
-            &mut layer.post_norm,
-            &format!("{p}.post_attention_layernorm"),
-        )?;
-        set_linear(
-            &mut layer.gate_proj,
-            &format!("{p}.mlp.gate_proj"),
-            d,
-            inner,
-        )?;
-        set_linear(&mut layer.up_proj, &format!("{p}.mlp.up_proj"), d, inner)?;
-        set_linear(
-            &mut layer.down_proj,
-            &format!("{p}.mlp.down_proj"),
-            inner,
-            d,
-        )?;
+        for (l, name) in [
+            (&mut layer.q_proj, "self_attn.q_proj"),
+            (&mut layer.k_proj, "self_attn.k_proj"),
+            (&mut layer.v_proj, "self_attn.v_proj"),
+            (&mut layer.o_proj, "self_attn.o_proj"),
+            (&mut layer.gate_proj, "mlp.gate_proj"),
+            (&mut layer.up_proj, "mlp.up_proj"),
+            (&mut layer.down_proj, "mlp.down_proj"),
+        ] {
+            weights.load_linear(l, &format!("{p}.{name}"), device)?;
+        }
+        let post = format!("{p}.post_attention_layernorm");
+        weights.load_rms_norm(&mut layer.post_norm, &post, device)?;
     }
-    set_norm(&mut model.norm, "model.norm")?;
+    weights.load_rms_norm(&mut model.norm, "model.norm", device)?;
     if let Some(head) = model.lm_head.as_mut() {
-        set_linear(head, "lm_head", d, config.vocab_size)?;
+        weights.load_linear(head, "lm_head", device)?;
     }
     Ok(model)
 }
@@ -417,55 +348,12 @@ impl<B: Backend> Llama<B> {
         let x = self.embed.forward(input_ids);
         let d = x.dims()[2];
         let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
-        let rope = Rope::new(&self.config, 0, seq, &device);
+        let rope = Rope::new(&self.config.inv_freq(), 0, seq, &device);
         let mut x = x.reshape([batch * seq, d]);
         for layer in &self.layers {
             x = layer.forward(x, &mask, &rope, &self.config, batch, seq);
         }
         self.norm.forward(x).reshape([batch, seq, d])
-    }
-}
-
-/// cos and sin of the rotary angles for positions `start..start + len`, `[1, 1, len, hd]`
-/// (each frequency twice: Hugging Face's `cat(freqs, freqs)`).
-struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-}
-
-impl<B: Backend> Rope<B> {
-    fn new(config: &LlamaConfig, start: usize, len: usize, device: &B::Device) -> Self {
-        let freqs = config.inv_freq();
-        let hd = 2 * freqs.len();
-        let mut cos = Vec::with_capacity(len * hd);
-        let mut sin = Vec::with_capacity(len * hd);
-        for p in start..start + len {
-            for _ in 0..2 {
-                for &f in &freqs {
-                    // transformers: float32 inv_freq times float32 position, in float32.
-                    let angle = (f as f32) * (p as f32);
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
-        let make =
-            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, hd]), device);
-        Self {
-            cos: make(cos),
-            sin: make(sin),
-        }
-    }
-
-    /// `x * cos + rotate_half(x) * sin`, `x`: `[batch, heads, len, hd]`.
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let hd = x.dims()[3];
-        let (x1, x2) = (
-            x.clone().narrow(3, 0, hd / 2),
-            x.clone().narrow(3, hd / 2, hd / 2),
-        );
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
 
@@ -506,24 +394,8 @@ impl<B: Backend> Layer<B> {
         let q = rope.apply(split(self.q_proj.forward(x.clone()), heads));
         let k = rope.apply(split(self.k_proj.forward(x.clone()), kv));
         let v = split(self.v_proj.forward(x), kv);
-        // Grouped-query attention: query head i reads key/value head i / (heads / kv).
-        let repeat = |t: Tensor<B, 4>| {
-            let group = heads / kv;
-            if group == 1 {
-                return t;
-            }
-            t.reshape([batch, kv, 1, seq, hd])
-                .expand([batch, kv, group, seq, hd])
-                .reshape([batch, heads, seq, hd])
-        };
-        let (k, v) = (repeat(k), repeat(v));
-        let scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
-        let scores = scores.mask_fill(mask.clone(), f32::MIN);
-        let probs = crate::kernels::softmax_last(scores);
-        let out = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch * seq, heads * hd]);
+        let (k, v) = (layers::repeat_kv(k, heads), layers::repeat_kv(v, heads));
+        let out = layers::attention(q, k, v, mask, None);
         self.o_proj.forward(out)
     }
 }

@@ -1,0 +1,297 @@
+//! BLOOM in burn, as transformers' `BloomForCausalLM` computes it: a LayerNorm right after the
+//! word embedding, pre-LayerNorm blocks with a fused `query_key_value` laid out per head as
+//! `[q, k, v]`, ALiBi position biases instead of position embeddings (with the extra slopes for
+//! head counts that are not powers of two, as `build_alibi_tensor`), the tanh GELU, and the
+//! LM head tied to the word embedding.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::layers;
+use crate::weights::Weights;
+
+/// A BLOOM `config.json` (the keys kiln uses).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BloomConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size (older configs: `n_embed`).
+    #[serde(alias = "n_embed")]
+    pub hidden_size: usize,
+    /// Blocks.
+    pub n_layer: usize,
+    /// Attention heads.
+    pub n_head: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// Whether the residual is taken after the LayerNorm (false in every released BLOOM).
+    #[serde(default)]
+    pub apply_residual_connection_post_layernorm: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl BloomConfig {
+    /// Reads and checks `config.json`.
+    ///
+    /// # Errors
+    /// Unreadable, not JSON, or a hidden size that is not a multiple of the heads.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "cannot read",
+            path: path.to_owned(),
+            source,
+        })?;
+        let bad = |message: String| Error::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if config.n_head == 0 || !config.hidden_size.is_multiple_of(config.n_head) {
+            return Err(bad(format!(
+                "hidden_size {} is not a multiple of {} heads",
+                config.hidden_size, config.n_head
+            )));
+        }
+        Ok(config)
+    }
+
+    /// A model of this shape with weights to be loaded.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Bloom<B> {
+        let d = self.hidden_size;
+        let eps = self.layer_norm_epsilon;
+        let blocks = (0..self.n_layer)
+            .map(|_| Block {
+                input_norm: layers::layer_norm(d, eps, device),
+                query_key_value: layers::linear(d, 3 * d, true, device),
+                dense: layers::linear(d, d, true, device),
+                post_norm: layers::layer_norm(d, eps, device),
+                dense_h_to_4h: layers::linear(d, 4 * d, true, device),
+                dense_4h_to_h: layers::linear(4 * d, d, true, device),
+            })
+            .collect();
+        Bloom {
+            embed: EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+            embed_norm: layers::layer_norm(d, eps, device),
+            blocks,
+            ln_f: layers::layer_norm(d, eps, device),
+            config: self.clone(),
+        }
+    }
+
+    /// The ALiBi slope of every head, as transformers' `build_alibi_tensor`.
+    #[must_use]
+    pub fn alibi_slopes(&self) -> Vec<f64> {
+        let heads = self.n_head;
+        let closest = 1usize << heads.ilog2();
+        let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
+        let mut slopes: Vec<f64> = (1..=closest).map(|p| base.powi(p as i32)).collect();
+        if closest != heads {
+            let extra = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
+            let remaining = closest.min(heads - closest);
+            slopes.extend((0..remaining).map(|i| extra.powi((1 + 2 * i) as i32)));
+        }
+        slopes
+    }
+}
+
+/// A BLOOM causal LM.
+#[derive(Module, Debug)]
+pub struct Bloom<B: Backend> {
+    /// Word embedding `[vocab, d]` (also the LM head).
+    pub embed: Embedding<B>,
+    /// The LayerNorm after the embedding.
+    pub embed_norm: LayerNorm<B>,
+    /// Blocks.
+    pub blocks: Vec<Block<B>>,
+    /// Final LayerNorm.
+    pub ln_f: LayerNorm<B>,
+    /// The configuration (not a parameter).
+    #[module(skip)]
+    pub config: BloomConfig,
+}
+
+/// One BLOOM block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// LayerNorm before attention.
+    pub input_norm: LayerNorm<B>,
+    /// Fused projection `[d, 3d]`, per head `[q, k, v]`.
+    pub query_key_value: Linear<B>,
+    /// Attention output `[d, d]`.
+    pub dense: Linear<B>,
+    /// LayerNorm before the MLP.
+    pub post_norm: LayerNorm<B>,
+    /// MLP in `[d, 4d]`.
+    pub dense_h_to_4h: Linear<B>,
+    /// MLP out `[4d, d]`.
+    pub dense_4h_to_h: Linear<B>,
+}
+
+/// Loads a BLOOM Hugging Face directory.
+///
+/// # Errors
+/// A bad `config.json`, missing or unreadable weights, or a tensor whose shape does not fit.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Bloom<B>> {
+    let config = BloomConfig::load(&dir.join("config.json"))?;
+    let weights = Weights::open(dir)?;
+    let mut model = config.init::<B>(device);
+    // Checkpoints from bigscience name tensors without the `transformer.` prefix.
+    let prefix = if weights.contains("transformer.word_embeddings.weight") {
+        "transformer."
+    } else {
+        ""
+    };
+    let shape = [config.vocab_size, config.hidden_size];
+    let name = format!("{prefix}word_embeddings.weight");
+    model.embed.weight = Param::from_tensor(weights.tensor::<B, 2>(&name, shape, false, device)?);
+    let name = format!("{prefix}word_embeddings_layernorm");
+    weights.load_layer_norm(&mut model.embed_norm, &name, device)?;
+    for (i, block) in model.blocks.iter_mut().enumerate() {
+        let p = format!("{prefix}h.{i}");
+        weights.load_layer_norm(
+            &mut block.input_norm,
+            &format!("{p}.input_layernorm"),
+            device,
+        )?;
+        let post = format!("{p}.post_attention_layernorm");
+        weights.load_layer_norm(&mut block.post_norm, &post, device)?;
+        for (l, name) in [
+            (&mut block.query_key_value, "self_attention.query_key_value"),
+            (&mut block.dense, "self_attention.dense"),
+            (&mut block.dense_h_to_4h, "mlp.dense_h_to_4h"),
+            (&mut block.dense_4h_to_h, "mlp.dense_4h_to_h"),
+        ] {
+            weights.load_linear(l, &format!("{p}.{name}"), device)?;
+        }
+    }
+    weights.load_layer_norm(&mut model.ln_f, &format!("{prefix}ln_f"), device)?;
+    Ok(model)
+}
+
+impl<B: Backend> Bloom<B> {
+    /// Logits for every position, `[batch, seq, vocab]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, attention_mask);
+        let [batch, seq, d] = h.dims();
+        let logits = self.project(h.reshape([batch * seq, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Hidden states `[n, d]` to logits `[n, vocab]` (the tied head).
+    pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        hidden.matmul(self.embed.weight.val().transpose())
+    }
+
+    /// The final hidden states, `[batch, seq, d]`.
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let keep = attention_mask
+            .clone()
+            .unwrap_or_else(|| Tensor::ones([batch, seq], &device));
+        let alibi = self.alibi(keep);
+        let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
+        let x = self.embed_norm.forward(self.embed.forward(input_ids));
+        let d = x.dims()[2];
+        let mut x = x.reshape([batch * seq, d]);
+        for block in &self.blocks {
+            x = block.forward(x, &mask, &alibi, &self.config, batch, seq);
+        }
+        self.ln_f.forward(x).reshape([batch, seq, d])
+    }
+
+    /// `[batch, heads, 1, seq]`: slope × the key's position among the row's attended tokens
+    /// (`(cumsum(mask) − 1) · mask`, as transformers), added to every query's scores; computed
+    /// on the device.
+    fn alibi(&self, keep: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [batch, seq] = keep.dims();
+        let device = keep.device();
+        let positions = (keep.clone().cumsum(1) - 1) * keep;
+        let slopes: Vec<f32> = self
+            .config
+            .alibi_slopes()
+            .iter()
+            .map(|&s| s as f32)
+            .collect();
+        let heads = slopes.len();
+        let slopes = Tensor::<B, 4>::from_data(TensorData::new(slopes, [1, heads, 1, 1]), &device);
+        positions.float().reshape([batch, 1, 1, seq]) * slopes
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        alibi: &Tensor<B, 4>,
+        config: &BloomConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let h = self.input_norm.forward(x.clone());
+        let residual = if config.apply_residual_connection_post_layernorm {
+            h.clone()
+        } else {
+            x
+        };
+        let x = residual
+            + self
+                .dense
+                .forward(self.attend(h, mask, alibi, config, batch, seq));
+        let h = self.post_norm.forward(x.clone());
+        let residual = if config.apply_residual_connection_post_layernorm {
+            h.clone()
+        } else {
+            x
+        };
+        let inner = crate::kernels::gelu_tanh(self.dense_h_to_4h.forward(h));
+        residual + self.dense_4h_to_h.forward(inner)
+    }
+
+    fn attend(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        alibi: &Tensor<B, 4>,
+        config: &BloomConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let heads = config.n_head;
+        let hd = config.hidden_size / heads;
+        // Per head [q, k, v]: `view(batch, seq, heads, 3, hd)`.
+        let qkv = self
+            .query_key_value
+            .forward(x)
+            .reshape([batch, seq, heads, 3, hd]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(3, i, 1)
+                .reshape([batch, seq, heads, hd])
+                .swap_dims(1, 2)
+        };
+        layers::attention(part(0), part(1), part(2), mask, Some(alibi.clone()))
+    }
+}

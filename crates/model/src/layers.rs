@@ -1,0 +1,187 @@
+//! Pieces the architectures beyond GPT-2 share, written once: zero-initialized layers to load
+//! weights into, rotary position embeddings (full or partial, Hugging Face's half-split
+//! layout), grouped-query key/value repetition, and masked scaled-dot-product attention with an
+//! optional additive bias (ALiBi).
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::error::Result;
+use crate::weights::Weights;
+
+/// A linear layer `[i, o]` of zeros (its weights are about to be loaded).
+pub(crate) fn linear<B: Backend>(i: usize, o: usize, bias: bool, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(i, o)
+        .with_bias(bias)
+        .with_initializer(burn::nn::Initializer::Zeros)
+        .init(device)
+}
+
+/// A LayerNorm over `d` features with epsilon `eps`.
+pub(crate) fn layer_norm<B: Backend>(d: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+/// An RMSNorm over `d` features with epsilon `eps`.
+pub(crate) fn rms_norm<B: Backend>(d: usize, eps: f64, device: &B::Device) -> RmsNorm<B> {
+    RmsNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+impl Weights {
+    /// Loads `name.weight` (an `nn.Linear` `[out, in]`) and `name.bias` when the layer has one.
+    pub(crate) fn load_linear<B: Backend>(
+        &self,
+        layer: &mut Linear<B>,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        let [i, o] = layer.weight.dims();
+        layer.weight =
+            Param::from_tensor(self.tensor(&format!("{name}.weight"), [i, o], true, device)?);
+        if layer.bias.is_some() {
+            let bias = self.tensor(&format!("{name}.bias"), [o], false, device)?;
+            layer.bias = Some(Param::from_tensor(bias));
+        }
+        Ok(())
+    }
+
+    /// Loads a LayerNorm's `name.weight` and `name.bias`.
+    pub(crate) fn load_layer_norm<B: Backend>(
+        &self,
+        norm: &mut LayerNorm<B>,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        let [d] = norm.gamma.dims();
+        norm.gamma =
+            Param::from_tensor(self.tensor(&format!("{name}.weight"), [d], false, device)?);
+        norm.beta = Some(Param::from_tensor(self.tensor(
+            &format!("{name}.bias"),
+            [d],
+            false,
+            device,
+        )?));
+        Ok(())
+    }
+
+    /// Loads an RMSNorm's `name.weight`.
+    pub(crate) fn load_rms_norm<B: Backend>(
+        &self,
+        norm: &mut RmsNorm<B>,
+        name: &str,
+        device: &B::Device,
+    ) -> Result<()> {
+        let [d] = norm.gamma.dims();
+        norm.gamma =
+            Param::from_tensor(self.tensor(&format!("{name}.weight"), [d], false, device)?);
+        Ok(())
+    }
+}
+
+/// The base rotary frequencies `1 / θ^(2i/dim)` for `i < dim/2`, computed in f32 as
+/// transformers does.
+pub(crate) fn rope_frequencies(theta: f64, dim: usize) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| f64::from(1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32)))
+        .collect()
+}
+
+/// cos and sin of the rotary angles of positions `start..start + len`, `[1, 1, len, rot]` with
+/// `rot = 2 · frequencies` (each frequency twice: Hugging Face's `cat(freqs, freqs)`). Only
+/// the first `rot` dimensions of a head rotate (Phi's partial rotary); the rest pass through.
+pub(crate) struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    rot: usize,
+}
+
+impl<B: Backend> Rope<B> {
+    pub(crate) fn new(freqs: &[f64], start: usize, len: usize, device: &B::Device) -> Self {
+        let rot = 2 * freqs.len();
+        let mut cos = Vec::with_capacity(len * rot);
+        let mut sin = Vec::with_capacity(len * rot);
+        for p in start..start + len {
+            for _ in 0..2 {
+                for &f in freqs {
+                    // transformers: float32 frequency times float32 position, in float32.
+                    let angle = (f as f32) * (p as f32);
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let make =
+            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, len, rot]), device);
+        Self {
+            cos: make(cos),
+            sin: make(sin),
+            rot,
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin` on the first `rot` dimensions of `x`
+    /// (`[batch, heads, len, head_dim]`).
+    pub(crate) fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let hd = x.dims()[3];
+        let (r, pass) = if self.rot < hd {
+            (
+                x.clone().narrow(3, 0, self.rot),
+                Some(x.narrow(3, self.rot, hd - self.rot)),
+            )
+        } else {
+            (x, None)
+        };
+        let half = self.rot / 2;
+        let rotated = Tensor::cat(
+            vec![
+                r.clone().narrow(3, half, half).neg(),
+                r.clone().narrow(3, 0, half),
+            ],
+            3,
+        );
+        let r = r * self.cos.clone() + rotated * self.sin.clone();
+        match pass {
+            Some(p) => Tensor::cat(vec![r, p], 3),
+            None => r,
+        }
+    }
+}
+
+/// Key/value heads repeated for grouped-query attention: `[batch, kv, len, hd]` to
+/// `[batch, heads, len, hd]`, query head `i` reading key/value head `i / (heads / kv)`.
+pub(crate) fn repeat_kv<B: Backend>(t: Tensor<B, 4>, heads: usize) -> Tensor<B, 4> {
+    let [batch, kv, len, hd] = t.dims();
+    let group = heads / kv;
+    if group == 1 {
+        return t;
+    }
+    t.reshape([batch, kv, 1, len, hd])
+        .expand([batch, kv, group, len, hd])
+        .reshape([batch, heads, len, hd])
+}
+
+/// `softmax(q·kᵀ / √hd + bias, masked) · v` for `q` `[batch, heads, sq, hd]`, `k`/`v`
+/// `[batch, heads, sk, hd]`, `mask` true where a query must not see a key, and an optional
+/// additive `bias` broadcast over the scores (ALiBi). Returns `[batch·sq, heads·hd]`.
+pub(crate) fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 4, Bool>,
+    bias: Option<Tensor<B, 4>>,
+) -> Tensor<B, 2> {
+    let [batch, heads, sq, hd] = q.dims();
+    let mut scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    // As Hugging Face: masked scores take the dtype's minimum, not -inf.
+    let scores = scores.mask_fill(mask.clone(), f32::MIN);
+    let probs = crate::kernels::softmax_last(scores);
+    probs
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([batch * sq, heads * hd])
+}
