@@ -3,7 +3,7 @@
 
 use kiln_model::burn::prelude::*;
 use kiln_model::burn::tensor::TensorData;
-use kiln_model::{Flex, bloom, host, llama};
+use kiln_model::{Flex, bloom, host, llama, phi};
 use serde_json::Value;
 
 use crate::support::fixture;
@@ -73,4 +73,13 @@ fn bloom_logits_match_transformers_with_6_and_4_heads() {
     // transformers' build_alibi_tensor for 6 heads: 2^-2, 2^-4, 2^-6, 2^-8, then 2^-1, 2^-3.
     let want = [0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125];
     assert_eq!(six.alibi_slopes(), want);
+}
+
+#[test]
+fn phi_logits_match_transformers_with_partial_rotary() {
+    let dir = fixture("numerics/archs/phi");
+    let model = phi::load::<Flex>(&dir, &Default::default()).expect("loads");
+    // partial_rotary_factor 0.4 of 16 dimensions: 6 rotate.
+    assert_eq!(model.config.rotary_dim(), 6);
+    check_logits("phi", &|ids, mask| model.forward(ids, mask));
 }

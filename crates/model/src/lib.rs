@@ -30,6 +30,7 @@ pub mod kernels;
 mod layers;
 pub mod llama;
 pub mod lora;
+pub mod phi;
 pub mod weights;
 
 pub use burn;

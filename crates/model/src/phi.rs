@@ -1,0 +1,291 @@
+//! Phi-1.5 and Phi-2 in burn, as transformers' `PhiForCausalLM` computes them: one LayerNorm
+//! feeding attention and MLP in parallel (their outputs added to the residual together),
+//! partial rotary positions (only the first `partial_rotary_factor · head_dim` dimensions of a
+//! head rotate), biases on q/k/v/dense and on the MLP, `gelu_new`, and an untied LM head with
+//! a bias.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
+use burn::prelude::*;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::layers::{self, Rope};
+use crate::weights::Weights;
+
+/// A Phi `config.json` (the keys kiln uses).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PhiConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP inner size.
+    pub intermediate_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (Phi-2: as many as query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Longest sequence.
+    pub max_position_embeddings: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// Share of each head's dimensions that rotate (transformers 4.x: top level).
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// Rotary base (transformers 4.x: top level).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Rotary settings (transformers 5.x).
+    #[serde(default)]
+    pub rope_parameters: Option<PhiRope>,
+    /// LayerNorms on queries and keys (no released Phi-1.5/2 has them; refused).
+    #[serde(default)]
+    pub qk_layernorm: bool,
+}
+
+/// Phi's rotary settings in transformers 5.x.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PhiRope {
+    /// Share of each head's dimensions that rotate.
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// Rotary base.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl PhiConfig {
+    /// Reads and checks `config.json`.
+    ///
+    /// # Errors
+    /// Unreadable, not JSON, sizes that do not fit together, or `qk_layernorm`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: "cannot read",
+            path: path.to_owned(),
+            source,
+        })?;
+        let bad = |message: String| Error::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let heads = config.num_attention_heads;
+        if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
+            return Err(bad(format!(
+                "hidden_size {} is not a multiple of {heads} heads",
+                config.hidden_size
+            )));
+        }
+        if config.kv_heads() != heads {
+            return Err(bad(
+                "Phi with grouped-query attention is not supported".into()
+            ));
+        }
+        if config.qk_layernorm {
+            return Err(bad("qk_layernorm is not supported".into()));
+        }
+        Ok(config)
+    }
+
+    fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Per-head size.
+    #[must_use]
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// How many dimensions of a head rotate: `int(partial_rotary_factor · head_dim)`.
+    #[must_use]
+    pub fn rotary_dim(&self) -> usize {
+        let factor = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.partial_rotary_factor)
+            .or(self.partial_rotary_factor)
+            .unwrap_or(0.5);
+        (factor * self.head_dim() as f64) as usize
+    }
+
+    /// The rotary frequencies, over the rotating dimensions.
+    #[must_use]
+    pub fn inv_freq(&self) -> Vec<f64> {
+        let theta = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10_000.0);
+        layers::rope_frequencies(theta, self.rotary_dim())
+    }
+
+    /// A model of this shape with weights to be loaded.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Phi<B> {
+        let (d, eps, inner) = (
+            self.hidden_size,
+            self.layer_norm_eps,
+            self.intermediate_size,
+        );
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| Layer {
+                input_norm: layers::layer_norm(d, eps, device),
+                q_proj: layers::linear(d, d, true, device),
+                k_proj: layers::linear(d, d, true, device),
+                v_proj: layers::linear(d, d, true, device),
+                dense: layers::linear(d, d, true, device),
+                fc1: layers::linear(d, inner, true, device),
+                fc2: layers::linear(inner, d, true, device),
+            })
+            .collect();
+        Phi {
+            embed: EmbeddingConfig::new(self.vocab_size, d)
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
+            layers,
+            final_norm: layers::layer_norm(d, eps, device),
+            lm_head: layers::linear(d, self.vocab_size, true, device),
+            config: self.clone(),
+        }
+    }
+}
+
+/// A Phi causal LM.
+#[derive(Module, Debug)]
+pub struct Phi<B: Backend> {
+    /// Token embedding `[vocab, d]`.
+    pub embed: Embedding<B>,
+    /// Layers.
+    pub layers: Vec<Layer<B>>,
+    /// Final LayerNorm.
+    pub final_norm: LayerNorm<B>,
+    /// LM head `[d, vocab]` with a bias.
+    pub lm_head: Linear<B>,
+    /// The configuration (not a parameter).
+    #[module(skip)]
+    pub config: PhiConfig,
+}
+
+/// One Phi layer.
+#[derive(Module, Debug)]
+pub struct Layer<B: Backend> {
+    /// The one LayerNorm, before attention and MLP.
+    pub input_norm: LayerNorm<B>,
+    /// Query projection.
+    pub q_proj: Linear<B>,
+    /// Key projection.
+    pub k_proj: Linear<B>,
+    /// Value projection.
+    pub v_proj: Linear<B>,
+    /// Attention output.
+    pub dense: Linear<B>,
+    /// MLP in `[d, inner]`.
+    pub fc1: Linear<B>,
+    /// MLP out `[inner, d]`.
+    pub fc2: Linear<B>,
+}
+
+/// Loads a Phi Hugging Face directory.
+///
+/// # Errors
+/// A bad `config.json`, missing or unreadable weights, or a tensor whose shape does not fit.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Phi<B>> {
+    let config = PhiConfig::load(&dir.join("config.json"))?;
+    let weights = Weights::open(dir)?;
+    let mut model = config.init::<B>(device);
+    let shape = [config.vocab_size, config.hidden_size];
+    let embed = weights.tensor::<B, 2>("model.embed_tokens.weight", shape, false, device)?;
+    model.embed.weight = Param::from_tensor(embed);
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        let p = format!("model.layers.{i}");
+        weights.load_layer_norm(
+            &mut layer.input_norm,
+            &format!("{p}.input_layernorm"),
+            device,
+        )?;
+        for (l, name) in [
+            (&mut layer.q_proj, "self_attn.q_proj"),
+            (&mut layer.k_proj, "self_attn.k_proj"),
+            (&mut layer.v_proj, "self_attn.v_proj"),
+            (&mut layer.dense, "self_attn.dense"),
+            (&mut layer.fc1, "mlp.fc1"),
+            (&mut layer.fc2, "mlp.fc2"),
+        ] {
+            weights.load_linear(l, &format!("{p}.{name}"), device)?;
+        }
+    }
+    weights.load_layer_norm(&mut model.final_norm, "model.final_layernorm", device)?;
+    weights.load_linear(&mut model.lm_head, "lm_head", device)?;
+    Ok(model)
+}
+
+impl<B: Backend> Phi<B> {
+    /// Logits for every position, `[batch, seq, vocab]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, attention_mask);
+        let [batch, seq, d] = h.dims();
+        let logits = self.lm_head.forward(h.reshape([batch * seq, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// The final hidden states, `[batch, seq, d]`.
+    pub fn hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let x = self.embed.forward(input_ids);
+        let d = x.dims()[2];
+        let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
+        let rope = Rope::new(&self.config.inv_freq(), 0, seq, &device);
+        let mut x = x.reshape([batch * seq, d]);
+        for layer in &self.layers {
+            x = layer.forward(x, &mask, &rope, &self.config, batch, seq);
+        }
+        self.final_norm.forward(x).reshape([batch, seq, d])
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        rope: &Rope<B>,
+        config: &PhiConfig,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        let h = self.input_norm.forward(x.clone());
+        let (heads, hd) = (config.num_attention_heads, config.head_dim());
+        let split = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+        let q = rope.apply(split(self.q_proj.forward(h.clone())));
+        let k = rope.apply(split(self.k_proj.forward(h.clone())));
+        let v = split(self.v_proj.forward(h.clone()));
+        let attn = self.dense.forward(layers::attention(q, k, v, mask, None));
+        let mlp = self
+            .fc2
+            .forward(crate::kernels::gelu_tanh(self.fc1.forward(h)));
+        x + attn + mlp
+    }
+}
