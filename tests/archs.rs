@@ -83,3 +83,182 @@ fn phi_logits_match_transformers_with_partial_rotary() {
     assert_eq!(model.config.rotary_dim(), 6);
     check_logits("phi", &|ids, mask| model.forward(ids, mask));
 }
+
+const CASES: &[&str] = &[
+    "bloom-6h",
+    "bloom-4h",
+    "phi",
+    "llama-tied",
+    "llama-untied",
+    "qwen2",
+    "llama-bf16",
+    "qwen2-sharded",
+];
+
+fn load(case: &str) -> kiln_model::Model<Flex> {
+    let dir = fixture(&format!("numerics/archs/{case}"));
+    kiln_model::load::<Flex>(&dir, &Default::default()).expect("loads")
+}
+
+fn rows(v: &Value) -> Vec<Vec<i64>> {
+    serde_json::from_value(v.clone()).expect("rows of ids")
+}
+
+fn rel_close(got: f64, want: f64, what: &str) {
+    let rel = (got - want).abs() / want.abs().max(1e-12);
+    assert!(
+        rel < 1e-4,
+        "{what}: kiln {got} vs transformers {want} ({rel:e})"
+    );
+}
+
+#[test]
+fn every_architecture_loads_by_model_type_and_its_losses_match_transformers() {
+    use kiln_model::CausalLm;
+    use kiln_train::loss;
+    let exp = expected();
+    let device = Default::default();
+    for case in CASES {
+        let model = load(case);
+        let want = &exp["cases"][case];
+        // The masked causal-LM loss (labels unshifted, -100 ignored).
+        let m = &want["masked_lm"];
+        let (input, labels) = (rows(&m["ids"]), rows(&m["labels"]));
+        let (b, s) = (input.len(), input[0].len());
+        let logits = model.forward(
+            ids::<Flex>(&m["ids"], &device),
+            Some(ids::<Flex>(&m["mask"], &device)),
+        );
+        let v = logits.dims()[2];
+        let logits = logits.narrow(1, 0, s - 1).reshape([b * (s - 1), v]);
+        let targets: Vec<i64> = labels.iter().flat_map(|r| r[1..].to_vec()).collect();
+        let targets =
+            Tensor::<Flex, 1, Int>::from_data(TensorData::new(targets, [b * (s - 1)]), &device);
+        let got = host::read_scalar(loss::masked_cross_entropy(logits, targets));
+        rel_close(
+            got,
+            m["loss"].as_f64().expect("loss"),
+            &format!("{case} masked LM"),
+        );
+        // The internalization loss, the model as student and teacher.
+        let c = &want["internalization"];
+        let input = rows(&c["rows"]);
+        let lengths: Vec<usize> = serde_json::from_value(c["lengths"].clone()).expect("lengths");
+        let prompt: Vec<i64> = serde_json::from_value(c["prompt"].clone()).expect("prompt");
+        let labels: Vec<i64> = serde_json::from_value(c["labels"].clone()).expect("labels");
+        let width = input[0].len();
+        let mask: Vec<i64> = lengths
+            .iter()
+            .flat_map(|&n| (0..width).map(move |j| i64::from(j < n)))
+            .collect();
+        let t = |v: Vec<i64>, shape: [usize; 2]| {
+            Tensor::<Flex, 2, Int>::from_data(TensorData::new(v, shape), &device)
+        };
+        let at: Vec<usize> = lengths.iter().map(|n| n - 1).collect();
+        let student = model.logits_at(
+            t(input.concat(), [2, width]),
+            Some(t(mask, [2, width])),
+            &at,
+        );
+        let tw = width + prompt.len();
+        let (mut teacher_ids, mut teacher_mask, mut teacher_at) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for (r, &n) in input.iter().zip(&lengths) {
+            let row: Vec<i64> = r[..n]
+                .iter()
+                .copied()
+                .chain(prompt.iter().copied())
+                .collect();
+            teacher_at.push(row.len() - 1);
+            teacher_mask.extend((0..tw).map(|j| i64::from(j < row.len())));
+            teacher_ids.extend(
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, tw - row.len())),
+            );
+        }
+        let teacher = model.logits_at(
+            t(teacher_ids, [2, tw]),
+            Some(t(teacher_mask, [2, tw])),
+            &teacher_at,
+        );
+        for l in c["losses"].as_array().expect("losses") {
+            let (alpha, temperature) = (
+                l["alpha"].as_f64().expect("a"),
+                l["temperature"].as_f64().expect("t"),
+            );
+            let labels =
+                Tensor::<Flex, 1, Int>::from_data(TensorData::new(labels.clone(), [2]), &device);
+            let got = host::read_scalar(loss::internalization(
+                student.clone(),
+                Some(teacher.clone()),
+                labels,
+                alpha,
+                temperature,
+            ));
+            let what = format!("{case} internalization alpha {alpha} T {temperature}");
+            rel_close(got, l["loss"].as_f64().expect("loss"), &what);
+        }
+    }
+}
+
+#[test]
+fn every_architecture_decodes_greedily_as_transformers_with_and_without_the_kv_cache() {
+    use kiln_eval::decode::{self, GenerateOptions};
+    let exp = expected();
+    for case in CASES {
+        let model = load(case);
+        let want = &exp["cases"][case];
+        let prompt: Vec<u32> = serde_json::from_value(want["greedy"]["prompt"].clone()).expect("p");
+        let tokens: Vec<u32> = serde_json::from_value(want["greedy"]["tokens"].clone()).expect("t");
+        for kv_cache in [true, false] {
+            let opts = GenerateOptions {
+                max_new_tokens: tokens.len(),
+                temperature: 0.0,
+                top_k: None,
+                seed: 0,
+                stop: None,
+                kv_cache,
+            };
+            let got = decode::generate(&model, &prompt, &opts).expect("generates");
+            assert_eq!(got.tokens, tokens, "{case}, KV cache {kv_cache}");
+        }
+        let nll_ids: Vec<u32> = serde_json::from_value(want["nll"]["ids"].clone()).expect("ids");
+        let nll = kiln_eval::score::nll_from(&model, &nll_ids, 1);
+        let target = want["nll"]["nll"].as_f64().expect("nll");
+        assert!((nll - target).abs() < 1e-3, "{case}: NLL {nll} vs {target}");
+    }
+}
+
+#[test]
+fn an_unknown_model_type_lists_the_supported_ones_and_a_wrong_shape_names_the_tensor() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = fixture("numerics/archs/llama-tied");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(file), tmp.path().join(file)).expect("copies");
+    }
+    let config = std::fs::read_to_string(src.join("config.json")).expect("config");
+    let write =
+        |text: String| std::fs::write(tmp.path().join("config.json"), text).expect("writes");
+    write(config.replace("\"model_type\": \"llama\"", "\"model_type\": \"mamba\""));
+    let err = kiln_model::load::<Flex>(tmp.path(), &Default::default()).expect_err("mamba");
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "model_type \"mamba\" is not supported: kiln loads gpt2, bloom, phi, llama, qwen2"
+        ),
+        "{text}"
+    );
+    write(config.replace("\"intermediate_size\": 96", "\"intermediate_size\": 100"));
+    let err = kiln_model::load::<Flex>(tmp.path(), &Default::default()).expect_err("shape");
+    let text = err.to_string();
+    assert!(
+        text.contains("model.layers.0.mlp.gate_proj.weight has shape [96, 64], the configuration needs [100, 64]"),
+        "{text}"
+    );
+    std::fs::remove_file(tmp.path().join("model.safetensors")).expect("rm");
+    std::fs::write(tmp.path().join("pytorch_model.bin"), b"not read").expect("writes");
+    write(config);
+    let err = kiln_model::load::<Flex>(tmp.path(), &Default::default()).expect_err("bin");
+    assert!(err.to_string().contains("save_pretrained"), "{err}");
+}

@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_data::collate;
 use kiln_data::shard::{Manifest, ShardReader};
-use kiln_model::gpt2::Gpt2;
+use kiln_model::CausalLm;
 
 use crate::error::{Error, Result};
 
@@ -36,8 +36,8 @@ pub struct SentimentReport {
 /// # Errors
 /// A dataset without a negative/positive label map, unreadable shards, or ids outside the
 /// model's vocabulary.
-pub fn evaluate<B: Backend>(
-    model: &Gpt2<B>,
+pub fn evaluate<B: Backend, M: CausalLm<B>>(
+    model: &M,
     dir: &std::path::Path,
     split: &str,
     batch: usize,
@@ -66,7 +66,7 @@ pub fn evaluate<B: Backend>(
         }
     }
     let name = |id: u32| if id == pos { "positive" } else { "negative" };
-    let device = model.wte.weight.device();
+    let device = model.device();
     let mut report = SentimentReport {
         rows: 0,
         truncated: 0,

@@ -8,7 +8,8 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_data::rng::SplitMix64;
-use kiln_model::gpt2::{Gpt2, KvCache};
+use kiln_model::CausalLm;
+use kiln_model::gpt2::KvCache;
 
 use crate::error::{Error, Result};
 use crate::score::check_input;
@@ -107,16 +108,16 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut SplitMix64) -> u32 {
 }
 
 /// One expert's reading state.
-struct Reader<'a, B: Backend> {
-    model: &'a Gpt2<B>,
+struct Reader<'a, B: Backend, M> {
+    model: &'a M,
     context: Vec<u32>,
     cache: Option<KvCache<B>>,
 }
 
-impl<B: Backend> Reader<'_, B> {
+impl<B: Backend, M: CausalLm<B>> Reader<'_, B, M> {
     /// Logits after the whole context (first call) or after the last token appended.
     fn logits(&mut self, only_last: bool) -> Vec<f32> {
-        let device = self.model.wte.weight.device();
+        let device = self.model.device();
         let read: &[u32] = match (&self.cache, only_last) {
             (Some(_), true) => &self.context[self.context.len() - 1..],
             _ => &self.context,
@@ -136,8 +137,8 @@ impl<B: Backend> Reader<'_, B> {
 ///
 /// # Errors
 /// An empty prompt, one longer than the context, or an id outside the vocabulary.
-pub fn generate<B: Backend>(
-    model: &Gpt2<B>,
+pub fn generate<B: Backend, M: CausalLm<B>>(
+    model: &M,
     prompt: &[u32],
     opts: &GenerateOptions,
 ) -> Result<Generated> {
@@ -149,15 +150,15 @@ pub fn generate<B: Backend>(
 ///
 /// # Errors
 /// No contexts, or a context that [`generate`] would refuse.
-pub fn generate_poe<B: Backend>(
-    model: &Gpt2<B>,
+pub fn generate_poe<B: Backend, M: CausalLm<B>>(
+    model: &M,
     contexts: &[Vec<u32>],
     opts: &GenerateOptions,
 ) -> Result<Generated> {
     if contexts.is_empty() {
         return Err(Error::Invalid("no context to generate from".into()));
     }
-    let n_positions = model.wpe.weight.dims()[0];
+    let n_positions = model.max_positions().unwrap_or(usize::MAX);
     let vocab = model.vocab_size();
     for c in contexts {
         check_input(c, n_positions, vocab)?;
@@ -170,12 +171,12 @@ pub fn generate_poe<B: Backend>(
         )));
     }
     let mut rng = SplitMix64::new(opts.seed);
-    let mut readers: Vec<Reader<'_, B>> = contexts
+    let mut readers: Vec<Reader<'_, B, M>> = contexts
         .iter()
         .map(|c| Reader {
             model,
             context: c.clone(),
-            cache: opts.kv_cache.then(|| KvCache::new(model.blocks.len())),
+            cache: opts.kv_cache.then(|| model.new_cache()),
         })
         .collect();
     let mut out = Vec::new();

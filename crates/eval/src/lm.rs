@@ -1,12 +1,13 @@
-//! [`Lm`]: a model directory (weights + tokenizer) with the research code's text-level
-//! conventions: sequences are scored with the BOS token (GPT-2's `<|endoftext|>`) prefixed,
-//! and a continuation is joined after its prefix with a space.
+//! [`Lm`]: a model directory (weights + tokenizer) of any architecture kiln loads, with the
+//! research code's text-level conventions: sequences are scored with the BOS token prefixed
+//! (`bos_token_id`, else the end-of-text token: GPT-2's `<|endoftext|>`), and a continuation
+//! is joined after its prefix with a space.
 
 use std::path::Path;
 
 use burn::prelude::*;
 use kiln_data::tokenizer::Tok;
-use kiln_model::gpt2::{Gpt2, Gpt2Config};
+use kiln_model::{CausalLm, Model};
 
 use crate::decode::{self, GenerateOptions, Generated};
 use crate::error::{Error, Result};
@@ -15,9 +16,10 @@ use crate::score::{self, Gap, TracePoint};
 /// A language model and its tokenizer.
 pub struct Lm<B: Backend> {
     /// The model.
-    pub model: Gpt2<B>,
-    /// Its configuration.
-    pub config: Gpt2Config,
+    pub model: Model<B>,
+    /// The token prefixed when scoring, from `config.json` (`bos_token_id`, else
+    /// `eos_token_id`).
+    pub bos: Option<u32>,
     /// Its tokenizer.
     pub tok: Tok,
 }
@@ -42,7 +44,8 @@ impl<B: Backend> Lm<B> {
     /// # Errors
     /// A missing or invalid model or tokenizer.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
-        let (config, model) = kiln_model::hf::load::<B>(dir, device)?;
+        let model = kiln_model::load::<B>(dir, device)?;
+        let bos = config_id(dir, "bos_token_id").or_else(|| config_id(dir, "eos_token_id"));
         let tok = Tok::load(dir)?;
         if tok.vocab_size() > model.vocab_size() {
             return Err(Error::Invalid(format!(
@@ -52,7 +55,7 @@ impl<B: Backend> Lm<B> {
                 model.vocab_size()
             )));
         }
-        Ok(Self { model, config, tok })
+        Ok(Self { model, bos, tok })
     }
 
     /// The BOS token prefixed when scoring: the end-of-text token.
@@ -60,13 +63,9 @@ impl<B: Backend> Lm<B> {
     /// # Errors
     /// When neither the config nor the tokenizer has one.
     pub fn bos(&self) -> Result<u32> {
-        self.config
-            .eos_token_id
-            .map(|e| e as u32)
-            .or_else(|| self.tok.eos_id())
-            .ok_or_else(|| {
-                Error::Invalid("the model has no end-of-text token to use as BOS".into())
-            })
+        self.bos.or_else(|| self.tok.eos_id()).ok_or_else(|| {
+            Error::Invalid("the model has no end-of-text token to use as BOS".into())
+        })
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -77,7 +76,8 @@ impl<B: Backend> Lm<B> {
     }
 
     fn checked(&self, ids: &[u32]) -> Result<()> {
-        score::check_input(ids, self.config.n_positions, self.model.vocab_size())
+        let limit = self.model.max_positions().unwrap_or(usize::MAX);
+        score::check_input(ids, limit, self.model.vocab_size())
     }
 
     /// The token as text (ids outside the tokenizer shown as `<id>`).
@@ -187,10 +187,21 @@ impl<B: Backend> Lm<B> {
     ///
     /// # Errors
     /// Empty or too long text or prompt.
-    pub fn gap(&self, teacher: &Gpt2<B>, text: &str, prompt: &str) -> Result<Gap> {
+    pub fn gap<T: CausalLm<B>>(&self, teacher: &T, text: &str, prompt: &str) -> Result<Gap> {
         let ids = self.encode(text)?;
         let p = self.encode(prompt)?;
         self.checked(&[ids.clone(), p.clone()].concat())?;
         Ok(score::internalization_gap(&self.model, teacher, &ids, &p))
     }
+}
+
+/// An id of `config.json` (the first, when it is a list as Llama 3's `eos_token_id`).
+fn config_id(dir: &Path, key: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let value = json.get(key)?;
+    let id = value
+        .as_u64()
+        .or_else(|| value.as_array()?.first()?.as_u64())?;
+    u32::try_from(id).ok()
 }

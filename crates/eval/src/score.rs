@@ -11,7 +11,7 @@
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use kiln_model::gpt2::Gpt2;
+use kiln_model::CausalLm;
 use kiln_model::kernels::{log_softmax_f64, softmax_f64};
 
 use crate::error::{Error, Result};
@@ -50,8 +50,8 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 }
 
 /// Log-probabilities of every position's next token: `[len, vocab]` as rows.
-pub fn log_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<Vec<f32>> {
-    let device = model.wte.weight.device();
+pub fn log_probs<B: Backend, M: CausalLm<B>>(model: &M, ids: &[u32]) -> Vec<Vec<f32>> {
+    let device = model.device();
     let logits = model.forward(ids_tensor::<B>(ids, &device), None);
     let vocab = logits.dims()[2];
     let flat = log_softmax_f64(&to_vec(logits), vocab);
@@ -59,8 +59,8 @@ pub fn log_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<Vec<f32>> {
 }
 
 /// The next-token distribution after `ids`.
-pub fn next_token_probs<B: Backend>(model: &Gpt2<B>, ids: &[u32]) -> Vec<f32> {
-    let device = model.wte.weight.device();
+pub fn next_token_probs<B: Backend, M: CausalLm<B>>(model: &M, ids: &[u32]) -> Vec<f32> {
+    let device = model.device();
     let logits = model.logits_at(ids_tensor::<B>(ids, &device), None, &[ids.len() - 1]);
     let vocab = logits.dims()[1];
     softmax_f64(&to_vec(logits), vocab)
@@ -91,7 +91,7 @@ pub fn top_k(probs: &[f32], k: usize) -> Result<Vec<(u32, f32)>> {
 }
 
 /// `−Σ log p(ids[i] | ids[..i])` over `i ≥ from` (`from ≥ 1`: the first token is context).
-pub fn nll_from<B: Backend>(model: &Gpt2<B>, ids: &[u32], from: usize) -> f64 {
+pub fn nll_from<B: Backend, M: CausalLm<B>>(model: &M, ids: &[u32], from: usize) -> f64 {
     let rows = log_probs(model, ids);
     (from.max(1)..ids.len())
         .map(|i| -f64::from(rows[i - 1][ids[i] as usize]))
@@ -117,8 +117,8 @@ pub struct TracePoint {
 
 /// For every position of `ids`: the next-token softmax restricted to the two label tokens
 /// (`negative`, `positive`), and the most probable next token.
-pub fn label_trace<B: Backend>(
-    model: &Gpt2<B>,
+pub fn label_trace<B: Backend, M: CausalLm<B>>(
+    model: &M,
     ids: &[u32],
     negative: u32,
     positive: u32,
@@ -161,9 +161,9 @@ pub struct Gap {
 
 /// The internalization gap for one text: the teacher reads `ids` + `prompt`, the student
 /// reads `ids`; both distributions are taken at their last position.
-pub fn internalization_gap<B: Backend>(
-    student: &Gpt2<B>,
-    teacher: &Gpt2<B>,
+pub fn internalization_gap<B: Backend, S: CausalLm<B>, T: CausalLm<B>>(
+    student: &S,
+    teacher: &T,
     ids: &[u32],
     prompt: &[u32],
 ) -> Gap {

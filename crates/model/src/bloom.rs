@@ -13,7 +13,8 @@ use burn::tensor::TensorData;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers;
+use crate::gpt2::KvCache;
+use crate::layers::{self, Kv};
 use crate::weights::Weights;
 
 /// A BLOOM `config.json` (the keys kiln uses).
@@ -181,6 +182,26 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Bloom<B>> {
 }
 
 impl<B: Backend> Bloom<B> {
+    /// Blocks (one key/value cache entry each).
+    pub fn layer_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// No learned positions: ALiBi has no limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        None
+    }
+
+    /// The vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> B::Device {
+        self.embed.weight.device()
+    }
+
     /// Logits for every position, `[batch, seq, vocab]`.
     pub fn forward(
         &self,
@@ -216,9 +237,39 @@ impl<B: Backend> Bloom<B> {
         let d = x.dims()[2];
         let mut x = x.reshape([batch * seq, d]);
         for block in &self.blocks {
-            x = block.forward(x, &mask, &alibi, &self.config, batch, seq);
+            x = block
+                .forward(x, &mask, &alibi, &self.config, batch, seq, None)
+                .0;
         }
         self.ln_f.forward(x).reshape([batch, seq, d])
+    }
+
+    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
+    /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let past = cache.len;
+        let alibi = self.alibi(Tensor::ones([batch, past + seq], &device));
+        let mask = layers::cached_mask::<B>(batch, past, seq, &device);
+        let x = self.embed_norm.forward(self.embed.forward(input_ids));
+        let d = x.dims()[2];
+        let mut x = x.reshape([batch * seq, d]);
+        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            let (out, kv) = block.forward(x, &mask, &alibi, &self.config, batch, seq, slot.take());
+            *slot = Some(kv);
+            x = out;
+        }
+        cache.len = past + seq;
+        let last = x
+            .reshape([batch, seq, d])
+            .narrow(1, seq - 1, 1)
+            .reshape([batch, d]);
+        self.project(self.ln_f.forward(last))
     }
 
     /// `[batch, heads, 1, seq]`: slope × the key's position among the row's attended tokens
@@ -241,6 +292,9 @@ impl<B: Backend> Bloom<B> {
 }
 
 impl<B: Backend> Block<B> {
+    /// The block over `seq` new positions after the cached `past` keys/values; returns the
+    /// output and every key/value.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<B, 2>,
@@ -249,17 +303,16 @@ impl<B: Backend> Block<B> {
         config: &BloomConfig,
         batch: usize,
         seq: usize,
-    ) -> Tensor<B, 2> {
+        past: Option<Kv<B>>,
+    ) -> (Tensor<B, 2>, Kv<B>) {
         let h = self.input_norm.forward(x.clone());
         let residual = if config.apply_residual_connection_post_layernorm {
             h.clone()
         } else {
             x
         };
-        let x = residual
-            + self
-                .dense
-                .forward(self.attend(h, mask, alibi, config, batch, seq));
+        let (a, kv) = self.attend(h, mask, alibi, config, batch, seq, past);
+        let x = residual + self.dense.forward(a);
         let h = self.post_norm.forward(x.clone());
         let residual = if config.apply_residual_connection_post_layernorm {
             h.clone()
@@ -267,9 +320,10 @@ impl<B: Backend> Block<B> {
             x
         };
         let inner = crate::kernels::gelu_tanh(self.dense_h_to_4h.forward(h));
-        residual + self.dense_4h_to_h.forward(inner)
+        (residual + self.dense_4h_to_h.forward(inner), kv)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         x: Tensor<B, 2>,
@@ -278,7 +332,8 @@ impl<B: Backend> Block<B> {
         config: &BloomConfig,
         batch: usize,
         seq: usize,
-    ) -> Tensor<B, 2> {
+        past: Option<Kv<B>>,
+    ) -> (Tensor<B, 2>, Kv<B>) {
         let heads = config.n_head;
         let hd = config.hidden_size / heads;
         // Per head [q, k, v]: `view(batch, seq, heads, 3, hd)`.
@@ -292,6 +347,8 @@ impl<B: Backend> Block<B> {
                 .reshape([batch, seq, heads, hd])
                 .swap_dims(1, 2)
         };
-        layers::attention(part(0), part(1), part(2), mask, Some(alibi.clone()))
+        let (k, v) = layers::extend_kv(past, part(1), part(2));
+        let out = layers::attention(part(0), k.clone(), v.clone(), mask, Some(alibi.clone()));
+        (out, (k, v))
     }
 }

@@ -246,6 +246,21 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 impl<B: Backend> Gpt2<B> {
+    /// Blocks (one key/value cache entry each).
+    pub fn layer_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// The longest sequence (learned positions).
+    pub fn max_positions(&self) -> Option<usize> {
+        Some(self.wpe.weight.dims()[0])
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> B::Device {
+        self.wte.weight.device()
+    }
+
     /// Logits for every position.
     ///
     /// # Shapes
@@ -353,8 +368,8 @@ impl<B: Backend> Gpt2<B> {
 /// decoding: each new token attends to them instead of recomputing the whole prefix.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    len: usize,
+    pub(crate) layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    pub(crate) len: usize,
 }
 
 impl<B: Backend> KvCache<B> {

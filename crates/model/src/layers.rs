@@ -185,3 +185,34 @@ pub(crate) fn attention<B: Backend>(
         .swap_dims(1, 2)
         .reshape([batch * sq, heads * hd])
 }
+
+/// Keys and values of one layer: `[batch, kv_heads, positions, head_dim]` each.
+pub(crate) type Kv<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// `[batch, 1, seq, past + seq]`: true where query `i` (absolute `past + i`) must not see
+/// key `j > past + i` (no padding: decoding reads one unpadded row at a time).
+pub(crate) fn cached_mask<B: Backend>(
+    batch: usize,
+    past: usize,
+    seq: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    let total = past + seq;
+    let blocked: Vec<bool> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| j > past + i))
+        .collect();
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [1, 1, seq, total]), device)
+        .expand([batch, 1, seq, total])
+}
+
+/// `(k, v)` after the cached `past` ones, along the positions.
+pub(crate) fn extend_kv<B: Backend>(
+    past: Option<Kv<B>>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Kv<B> {
+    match past {
+        Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+        None => (k, v),
+    }
+}

@@ -21,6 +21,7 @@
 
 pub mod backend;
 pub mod bloom;
+mod causal;
 pub mod device;
 mod error;
 pub mod gpt2;
@@ -34,6 +35,7 @@ pub mod phi;
 pub mod weights;
 
 pub use burn;
+pub use causal::{CausalLm, MODEL_TYPES, Model, load};
 pub use error::{Error, Result};
 
 /// burn's ndarray CPU backend.

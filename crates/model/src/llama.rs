@@ -16,7 +16,8 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers::{self, Rope};
+use crate::gpt2::KvCache;
+use crate::layers::{self, Kv, Rope};
 use crate::weights::Weights;
 
 /// A Llama-family `config.json` (the keys kiln uses; others are ignored).
@@ -312,6 +313,26 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
 }
 
 impl<B: Backend> Llama<B> {
+    /// Layers (one key/value cache entry each).
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The longest sequence.
+    pub fn max_positions(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings)
+    }
+
+    /// The vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> B::Device {
+        self.embed.weight.device()
+    }
+
     /// Logits for every position.
     ///
     /// # Shapes
@@ -351,13 +372,46 @@ impl<B: Backend> Llama<B> {
         let rope = Rope::new(&self.config.inv_freq(), 0, seq, &device);
         let mut x = x.reshape([batch * seq, d]);
         for layer in &self.layers {
-            x = layer.forward(x, &mask, &rope, &self.config, batch, seq);
+            x = layer
+                .forward(x, &mask, &rope, &self.config, batch, seq, None)
+                .0;
         }
         self.norm.forward(x).reshape([batch, seq, d])
+    }
+
+    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
+    /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let past = cache.len;
+        let x = self.embed.forward(input_ids);
+        let d = x.dims()[2];
+        let mask = layers::cached_mask::<B>(batch, past, seq, &device);
+        let rope = Rope::new(&self.config.inv_freq(), past, seq, &device);
+        let mut x = x.reshape([batch * seq, d]);
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (out, kv) = layer.forward(x, &mask, &rope, &self.config, batch, seq, slot.take());
+            *slot = Some(kv);
+            x = out;
+        }
+        cache.len = past + seq;
+        let last = x
+            .reshape([batch, seq, d])
+            .narrow(1, seq - 1, 1)
+            .reshape([batch, d]);
+        self.project(self.norm.forward(last))
     }
 }
 
 impl<B: Backend> Layer<B> {
+    /// The layer over `seq` new positions after the cached `past` keys/values; returns the
+    /// output and every key/value.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<B, 2>,
@@ -366,14 +420,20 @@ impl<B: Backend> Layer<B> {
         config: &LlamaConfig,
         batch: usize,
         seq: usize,
-    ) -> Tensor<B, 2> {
+        past: Option<Kv<B>>,
+    ) -> (Tensor<B, 2>, Kv<B>) {
         let h = self.input_norm.forward(x.clone());
-        let x = x + self.attend(h, mask, rope, config, batch, seq);
+        let (a, kv) = self.attend(h, mask, rope, config, batch, seq, past);
+        let x = x + a;
         let h = self.post_norm.forward(x.clone());
         let gate = burn::tensor::activation::silu(self.gate_proj.forward(h.clone()));
-        x + self.down_proj.forward(gate * self.up_proj.forward(h))
+        (
+            x + self.down_proj.forward(gate * self.up_proj.forward(h)),
+            kv,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         x: Tensor<B, 2>,
@@ -382,7 +442,8 @@ impl<B: Backend> Layer<B> {
         config: &LlamaConfig,
         batch: usize,
         seq: usize,
-    ) -> Tensor<B, 2> {
+        past: Option<Kv<B>>,
+    ) -> (Tensor<B, 2>, Kv<B>) {
         let (hd, heads, kv) = (
             config.head_dim(),
             config.num_attention_heads,
@@ -394,8 +455,14 @@ impl<B: Backend> Layer<B> {
         let q = rope.apply(split(self.q_proj.forward(x.clone()), heads));
         let k = rope.apply(split(self.k_proj.forward(x.clone()), kv));
         let v = split(self.v_proj.forward(x), kv);
-        let (k, v) = (layers::repeat_kv(k, heads), layers::repeat_kv(v, heads));
-        let out = layers::attention(q, k, v, mask, None);
-        self.o_proj.forward(out)
+        let (k, v) = layers::extend_kv(past, k, v);
+        let out = layers::attention(
+            q,
+            layers::repeat_kv(k.clone(), heads),
+            layers::repeat_kv(v.clone(), heads),
+            mask,
+            None,
+        );
+        (self.o_proj.forward(out), (k, v))
     }
 }

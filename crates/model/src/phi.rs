@@ -12,7 +12,8 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::layers::{self, Rope};
+use crate::gpt2::KvCache;
+use crate::layers::{self, Kv, Rope};
 use crate::weights::Weights;
 
 /// A Phi `config.json` (the keys kiln uses).
@@ -233,6 +234,31 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Phi<B>> {
 }
 
 impl<B: Backend> Phi<B> {
+    /// Layers (one key/value cache entry each).
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The longest sequence.
+    pub fn max_positions(&self) -> Option<usize> {
+        Some(self.config.max_position_embeddings)
+    }
+
+    /// The vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.embed.weight.dims()[0]
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> B::Device {
+        self.embed.weight.device()
+    }
+
+    /// Hidden states `[n, d]` to logits `[n, vocab]` (the untied head with its bias).
+    pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.lm_head.forward(hidden)
+    }
+
     /// Logits for every position, `[batch, seq, vocab]`.
     pub fn forward(
         &self,
@@ -260,13 +286,46 @@ impl<B: Backend> Phi<B> {
         let rope = Rope::new(&self.config.inv_freq(), 0, seq, &device);
         let mut x = x.reshape([batch * seq, d]);
         for layer in &self.layers {
-            x = layer.forward(x, &mask, &rope, &self.config, batch, seq);
+            x = layer
+                .forward(x, &mask, &rope, &self.config, batch, seq, None)
+                .0;
         }
         self.final_norm.forward(x).reshape([batch, seq, d])
+    }
+
+    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
+    /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
+    pub fn forward_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let [batch, seq] = input_ids.dims();
+        let past = cache.len;
+        let x = self.embed.forward(input_ids);
+        let d = x.dims()[2];
+        let mask = layers::cached_mask::<B>(batch, past, seq, &device);
+        let rope = Rope::new(&self.config.inv_freq(), past, seq, &device);
+        let mut x = x.reshape([batch * seq, d]);
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let (out, kv) = layer.forward(x, &mask, &rope, &self.config, batch, seq, slot.take());
+            *slot = Some(kv);
+            x = out;
+        }
+        cache.len = past + seq;
+        let last = x
+            .reshape([batch, seq, d])
+            .narrow(1, seq - 1, 1)
+            .reshape([batch, d]);
+        self.lm_head.forward(self.final_norm.forward(last))
     }
 }
 
 impl<B: Backend> Layer<B> {
+    /// The layer over `seq` new positions after the cached `past` keys/values; returns the
+    /// output and every key/value.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<B, 2>,
@@ -275,17 +334,21 @@ impl<B: Backend> Layer<B> {
         config: &PhiConfig,
         batch: usize,
         seq: usize,
-    ) -> Tensor<B, 2> {
+        past: Option<Kv<B>>,
+    ) -> (Tensor<B, 2>, Kv<B>) {
         let h = self.input_norm.forward(x.clone());
         let (heads, hd) = (config.num_attention_heads, config.head_dim());
         let split = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
         let q = rope.apply(split(self.q_proj.forward(h.clone())));
         let k = rope.apply(split(self.k_proj.forward(h.clone())));
         let v = split(self.v_proj.forward(h.clone()));
-        let attn = self.dense.forward(layers::attention(q, k, v, mask, None));
+        let (k, v) = layers::extend_kv(past, k, v);
+        let attn = self
+            .dense
+            .forward(layers::attention(q, k.clone(), v.clone(), mask, None));
         let mlp = self
             .fc2
             .forward(crate::kernels::gelu_tanh(self.fc1.forward(h)));
-        x + attn + mlp
+        (x + attn + mlp, (k, v))
     }
 }

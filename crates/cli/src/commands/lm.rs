@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use kiln_eval::Lm;
 use kiln_eval::decode::GenerateOptions;
+use kiln_model::CausalLm;
 use kiln_model::burn::tensor::backend::Backend;
 use kiln_model::device::{self, InferJob};
 use kiln_store::{Cell, QueryResult};
@@ -171,11 +172,10 @@ fn generate<B: Backend>(
         );
     } else {
         println!("{text}");
-        if out.stop == kiln_eval::decode::Stop::ContextFull {
-            eprintln!(
-                "warning: stopped early: the model's context ({} tokens) is full",
-                lm.config.n_positions
-            );
+        if let (kiln_eval::decode::Stop::ContextFull, Some(n)) =
+            (out.stop, lm.model.max_positions())
+        {
+            eprintln!("warning: stopped early: the model's context ({n} tokens) is full");
         }
     }
     Ok(())

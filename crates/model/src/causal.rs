@@ -1,0 +1,193 @@
+//! One causal-LM interface for every architecture ([`CausalLm`]), and [`Model`], which holds
+//! any of them, loaded by `config.json`'s `model_type` ([`load`]). Evaluation and decoding use
+//! only this interface.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::bloom::{self, Bloom};
+use crate::error::{Error, Result};
+use crate::gpt2::{Gpt2, KvCache};
+use crate::llama::{self, Llama};
+use crate::phi::{self, Phi};
+
+/// The `model_type`s kiln loads.
+pub const MODEL_TYPES: &[&str] = &["gpt2", "bloom", "phi", "llama", "qwen2"];
+
+/// What evaluation and decoding need of a causal language model.
+pub trait CausalLm<B: Backend> {
+    /// The final hidden states, `[batch, seq, d]`; `attention_mask` `[batch, seq]` is 0 for
+    /// padding.
+    fn hidden(&self, input_ids: Tensor<B, 2, Int>, mask: Option<Tensor<B, 2, Int>>)
+    -> Tensor<B, 3>;
+
+    /// Hidden states `[n, d]` to logits `[n, vocab]`.
+    fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
+
+    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits of
+    /// the last new position, `[batch, vocab]`.
+    fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2>;
+
+    /// An empty cache for [`Self::forward_cached`].
+    fn new_cache(&self) -> KvCache<B>;
+
+    /// The vocabulary size.
+    fn vocab_size(&self) -> usize;
+
+    /// The longest sequence the model reads (`None`: no learned limit, as BLOOM's ALiBi).
+    fn max_positions(&self) -> Option<usize>;
+
+    /// The device its weights are on.
+    fn device(&self) -> B::Device;
+
+    /// Logits for every position, `[batch, seq, vocab]`.
+    fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let h = self.hidden(input_ids, mask);
+        let [batch, seq, d] = h.dims();
+        let logits = self.project(h.reshape([batch * seq, d]));
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Logits at one position per row, `[batch, vocab]`, without projecting the others.
+    fn logits_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        mask: Option<Tensor<B, 2, Int>>,
+        positions: &[usize],
+    ) -> Tensor<B, 2> {
+        let device = input_ids.device();
+        let h = self.hidden(input_ids, mask);
+        let [batch, seq, d] = h.dims();
+        let flat: Vec<i64> = positions
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| (b * seq + p) as i64)
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [batch]), &device);
+        self.project(h.reshape([batch * seq, d]).select(0, index))
+    }
+}
+
+/// A model of any architecture kiln knows.
+#[derive(Module, Debug)]
+pub enum Model<B: Backend> {
+    /// GPT-2 and DistilGPT-2.
+    Gpt2(Gpt2<B>),
+    /// BLOOM.
+    Bloom(Bloom<B>),
+    /// Phi-1.5 and Phi-2.
+    Phi(Phi<B>),
+    /// Llama, SmolLM2, TinyLlama and Qwen2.
+    Llama(Llama<B>),
+}
+
+/// Reads `config.json`'s `model_type` and loads the directory as that architecture.
+///
+/// # Errors
+/// An unreadable `config.json`, a `model_type` kiln does not know (the message lists those it
+/// does), or the architecture's own loading errors.
+pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Model<B>> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        what: "cannot read",
+        path: path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let model_type = json
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("gpt2");
+    Ok(match model_type {
+        "gpt2" => Model::Gpt2(crate::hf::load::<B>(dir, device)?.1),
+        "bloom" => Model::Bloom(bloom::load(dir, device)?),
+        "phi" => Model::Phi(phi::load(dir, device)?),
+        "llama" | "qwen2" => Model::Llama(llama::load(dir, device)?),
+        other => {
+            return Err(Error::Config {
+                path,
+                message: format!(
+                    "model_type {other:?} is not supported: kiln loads {}",
+                    MODEL_TYPES.join(", ")
+                ),
+            });
+        }
+    })
+}
+
+/// Calls `$f` on whichever architecture `$m` holds.
+macro_rules! each {
+    ($m:expr, $x:ident => $f:expr) => {
+        match $m {
+            Model::Gpt2($x) => $f,
+            Model::Bloom($x) => $f,
+            Model::Phi($x) => $f,
+            Model::Llama($x) => $f,
+        }
+    };
+}
+
+impl<B: Backend> CausalLm<B> for Model<B> {
+    fn hidden(&self, ids: Tensor<B, 2, Int>, mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        each!(self, m => CausalLm::hidden(m, ids, mask))
+    }
+    fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        each!(self, m => CausalLm::project(m, hidden))
+    }
+    fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        each!(self, m => CausalLm::forward_cached(m, ids, cache))
+    }
+    fn new_cache(&self) -> KvCache<B> {
+        each!(self, m => CausalLm::new_cache(m))
+    }
+    fn vocab_size(&self) -> usize {
+        each!(self, m => CausalLm::vocab_size(m))
+    }
+    fn max_positions(&self) -> Option<usize> {
+        each!(self, m => CausalLm::max_positions(m))
+    }
+    fn device(&self) -> B::Device {
+        each!(self, m => CausalLm::device(m))
+    }
+}
+
+/// Each architecture's inherent methods, as the interface.
+macro_rules! causal_lm {
+    ($($t:ident),*) => {$(
+        impl<B: Backend> CausalLm<B> for $t<B> {
+            fn hidden(&self, ids: Tensor<B, 2, Int>, mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+                $t::hidden(self, ids, mask)
+            }
+            fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+                $t::project(self, hidden)
+            }
+            fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+                $t::forward_cached(self, ids, cache)
+            }
+            fn new_cache(&self) -> KvCache<B> {
+                KvCache::new(self.layer_count())
+            }
+            fn vocab_size(&self) -> usize {
+                $t::vocab_size(self)
+            }
+            fn max_positions(&self) -> Option<usize> {
+                $t::max_positions(self)
+            }
+            fn device(&self) -> B::Device {
+                $t::device(self)
+            }
+        }
+    )*};
+}
+
+causal_lm!(Gpt2, Bloom, Phi, Llama);
