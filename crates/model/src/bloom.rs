@@ -15,11 +15,14 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv};
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsWriter};
 
 /// A BLOOM `config.json` (the keys kiln uses).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct BloomConfig {
+    /// The whole `config.json`, written back unchanged when the model is saved.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden size (older configs: `n_embed`).
@@ -56,7 +59,8 @@ impl BloomConfig {
             path: path.to_owned(),
             message,
         };
-        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        config.raw = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if config.n_head == 0 || !config.hidden_size.is_multiple_of(config.n_head) {
             return Err(bad(format!(
                 "hidden_size {} is not a multiple of {} heads",
@@ -351,4 +355,33 @@ impl<B: Backend> Block<B> {
         let out = layers::attention(part(0), k.clone(), v.clone(), mask, Some(alibi.clone()));
         (out, (k, v))
     }
+}
+
+/// Saves `model` as a Hugging Face directory (`config.json` as loaded, `model.safetensors`
+/// in float32 with transformers' `transformer.` names; the tied head is not written).
+///
+/// # Errors
+/// The directory or a file cannot be written.
+pub fn save<B: Backend>(model: &Bloom<B>, dir: &Path) -> Result<()> {
+    let mut w = WeightsWriter::new();
+    w.tensor(
+        "transformer.word_embeddings.weight",
+        model.embed.weight.val(),
+        false,
+    );
+    w.layer_norm(&model.embed_norm, "transformer.word_embeddings_layernorm");
+    for (i, block) in model.blocks.iter().enumerate() {
+        let p = format!("transformer.h.{i}");
+        w.layer_norm(&block.input_norm, &format!("{p}.input_layernorm"));
+        w.linear(
+            &block.query_key_value,
+            &format!("{p}.self_attention.query_key_value"),
+        );
+        w.linear(&block.dense, &format!("{p}.self_attention.dense"));
+        w.layer_norm(&block.post_norm, &format!("{p}.post_attention_layernorm"));
+        w.linear(&block.dense_h_to_4h, &format!("{p}.mlp.dense_h_to_4h"));
+        w.linear(&block.dense_4h_to_h, &format!("{p}.mlp.dense_4h_to_h"));
+    }
+    w.layer_norm(&model.ln_f, "transformer.ln_f");
+    w.write(dir, &model.config.raw)
 }

@@ -18,11 +18,14 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsWriter};
 
 /// A Llama-family `config.json` (the keys kiln uses; others are ignored).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LlamaConfig {
+    /// The whole `config.json`, written back unchanged when the model is saved.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
     /// `llama` or `qwen2`.
     pub model_type: String,
     /// Vocabulary size.
@@ -108,7 +111,8 @@ impl LlamaConfig {
             path: path.to_owned(),
             message,
         };
-        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        config.raw = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if !matches!(config.model_type.as_str(), "llama" | "qwen2") {
             return Err(bad(format!(
                 "model_type {:?} is not llama or qwen2",
@@ -465,4 +469,31 @@ impl<B: Backend> Layer<B> {
         );
         (self.o_proj.forward(out), (k, v))
     }
+}
+
+/// Saves `model` as a Hugging Face directory (`config.json` as loaded, `model.safetensors`
+/// in float32 with transformers' names; no `lm_head.weight` when tied).
+///
+/// # Errors
+/// The directory or a file cannot be written.
+pub fn save<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<()> {
+    let mut w = WeightsWriter::new();
+    w.tensor("model.embed_tokens.weight", model.embed.weight.val(), false);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        w.rms_norm(&layer.input_norm, &format!("{p}.input_layernorm"));
+        w.linear(&layer.q_proj, &format!("{p}.self_attn.q_proj"));
+        w.linear(&layer.k_proj, &format!("{p}.self_attn.k_proj"));
+        w.linear(&layer.v_proj, &format!("{p}.self_attn.v_proj"));
+        w.linear(&layer.o_proj, &format!("{p}.self_attn.o_proj"));
+        w.rms_norm(&layer.post_norm, &format!("{p}.post_attention_layernorm"));
+        w.linear(&layer.gate_proj, &format!("{p}.mlp.gate_proj"));
+        w.linear(&layer.up_proj, &format!("{p}.mlp.up_proj"));
+        w.linear(&layer.down_proj, &format!("{p}.mlp.down_proj"));
+    }
+    w.rms_norm(&model.norm, "model.norm");
+    if let Some(head) = &model.lm_head {
+        w.linear(head, "lm_head");
+    }
+    w.write(dir, &model.config.raw)
 }

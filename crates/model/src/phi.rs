@@ -14,11 +14,14 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
-use crate::weights::Weights;
+use crate::weights::{Weights, WeightsWriter};
 
 /// A Phi `config.json` (the keys kiln uses).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PhiConfig {
+    /// The whole `config.json`, written back unchanged when the model is saved.
+    #[serde(skip)]
+    pub raw: serde_json::Value,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden size.
@@ -81,7 +84,8 @@ impl PhiConfig {
             path: path.to_owned(),
             message,
         };
-        let config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        config.raw = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let heads = config.num_attention_heads;
         if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
             return Err(bad(format!(
@@ -351,4 +355,27 @@ impl<B: Backend> Layer<B> {
             .forward(crate::kernels::gelu_tanh(self.fc1.forward(h)));
         (x + attn + mlp, (k, v))
     }
+}
+
+/// Saves `model` as a Hugging Face directory (`config.json` as loaded, `model.safetensors`
+/// in float32 with transformers' names).
+///
+/// # Errors
+/// The directory or a file cannot be written.
+pub fn save<B: Backend>(model: &Phi<B>, dir: &Path) -> Result<()> {
+    let mut w = WeightsWriter::new();
+    w.tensor("model.embed_tokens.weight", model.embed.weight.val(), false);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        w.layer_norm(&layer.input_norm, &format!("{p}.input_layernorm"));
+        w.linear(&layer.q_proj, &format!("{p}.self_attn.q_proj"));
+        w.linear(&layer.k_proj, &format!("{p}.self_attn.k_proj"));
+        w.linear(&layer.v_proj, &format!("{p}.self_attn.v_proj"));
+        w.linear(&layer.dense, &format!("{p}.self_attn.dense"));
+        w.linear(&layer.fc1, &format!("{p}.mlp.fc1"));
+        w.linear(&layer.fc2, &format!("{p}.mlp.fc2"));
+    }
+    w.layer_norm(&model.final_norm, "model.final_layernorm");
+    w.linear(&model.lm_head, "lm_head");
+    w.write(dir, &model.config.raw)
 }

@@ -201,3 +201,109 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// Tensors to write as a Hugging Face `model.safetensors` (float32), by their names there.
+#[derive(Default)]
+pub struct WeightsWriter {
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+}
+
+impl WeightsWriter {
+    /// An empty set.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `t` as `name`; `transpose` writes a burn `[in, out]` weight as `nn.Linear`'s
+    /// `[out, in]`.
+    pub fn tensor<B: Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        t: Tensor<B, D>,
+        transpose: bool,
+    ) {
+        let t = if transpose && D == 2 {
+            t.transpose()
+        } else {
+            t
+        };
+        let shape = t.dims().to_vec();
+        let bytes = crate::host::read_f32(t)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        self.tensors.push((name.to_owned(), shape, bytes));
+    }
+
+    /// Adds a linear layer as `name.weight` (`[out, in]`) and `name.bias`.
+    pub fn linear<B: Backend>(&mut self, layer: &burn::nn::Linear<B>, name: &str) {
+        self.tensor(&format!("{name}.weight"), layer.weight.val(), true);
+        if let Some(bias) = &layer.bias {
+            self.tensor(&format!("{name}.bias"), bias.val(), false);
+        }
+    }
+
+    /// Adds a LayerNorm as `name.weight` and `name.bias`.
+    pub fn layer_norm<B: Backend>(&mut self, norm: &burn::nn::LayerNorm<B>, name: &str) {
+        self.tensor(&format!("{name}.weight"), norm.gamma.val(), false);
+        if let Some(beta) = &norm.beta {
+            self.tensor(&format!("{name}.bias"), beta.val(), false);
+        }
+    }
+
+    /// Adds an RMSNorm as `name.weight`.
+    pub fn rms_norm<B: Backend>(&mut self, norm: &burn::nn::RmsNorm<B>, name: &str) {
+        self.tensor(&format!("{name}.weight"), norm.gamma.val(), false);
+    }
+
+    /// Writes `dir/model.safetensors` and `dir/config.json` (`config`, marked float32), each
+    /// through a temporary file renamed into place, so a failure leaves no file that looks
+    /// complete.
+    ///
+    /// # Errors
+    /// The directory or a file cannot be written.
+    pub fn write(self, dir: &Path, config: &serde_json::Value) -> Result<()> {
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { what, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Weights {
+                path: dir.join("model.safetensors"),
+                message: e.to_string(),
+            })?;
+        let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Weights {
+            path: dir.join("model.safetensors"),
+            message: e.to_string(),
+        })?;
+        let mut config = config.clone();
+        if let Some(map) = config.as_object_mut() {
+            for key in ["dtype", "torch_dtype"] {
+                if map.contains_key(key) {
+                    map.insert(key.into(), "float32".into());
+                }
+            }
+        }
+        let text = serde_json::to_string_pretty(&config).unwrap_or_default() + "\n";
+        for (name, data) in [
+            ("model.safetensors", bytes),
+            ("config.json", text.into_bytes()),
+        ] {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, data).map_err(io("cannot write", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io("cannot write", &path))?;
+        }
+        Ok(())
+    }
+}
