@@ -45,7 +45,8 @@ impl<B: Backend> Lm<B> {
     /// A missing or invalid model or tokenizer.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
         let model = kiln_model::load::<B>(dir, device)?;
-        let bos = config_id(dir, "bos_token_id").or_else(|| config_id(dir, "eos_token_id"));
+        let bos = kiln_model::config_token_id(dir, "bos_token_id")
+            .or_else(|| kiln_model::config_token_id(dir, "eos_token_id"));
         let tok = Tok::load(dir)?;
         if tok.vocab_size() > model.vocab_size() {
             return Err(Error::Invalid(format!(
@@ -193,15 +194,4 @@ impl<B: Backend> Lm<B> {
         self.checked(&[ids.clone(), p.clone()].concat())?;
         Ok(score::internalization_gap(&self.model, teacher, &ids, &p))
     }
-}
-
-/// An id of `config.json` (the first, when it is a list as Llama 3's `eos_token_id`).
-fn config_id(dir: &Path, key: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let value = json.get(key)?;
-    let id = value
-        .as_u64()
-        .or_else(|| value.as_array()?.first()?.as_u64())?;
-    u32::try_from(id).ok()
 }

@@ -125,6 +125,19 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Model<B>> {
     })
 }
 
+/// A token id of `dir/config.json` (`bos_token_id`, `eos_token_id`, `pad_token_id`; the
+/// first when it is a list, as Llama 3's `eos_token_id`), if present.
+#[must_use]
+pub fn config_token_id(dir: &Path, key: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let value = json.get(key)?;
+    let id = value
+        .as_u64()
+        .or_else(|| value.as_array()?.first()?.as_u64())?;
+    u32::try_from(id).ok()
+}
+
 /// Calls `$f` on whichever architecture `$m` holds.
 macro_rules! each {
     ($m:expr, $x:ident => $f:expr) => {

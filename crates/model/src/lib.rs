@@ -35,7 +35,7 @@ pub mod phi;
 pub mod weights;
 
 pub use burn;
-pub use causal::{CausalLm, MODEL_TYPES, Model, load};
+pub use causal::{CausalLm, MODEL_TYPES, Model, config_token_id, load};
 pub use error::{Error, Result};
 
 /// burn's ndarray CPU backend.

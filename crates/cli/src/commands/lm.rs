@@ -238,10 +238,10 @@ fn sentiment<B: Backend>(
     json: bool,
     device: &B::Device,
 ) -> Result<()> {
-    let (config, m) = kiln_model::hf::load::<B>(model, device)
+    let m = kiln_model::load::<B>(model, device)
         .with_context(|| format!("loading the model {}", model.display()))?;
-    let pad = config.eos_token_id.map_or(0, |e| e as u32);
-    let report = kiln_eval::classify::evaluate(&m, data, split, 32, Some(config.n_positions), pad)?;
+    let pad = kiln_model::config_token_id(model, "eos_token_id").unwrap_or(0);
+    let report = kiln_eval::classify::evaluate(&m, data, split, 32, m.max_positions(), pad)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -267,7 +267,7 @@ fn gap<B: Backend>(
     device: &B::Device,
 ) -> Result<()> {
     let lm = load::<B>(model, device)?;
-    let (_, t) = kiln_model::hf::load::<B>(teacher, device)
+    let t = kiln_model::load::<B>(teacher, device)
         .with_context(|| format!("loading the teacher {}", teacher.display()))?;
     let g = lm.gap(&t, text, prompt)?;
     if json {

@@ -5,6 +5,7 @@
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_data::shard::ShardReader;
 use kiln_data::tokenizer::Tok;
+use kiln_model::CausalLm;
 use kiln_model::burn::tensor::backend::Backend;
 
 use super::{path, write_json};
@@ -55,8 +56,9 @@ impl Stage for EvalGap {
 
 impl super::OnDevice for EvalGap {
     fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
-        let (config, student) = kiln_model::hf::load::<B>(&path(ctx, "model")?, device)?;
-        let (_, teacher) = kiln_model::hf::load::<B>(&path(ctx, "teacher")?, device)?;
+        let student = kiln_model::load::<B>(&path(ctx, "model")?, device)?;
+        let teacher = kiln_model::load::<B>(&path(ctx, "teacher")?, device)?;
+        let context = student.max_positions().unwrap_or(usize::MAX);
         let data = path(ctx, "data")?;
         let tok = Tok::load(&data)?;
         let prompt = tok.encode(&ctx.param_str("prompt").unwrap_or_default())?;
@@ -65,7 +67,7 @@ impl super::OnDevice for EvalGap {
         }
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
         let limit = ctx.p().count("max_rows")?.unwrap_or(usize::MAX);
-        let keep = config.n_positions.saturating_sub(prompt.len());
+        let keep = context.saturating_sub(prompt.len());
         let (mut n, mut cut, mut max, mut mean, mut sum) = (0usize, 0usize, 0.0, 0.0, 0.0);
         'rows: for batch in ShardReader::open(&data, &split, 64, None)? {
             for row in batch? {
@@ -75,7 +77,7 @@ impl super::OnDevice for EvalGap {
                 // The teacher reads the row and the prompt: a longer row keeps its first tokens.
                 cut += usize::from(row.input_ids.len() > keep);
                 let ids = &row.input_ids[..row.input_ids.len().min(keep)];
-                score::check_input(ids, config.n_positions, student.vocab_size())?;
+                score::check_input(ids, context, student.vocab_size())?;
                 let gap = score::internalization_gap(&student, &teacher, ids, &prompt);
                 max += gap.max;
                 mean += gap.mean;

@@ -49,35 +49,33 @@ impl Stage for EvalSentiment {
 impl super::OnDevice for EvalSentiment {
     fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
         let dir = path(ctx, "model")?;
-        let (config, model) = kiln_model::hf::load::<B>(&dir, device)?;
+        let model = kiln_model::load::<B>(&dir, device)?;
+        let limit = kiln_model::CausalLm::max_positions(&model);
         let data = path(ctx, "data")?;
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
-        let pad = config
-            .eos_token_id
-            .map(|e| e as u32)
+        let pad = kiln_model::config_token_id(&dir, "eos_token_id")
             .or_else(|| {
                 kiln_data::tokenizer::Tok::load(&data)
                     .ok()
                     .and_then(|t| t.eos_id())
             })
             .unwrap_or(0);
-        let max_length = match ctx.p().count("max_length")? {
-            Some(m) if m > config.n_positions => {
+        let max_length = match (ctx.p().count("max_length")?, limit) {
+            (Some(m), Some(n)) if m > n => {
                 return Err(format!(
-                    "with.max_length: {m} is longer than the model's context ({} positions)",
-                    config.n_positions
+                    "with.max_length: {m} is longer than the model's context ({n} positions)"
                 )
                 .into());
             }
-            Some(m) => m,
-            None => config.n_positions,
+            (Some(m), _) => Some(m),
+            (None, n) => n,
         };
         let report = crate::classify::evaluate(
             &model,
             &data,
             &split,
             ctx.p().count("batch_size")?.unwrap_or(32),
-            Some(max_length),
+            max_length,
             pad,
         )?;
         for (name, value) in [
@@ -98,9 +96,9 @@ impl super::OnDevice for EvalSentiment {
                 );
             }
         }
-        if report.truncated > 0 {
+        if let (true, Some(cut)) = (report.truncated > 0, max_length) {
             ctx.warn(&format!(
-                "{} of {} rows were longer than {max_length} tokens and were scored on their first {max_length}",
+                "{} of {} rows were longer than {cut} tokens and were scored on their first {cut}",
                 report.truncated, report.rows
             ));
         }
