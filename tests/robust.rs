@@ -253,9 +253,12 @@ fn tiny_checkpoint(root: &Path) -> PathBuf {
     let device = Default::default();
     let config = tiny_config();
     let model: Gpt2<Ad> = kiln_model::seeded::<Ad, _>(&device, 1, || config.init(&device));
-    let mut optim = AdamWConfig::new().init::<Ad, Gpt2<Ad>>();
+    let model = kiln_model::Model::Gpt2(model);
+    let mut optim = AdamWConfig::new().init::<Ad, kiln_model::Model<Ad>>();
     let ids = Tensor::<Ad, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &device);
-    let loss = model.forward(ids, None).powi_scalar(2).mean();
+    let loss = kiln_model::CausalLm::forward(&model, ids, None)
+        .powi_scalar(2)
+        .mean();
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim.step(1e-3, model, grads);
     let state = TrainerState {
@@ -265,7 +268,7 @@ fn tiny_checkpoint(root: &Path) -> PathBuf {
         ..TrainerState::default()
     };
     let history = [("loss".to_owned(), 1, 0.5)];
-    checkpoint::save(root, &model, &config, &optim, &state, &history).expect("saves")
+    checkpoint::save(root, &model, &optim, &state, &history).expect("saves")
 }
 
 #[test]
@@ -274,8 +277,9 @@ fn checkpoints_never_panic_and_refuse_every_corrupted_copy() {
     let dir = tiny_checkpoint(root.path());
     let device = Default::default();
     let template: Gpt2<Ad> = kiln_model::unseeded(|| tiny_config().init(&device));
+    let template = kiln_model::Model::Gpt2(template);
     let load = || {
-        let optim = AdamWConfig::new().init::<Ad, Gpt2<Ad>>();
+        let optim = AdamWConfig::new().init::<Ad, kiln_model::Model<Ad>>();
         checkpoint::load::<Ad, _>(&dir, &template, optim, &device).map(|l| l.state)
     };
     assert_eq!(load().expect("loads").step, 1);

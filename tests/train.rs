@@ -13,7 +13,7 @@ use kiln_model::burn::prelude::*;
 use kiln_model::burn::tensor::TensorData;
 use kiln_model::burn::tensor::backend::AutodiffBackend;
 use kiln_model::gpt2::{Gpt2, Gpt2Config};
-use kiln_model::{Cpu, hf};
+use kiln_model::{CausalLm, Cpu, Model, hf};
 use kiln_train::device::FlexBackend;
 use kiln_train::objective::{Internalize, Lm, Objective, scalar};
 use kiln_train::trainer::{self, Data, Observer, TrainOptions};
@@ -84,6 +84,7 @@ pub(crate) fn internalization_losses<A: AutodiffBackend>(
 ) -> Vec<(f64, f64, String)> {
     let case = &exp["internalization"];
     let (examples, prompt) = internalization_batch(case);
+    let (student, teacher) = (Model::Gpt2(student.clone()), Model::Gpt2(teacher.clone()));
     case["losses"]
         .as_array()
         .expect("losses")
@@ -100,7 +101,7 @@ pub(crate) fn internalization_losses<A: AutodiffBackend>(
                 max_length: None,
                 label_pair: None,
             };
-            let got = scalar(objective.loss(student, &examples).expect("loss").loss);
+            let got = scalar(objective.loss(&student, &examples).expect("loss").loss);
             let want = c["loss"].as_f64().expect("loss");
             (got, want, format!("alpha {alpha}, T {temperature}"))
         })
@@ -386,7 +387,7 @@ fn a_label_outside_the_vocabulary_is_an_error() {
         labels: None,
     }];
     let err = objective
-        .loss(&student, &rows)
+        .loss(&Model::Gpt2(student), &rows)
         .err()
         .expect("label 70000 of 512");
     assert_eq!(
@@ -508,11 +509,10 @@ fn resuming_at_step_50_of_100_matches_an_uninterrupted_run() {
     };
     let data = Data { dir: data };
 
-    let (config, model) = tiny_model(vocab, 3);
+    let (_, model) = tiny_model(vocab, 3);
     let mut whole = Collect::default();
     let straight = trainer::train(
-        model,
-        &config,
+        Model::Gpt2(model),
         &mut lm(),
         &data,
         &opts,
@@ -522,21 +522,28 @@ fn resuming_at_step_50_of_100_matches_an_uninterrupted_run() {
     .expect("trains");
     assert_eq!(straight.steps, 100);
 
-    let (config, model) = tiny_model(vocab, 3);
+    let (_, model) = tiny_model(vocab, 3);
     let ck = tmp.path().join("resumed");
     let mut first = Collect {
         stop_at: Some(50),
         ..Collect::default()
     };
-    let err = trainer::train(model, &config, &mut lm(), &data, &opts, &ck, &mut first)
+    let err = trainer::train(Model::Gpt2(model), &mut lm(), &data, &opts, &ck, &mut first)
         .err()
         .expect("stopped at 50");
     assert!(matches!(err, Error::Interrupted { step: 50 }), "{err}");
     // A fresh model object: everything must come from the checkpoint.
-    let (config, model) = tiny_model(vocab, 99);
+    let (_, model) = tiny_model(vocab, 99);
     let mut second = Collect::default();
-    let resumed =
-        trainer::train(model, &config, &mut lm(), &data, &opts, &ck, &mut second).expect("resumes");
+    let resumed = trainer::train(
+        Model::Gpt2(model),
+        &mut lm(),
+        &data,
+        &opts,
+        &ck,
+        &mut second,
+    )
+    .expect("resumes");
     assert_eq!(resumed.resumed_from, 50);
     assert_eq!(resumed.steps, 100);
 
@@ -593,8 +600,7 @@ fn a_checkpoint_round_trips_with_identical_logits() {
         max_length: Some(64),
     };
     let out = trainer::train(
-        model,
-        &config,
+        Model::Gpt2(model),
         &mut lm,
         &Data { dir: data },
         &opts,
@@ -603,7 +609,7 @@ fn a_checkpoint_round_trips_with_identical_logits() {
     )
     .expect("trains");
     let dir = tmp.path().join("saved");
-    hf::save(&out.model, &config, &dir).expect("saves");
+    out.model.save(&dir).expect("saves");
     let device = Default::default();
     let (loaded_config, loaded) = hf::load::<Ad>(&dir, &device).expect("loads back");
     assert_eq!(loaded_config.vocab_size, config.vocab_size);
@@ -630,7 +636,7 @@ fn a_checkpoint_round_trips_with_identical_logits() {
 fn a_non_finite_loss_fails_naming_the_step_and_keeps_checkpoints() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = sample_dataset(tmp.path());
-    let (config, model) = tiny_model(vocab_of(&data), 5);
+    let (_, model) = tiny_model(vocab_of(&data), 5);
     let opts = TrainOptions {
         lr: 1e30,
         warmup_steps: 0,
@@ -643,8 +649,7 @@ fn a_non_finite_loss_fails_naming_the_step_and_keeps_checkpoints() {
     };
     let ck = tmp.path().join("ck");
     let err = trainer::train(
-        model,
-        &config,
+        Model::Gpt2(model),
         &mut Lm {
             pad: 0,
             max_length: Some(64),
@@ -819,14 +824,14 @@ fn save_kiln_trained(out: &Path) {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = sample_dataset(tmp.path());
     let device = Default::default();
-    let (config, model) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+    let (_, model) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
     let opts = TrainOptions {
         eval_every: None,
         checkpoint_every: None,
         ..lm_options(10)
     };
-    let out_model = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
-    hf::save(&out_model.model, &config, out).expect("saves");
+    let out_model = train_fixture_lm(model, data, &opts, &tmp.path().join("ck"));
+    out_model.model.save(out).expect("saves");
 }
 
 /// Regenerates `tests/fixtures/numerics/kiln-saved/`: the fixtures' tiny GPT-2 trained 10 steps
@@ -999,7 +1004,7 @@ fn lora_trains_only_adapters_and_merges_on_export() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data = sample_dataset(tmp.path());
     let device = Default::default();
-    let (config, base) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
+    let (_, base) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
     let base_weights = weights(&base);
     let lora = LoraConfig::new(4).with_c_proj(true);
     let model = base.with_lora(&lora, &device).expect("adapters");
@@ -1009,10 +1014,13 @@ fn lora_trains_only_adapters_and_merges_on_export() {
         checkpoint_every: Some(3),
         ..lm_options(6)
     };
-    let out = train_fixture_lm(model, &config, data, &opts, &tmp.path().join("ck"));
+    let out = train_fixture_lm(model, data, &opts, &tmp.path().join("ck"));
+    let Model::Gpt2(trained) = out.model.clone() else {
+        unreachable!("trained a GPT-2")
+    };
     // The base weights did not move; the adapters did.
-    let merged_free = out.model.clone().merge_lora();
-    let block = &out.model.blocks[0].attn;
+    let merged_free = trained.clone().merge_lora();
+    let block = &trained.blocks[0].attn;
     let b: Vec<f32> = block
         .lora_attn
         .as_ref()
@@ -1023,7 +1031,7 @@ fn lora_trains_only_adapters_and_merges_on_export() {
         .to_vec()
         .expect("f32");
     assert!(b.iter().any(|x| *x != 0.0), "B stayed at zero");
-    let mut unmerged = out.model.clone();
+    let mut unmerged = trained.clone();
     for block in &mut unmerged.blocks {
         block.attn.lora_attn = None;
         block.attn.lora_proj = None;
@@ -1041,7 +1049,7 @@ fn lora_trains_only_adapters_and_merges_on_export() {
         .to_vec()
         .expect("f32");
     let dir = tmp.path().join("export");
-    hf::save(&out.model, &config, &dir).expect("saves");
+    out.model.save(&dir).expect("saves");
     let (_, exported) = hf::load::<Ad>(&dir, &device).expect("loads");
     for other in [merged_free, exported] {
         let got: Vec<f32> = other
@@ -1061,7 +1069,6 @@ fn lora_trains_only_adapters_and_merges_on_export() {
 /// Trains an LM on `data` with the fixture's pad id (511), checkpoints under `ck`.
 fn train_fixture_lm(
     model: Gpt2<Ad>,
-    config: &Gpt2Config,
     data: PathBuf,
     opts: &TrainOptions,
     ck: &Path,
@@ -1071,8 +1078,7 @@ fn train_fixture_lm(
         max_length: Some(64),
     };
     trainer::train(
-        model,
-        config,
+        Model::Gpt2(model),
         &mut lm,
         &Data { dir: data },
         opts,

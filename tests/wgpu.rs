@@ -281,7 +281,7 @@ struct Trained {
 impl Job for Train<'_> {
     type Output = Trained;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Trained {
-        let (config, mut model) = hf::load::<B>(self.start, &device).expect("start loads");
+        let (_, mut model) = hf::load::<B>(self.start, &device).expect("start loads");
         if let Some(lora) = &self.lora {
             model = kiln_model::seeded::<B, _>(&device, 1, || model.with_lora(lora, &device))
                 .expect("adapters attach");
@@ -295,8 +295,7 @@ impl Job for Train<'_> {
             ..Collect::default()
         };
         let out = trainer::train(
-            model,
-            &config,
+            kiln_model::Model::Gpt2(model),
             &mut lm,
             &Data {
                 dir: self.data.to_owned(),
@@ -309,7 +308,7 @@ impl Job for Train<'_> {
         let (weights, resumed_from) = match out {
             Ok(out) => {
                 if let Some(dir) = self.save {
-                    hf::save(&out.model, &config, dir).expect("saves");
+                    out.model.save(dir).expect("saves");
                 }
                 (weights(&out.model), Some(out.resumed_from))
             }

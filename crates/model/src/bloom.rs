@@ -191,6 +191,21 @@ impl<B: Backend> Bloom<B> {
         self.blocks.len()
     }
 
+    /// The LM head as `[vocab, d]` (the tied word embedding).
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        Some(self.embed.weight.val())
+    }
+
+    /// Grows (or cuts) the vocabulary to `n` rows; new rows are the mean embedding.
+    pub fn resize_token_embeddings(mut self, n: usize) -> Self {
+        self.embed.weight = self.embed.weight.map(|w| layers::resize_rows(w, n));
+        if let Some(map) = self.config.raw.as_object_mut() {
+            map.insert("vocab_size".into(), n.into());
+        }
+        self.config.vocab_size = n;
+        self
+    }
+
     /// No learned positions: ALiBi has no limit.
     pub fn max_positions(&self) -> Option<usize> {
         None

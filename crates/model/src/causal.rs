@@ -42,6 +42,10 @@ pub trait CausalLm<B: Backend> {
     /// The device its weights are on.
     fn device(&self) -> B::Device;
 
+    /// The LM head as a bias-free `[vocab, d]` matrix, when it is one (then the fused LM
+    /// loss can project a chunk of rows at a time); `None` for a head with a bias (Phi).
+    fn head_weight(&self) -> Option<Tensor<B, 2>>;
+
     /// Logits for every position, `[batch, seq, vocab]`.
     fn forward(
         &self,
@@ -172,6 +176,70 @@ impl<B: Backend> CausalLm<B> for Model<B> {
     fn device(&self) -> B::Device {
         each!(self, m => CausalLm::device(m))
     }
+    fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        each!(self, m => CausalLm::head_weight(m))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// The architecture's `model_type` (`llama` also for Qwen2).
+    #[must_use]
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Self::Gpt2(_) => "gpt2",
+            Self::Bloom(_) => "bloom",
+            Self::Phi(_) => "phi",
+            Self::Llama(_) => "llama",
+        }
+    }
+
+    /// Saves as a Hugging Face directory `transformers` loads (GPT-2's LoRA adapters merged).
+    ///
+    /// # Errors
+    /// The directory or a file cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        match self {
+            Self::Gpt2(m) => crate::hf::save(m, &m.config, dir),
+            Self::Bloom(m) => bloom::save(m, dir),
+            Self::Phi(m) => phi::save(m, dir),
+            Self::Llama(m) => llama::save(m, dir),
+        }
+    }
+
+    /// Whether LoRA adapters are attached (GPT-2 only so far).
+    #[must_use]
+    pub fn has_lora(&self) -> bool {
+        matches!(self, Self::Gpt2(m) if m.has_lora())
+    }
+
+    /// Attaches LoRA adapters (GPT-2 only so far).
+    ///
+    /// # Errors
+    /// Another architecture, or targets the model lacks.
+    pub fn with_lora(
+        self,
+        config: &crate::lora::LoraConfig,
+        device: &B::Device,
+    ) -> Result<Self, String> {
+        match self {
+            Self::Gpt2(m) => Ok(Self::Gpt2(m.with_lora(config, device)?)),
+            other => Err(format!(
+                "LoRA on {} is not supported yet (GPT-2 only)",
+                other.model_type()
+            )),
+        }
+    }
+
+    /// Grows (or cuts) the vocabulary to `n` after tokens were added; new rows are means.
+    #[must_use]
+    pub fn resize_token_embeddings(self, n: usize) -> Self {
+        match self {
+            Self::Gpt2(m) => Self::Gpt2(m.resize_token_embeddings(n)),
+            Self::Bloom(m) => Self::Bloom(m.resize_token_embeddings(n)),
+            Self::Phi(m) => Self::Phi(m.resize_token_embeddings(n)),
+            Self::Llama(m) => Self::Llama(m.resize_token_embeddings(n)),
+        }
+    }
 }
 
 /// Each architecture's inherent methods, as the interface.
@@ -198,6 +266,9 @@ macro_rules! causal_lm {
             }
             fn device(&self) -> B::Device {
                 $t::device(self)
+            }
+            fn head_weight(&self) -> Option<Tensor<B, 2>> {
+                $t::head_weight(self)
             }
         }
     )*};

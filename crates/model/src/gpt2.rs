@@ -161,6 +161,7 @@ impl Gpt2Config {
                 .init(device)
         };
         Gpt2 {
+            config: self.clone(),
             wte: EmbeddingConfig::new(self.vocab_size, d)
                 .with_initializer(normal(std))
                 .init(device),
@@ -200,6 +201,9 @@ pub struct Gpt2<B: Backend> {
     pub blocks: Vec<Block<B>>,
     /// Final LayerNorm.
     pub ln_f: LayerNorm<B>,
+    /// The configuration it was built from (not a parameter; `vocab_size` follows resizes).
+    #[module(skip)]
+    pub config: Gpt2Config,
 }
 
 /// One pre-LayerNorm transformer block.
@@ -249,6 +253,11 @@ impl<B: Backend> Gpt2<B> {
     /// Blocks (one key/value cache entry each).
     pub fn layer_count(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// The LM head as `[vocab, d]` (the tied token embedding).
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        Some(self.wte.weight.val())
     }
 
     /// The longest sequence (learned positions).
@@ -324,16 +333,11 @@ impl<B: Backend> Gpt2<B> {
         if vocab_size == old {
             return self;
         }
-        self.wte.weight = self.wte.weight.map(|w: Tensor<B, 2>| {
-            let d = w.dims()[1];
-            if vocab_size < old {
-                w.narrow(0, 0, vocab_size)
-            } else {
-                let mean = w.clone().mean_dim(0); // [1, d]
-                let extra = mean.expand([vocab_size - old, d]);
-                Tensor::cat(vec![w, extra], 0)
-            }
-        });
+        self.wte.weight = self
+            .wte
+            .weight
+            .map(|w: Tensor<B, 2>| crate::layers::resize_rows(w, vocab_size));
+        self.config.vocab_size = vocab_size;
         self
     }
 

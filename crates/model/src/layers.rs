@@ -216,3 +216,24 @@ pub(crate) fn extend_kv<B: Backend>(
         None => (k, v),
     }
 }
+
+/// `w` (`[rows, d]`) with `n` rows: cut, or grown with rows equal to the mean of the existing
+/// ones, as Hugging Face's `resize_token_embeddings(mean_resizing=True)` starts them.
+pub(crate) fn resize_rows<B: Backend>(w: Tensor<B, 2>, n: usize) -> Tensor<B, 2> {
+    let [old, d] = w.dims();
+    if n <= old {
+        return w.narrow(0, 0, n);
+    }
+    let extra = w.clone().mean_dim(0).expand([n - old, d]);
+    Tensor::cat(vec![w, extra], 0)
+}
+
+/// `b` (`[n]`) with `n` entries: cut, or grown with the mean of the existing ones.
+pub(crate) fn resize_bias<B: Backend>(b: Tensor<B, 1>, n: usize) -> Tensor<B, 1> {
+    let [old] = b.dims();
+    if n <= old {
+        return b.narrow(0, 0, n);
+    }
+    let extra = b.clone().mean().expand([n - old]);
+    Tensor::cat(vec![b, extra], 0)
+}

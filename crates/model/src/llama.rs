@@ -327,6 +327,31 @@ impl<B: Backend> Llama<B> {
         Some(self.config.max_position_embeddings)
     }
 
+    /// The LM head as `[vocab, d]`: the token embedding when tied, else `lm_head`'s weight.
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        Some(match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.embed.weight.val(),
+        })
+    }
+
+    /// Grows (or cuts) the vocabulary to `n`: embedding rows and, when untied, head columns;
+    /// new entries are the means of the existing ones.
+    pub fn resize_token_embeddings(mut self, n: usize) -> Self {
+        self.embed.weight = self.embed.weight.map(|w| layers::resize_rows(w, n));
+        self.lm_head = self.lm_head.map(|mut head| {
+            head.weight = head
+                .weight
+                .map(|w| layers::resize_rows(w.transpose(), n).transpose());
+            head
+        });
+        if let Some(map) = self.config.raw.as_object_mut() {
+            map.insert("vocab_size".into(), n.into());
+        }
+        self.config.vocab_size = n;
+        self
+    }
+
     /// The vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.embed.weight.dims()[0]

@@ -258,6 +258,30 @@ impl<B: Backend> Phi<B> {
         self.embed.weight.device()
     }
 
+    /// No bias-free `[vocab, d]` head: Phi's head has a bias.
+    pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
+        None
+    }
+
+    /// Grows (or cuts) the vocabulary to `n`: embedding rows, head columns and head bias;
+    /// new entries are the means of the existing ones.
+    pub fn resize_token_embeddings(mut self, n: usize) -> Self {
+        self.embed.weight = self.embed.weight.map(|w| layers::resize_rows(w, n));
+        self.lm_head.weight = self
+            .lm_head
+            .weight
+            .map(|w| layers::resize_rows(w.transpose(), n).transpose());
+        self.lm_head.bias = self
+            .lm_head
+            .bias
+            .map(|b| b.map(|b| layers::resize_bias(b, n)));
+        if let Some(map) = self.config.raw.as_object_mut() {
+            map.insert("vocab_size".into(), n.into());
+        }
+        self.config.vocab_size = n;
+        self
+    }
+
     /// Hidden states `[n, d]` to logits `[n, vocab]` (the untied head with its bias).
     pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         self.lm_head.forward(hidden)

@@ -25,8 +25,7 @@ use burn::optim::Optimizer;
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use kiln_model::gpt2::{Gpt2, Gpt2Config};
-use kiln_model::hf;
+use kiln_model::Model;
 
 use crate::error::{Error, Result, io};
 
@@ -111,22 +110,21 @@ pub fn param_ids<B: Backend, M: Module<B>>(model: &M) -> Vec<ParamId> {
 /// When a file cannot be written.
 pub fn save<B, O>(
     root: &Path,
-    model: &Gpt2<B>,
-    config: &Gpt2Config,
+    model: &Model<B>,
     optim: &O,
     state: &TrainerState,
     history: &[Recorded],
 ) -> Result<PathBuf>
 where
     B: AutodiffBackend,
-    O: Optimizer<Gpt2<B>, B>,
+    O: Optimizer<Model<B>, B>,
 {
     let dir = step_dir(root, state.step);
     let tmp = dir.with_extension("tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("cannot clear", &tmp))?;
     }
-    hf::save(model, config, &tmp)?;
+    model.save(&tmp)?;
     BinFileRecorder::<FullPrecisionSettings>::new()
         .record(optim.to_record(), tmp.join("optimizer"))
         .map_err(|e| Error::Checkpoint {
@@ -242,9 +240,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 }
 
 /// A loaded checkpoint.
-pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
+pub struct Loaded<B: AutodiffBackend, O: Optimizer<Model<B>, B>> {
     /// The model, its parameters carrying their saved ids.
-    pub model: Gpt2<B>,
+    pub model: Model<B>,
     /// The optimizer with its state.
     pub optim: O,
     /// Where training was.
@@ -261,18 +259,18 @@ pub struct Loaded<B: AutodiffBackend, O: Optimizer<Gpt2<B>, B>> {
 /// Missing or corrupt files, or a model that does not fit.
 pub fn load_model<B: AutodiffBackend>(
     dir: &Path,
-    template: &Gpt2<B>,
+    template: &Model<B>,
     device: &B::Device,
-) -> Result<Gpt2<B>> {
+) -> Result<Model<B>> {
     verify(dir)?;
     read_model(dir, template, device)
 }
 
 fn read_model<B: AutodiffBackend>(
     dir: &Path,
-    template: &Gpt2<B>,
+    template: &Model<B>,
     device: &B::Device,
-) -> Result<Gpt2<B>> {
+) -> Result<Model<B>> {
     let record_path = dir.join("model.bin");
     if template.has_lora() || record_path.is_file() {
         let record = BinFileRecorder::<FullPrecisionSettings>::new()
@@ -283,7 +281,7 @@ fn read_model<B: AutodiffBackend>(
             })?;
         return Ok(template.clone().load_record(record));
     }
-    Ok(hf::load::<B>(dir, device)?.1)
+    Ok(kiln_model::load::<B>(dir, device)?)
 }
 
 /// Loads the checkpoint in `dir` (checked with [`verify`] first) into a fresh `optim`; see
@@ -293,13 +291,13 @@ fn read_model<B: AutodiffBackend>(
 /// Missing or corrupt files, or a model that does not fit.
 pub fn load<B, O>(
     dir: &Path,
-    template: &Gpt2<B>,
+    template: &Model<B>,
     optim: O,
     device: &B::Device,
 ) -> Result<Loaded<B, O>>
 where
     B: AutodiffBackend,
-    O: Optimizer<Gpt2<B>, B>,
+    O: Optimizer<Model<B>, B>,
 {
     verify(dir)?;
     let model = read_model(dir, template, device)?;

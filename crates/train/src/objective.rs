@@ -6,7 +6,7 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_data::collate::{self, Batch};
 use kiln_data::shard::Example;
-use kiln_model::gpt2::Gpt2;
+use kiln_model::{CausalLm, Model};
 
 use crate::error::{Error, Result};
 use crate::loss;
@@ -25,7 +25,7 @@ pub trait Objective<B: AutodiffBackend> {
     ///
     /// # Errors
     /// Rows that do not fit the objective (no label, a token outside the vocabulary).
-    fn loss(&mut self, model: &Gpt2<B>, rows: &[Example]) -> Result<StepLoss<B>>;
+    fn loss(&mut self, model: &Model<B>, rows: &[Example]) -> Result<StepLoss<B>>;
 
     /// Validation metrics (`loss` first) over `batches`, without autodiff. Names get a `val_`
     /// prefix from the trainer.
@@ -34,7 +34,7 @@ pub trait Objective<B: AutodiffBackend> {
     /// As [`Objective::loss`], or an unreadable shard.
     fn evaluate(
         &mut self,
-        model: &Gpt2<B::InnerBackend>,
+        model: &Model<B::InnerBackend>,
         batches: &mut dyn Iterator<Item = kiln_data::Result<Vec<Example>>>,
     ) -> Result<Vec<(String, f64)>>;
 }
@@ -92,10 +92,10 @@ impl Lm {
     /// not trained) and the count of trained targets.
     fn hidden<B: Backend>(
         &self,
-        model: &Gpt2<B>,
+        model: &Model<B>,
         rows: &[Example],
     ) -> Result<(Tensor<B, 2>, Vec<i64>, usize)> {
-        let device = model.wte.weight.device();
+        let device = model.device();
         let batch = self.collate(rows);
         check_vocab(&batch, model.vocab_size())?;
         let tokens = batch.targets.iter().filter(|&&t| t != loss::IGNORE).count();
@@ -108,28 +108,29 @@ impl Lm {
 }
 
 impl<B: AutodiffBackend> Objective<B> for Lm {
-    fn loss(&mut self, model: &Gpt2<B>, rows: &[Example]) -> Result<StepLoss<B>> {
+    fn loss(&mut self, model: &Model<B>, rows: &[Example]) -> Result<StepLoss<B>> {
         let (hidden, targets, tokens) = self.hidden(model, rows)?;
-        let loss = loss::linear_cross_entropy(hidden, model.wte.weight.val(), &targets);
+        let loss = match model.head_weight() {
+            Some(head) => loss::linear_cross_entropy(hidden, head, &targets),
+            None => plain_loss(model, hidden, &targets),
+        };
         Ok(StepLoss { loss, tokens })
     }
 
     fn evaluate(
         &mut self,
-        model: &Gpt2<B::InnerBackend>,
+        model: &Model<B::InnerBackend>,
         batches: &mut dyn Iterator<Item = kiln_data::Result<Vec<Example>>>,
     ) -> Result<Vec<(String, f64)>> {
         let (mut total, mut count) = (0.0, 0usize);
         for rows in batches {
             let (hidden, targets, tokens) = self.hidden(model, &rows?)?;
-            let mean = loss::linear_cross_entropy_parts(
-                hidden,
-                model.wte.weight.val(),
-                &targets,
-                false,
-                false,
-            )
-            .loss;
+            let mean = match model.head_weight() {
+                Some(head) => {
+                    loss::linear_cross_entropy_parts(hidden, head, &targets, false, false).loss
+                }
+                None => plain_loss(model, hidden, &targets),
+            };
             total += scalar(mean) * tokens as f64;
             count += tokens;
         }
@@ -139,6 +140,15 @@ impl<B: AutodiffBackend> Objective<B> for Lm {
             ("perplexity".into(), loss.exp()),
         ])
     }
+}
+
+/// The masked cross-entropy of the full logits, for a head the fused loss cannot take (one
+/// with a bias, as Phi's).
+fn plain_loss<B: Backend>(model: &Model<B>, hidden: Tensor<B, 2>, targets: &[i64]) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let targets =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(targets.to_vec(), [targets.len()]), &device);
+    loss::masked_cross_entropy(model.project(hidden), targets)
 }
 
 /// The value of a one-element tensor.
@@ -151,7 +161,7 @@ pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
 /// [`loss::internalization`].
 pub struct Internalize<B: AutodiffBackend> {
     /// The frozen teacher (none when α = 1).
-    pub teacher: Option<Gpt2<B::InnerBackend>>,
+    pub teacher: Option<Model<B::InnerBackend>>,
     /// The prompt's token ids.
     pub prompt: Vec<u32>,
     /// Weight of the cross-entropy term.
@@ -200,7 +210,7 @@ impl<B: AutodiffBackend> Internalize<B> {
     /// Teacher logits at the prompt's last token: `[batch, vocab]`.
     fn teacher_logits(&self, rows: &Rows) -> Option<Tensor<B::InnerBackend, 2>> {
         let teacher = self.teacher.as_ref().filter(|_| self.alpha < 1.0)?;
-        let device = teacher.wte.weight.device();
+        let device = teacher.device();
         let b = &rows.batch;
         let width = b.seq + self.prompt.len();
         let pad = i64::from(self.pad);
@@ -217,8 +227,8 @@ impl<B: AutodiffBackend> Internalize<B> {
         Some(teacher.logits_at(ids, None, &at))
     }
 
-    fn student_logits<C: Backend>(model: &Gpt2<C>, rows: &Rows) -> Tensor<C, 2> {
-        let device = model.wte.weight.device();
+    fn student_logits<C: Backend>(model: &Model<C>, rows: &Rows) -> Tensor<C, 2> {
+        let device = model.device();
         let at: Vec<usize> = rows.batch.lengths.iter().map(|n| n - 1).collect();
         model.logits_at(ids_tensor::<C>(&rows.batch, &device), None, &at)
     }
@@ -232,9 +242,9 @@ impl<B: AutodiffBackend> Internalize<B> {
 }
 
 impl<B: AutodiffBackend> Objective<B> for Internalize<B> {
-    fn loss(&mut self, model: &Gpt2<B>, rows: &[Example]) -> Result<StepLoss<B>> {
+    fn loss(&mut self, model: &Model<B>, rows: &[Example]) -> Result<StepLoss<B>> {
         let rows = self.rows(rows, model.vocab_size())?;
-        let device = model.wte.weight.device();
+        let device = model.device();
         let teacher = self.teacher_logits(&rows).map(Tensor::from_inner);
         let student = Self::student_logits(model, &rows);
         let labels = Self::label_tensor::<B>(&rows, &device);
@@ -247,10 +257,10 @@ impl<B: AutodiffBackend> Objective<B> for Internalize<B> {
 
     fn evaluate(
         &mut self,
-        model: &Gpt2<B::InnerBackend>,
+        model: &Model<B::InnerBackend>,
         batches: &mut dyn Iterator<Item = kiln_data::Result<Vec<Example>>>,
     ) -> Result<Vec<(String, f64)>> {
-        let device = model.wte.weight.device();
+        let device = model.device();
         let (mut loss_sum, mut n, mut correct, mut correct2) = (0.0, 0usize, 0usize, 0usize);
         for rows in batches {
             let rows = self.rows(&rows?, model.vocab_size())?;

@@ -12,7 +12,7 @@ use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_core::MetricDirection;
 use kiln_data::shard::{Manifest, ShardReader};
-use kiln_model::gpt2::{Gpt2, Gpt2Config};
+use kiln_model::{CausalLm, Model};
 
 use crate::checkpoint::{self, TrainerState};
 use crate::error::{Error, Result};
@@ -125,7 +125,7 @@ pub trait Observer {
 /// What training produced.
 pub struct Outcome<B: AutodiffBackend> {
     /// The model (the best checkpoint's when `load_best_at_end` and there is one).
-    pub model: Gpt2<B>,
+    pub model: Model<B>,
     /// Steps done.
     pub steps: usize,
     /// The best value of the best metric and its step.
@@ -254,7 +254,7 @@ struct StepValues {
 
 /// Reads the step's `losses` and `grads`' squared norms with one device-to-host read.
 fn read_step<B: AutodiffBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     grads: &GradientsParams,
     losses: Vec<Tensor<B::InnerBackend, 1>>,
 ) -> StepValues {
@@ -282,7 +282,7 @@ fn read_step<B: AutodiffBackend>(
 /// Clips the gradients to a global L2 norm of `max` as `torch.nn.utils.clip_grad_norm_` does
 /// (scale by `max / (norm + 1e-6)` when that is below 1).
 fn clip<B: AutodiffBackend>(
-    model: &Gpt2<B>,
+    model: &Model<B>,
     grads: &mut GradientsParams,
     norm: f64,
     max: Option<f64>,
@@ -303,8 +303,7 @@ fn clip<B: AutodiffBackend>(
 /// checkpoint), or a checkpoint that cannot be written or read.
 #[allow(clippy::too_many_lines)]
 pub fn train<B, O>(
-    model: Gpt2<B>,
-    config: &Gpt2Config,
+    model: Model<B>,
     objective: &mut O,
     data: &Data,
     opts: &TrainOptions,
@@ -315,7 +314,7 @@ where
     B: AutodiffBackend,
     O: Objective<B>,
 {
-    let device = model.wte.weight.device();
+    let device = model.device();
     let manifest = Manifest::load(&data.dir)?;
     let rows = manifest
         .splits
@@ -354,7 +353,7 @@ where
         .with_beta_2(opts.beta2 as f32)
         .with_epsilon(opts.eps as f32)
         .with_weight_decay(opts.weight_decay as f32)
-        .init::<B, Gpt2<B>>();
+        .init::<B, Model<B>>();
     let mut model = model;
     let mut history: Vec<checkpoint::Recorded> = Vec::new();
     let report = |observer: &mut dyn Observer,
@@ -408,7 +407,7 @@ where
 
     while state.step < total {
         let step = state.step + 1;
-        let mut accumulated = GradientsAccumulator::<Gpt2<B>>::new();
+        let mut accumulated = GradientsAccumulator::<Model<B>>::new();
         let mut losses = Vec::with_capacity(opts.grad_accum.max(1));
         for _ in 0..opts.grad_accum.max(1) {
             let rows = feed.next()?;
@@ -486,7 +485,7 @@ where
                 .checkpoint_every
                 .is_some_and(|n| n > 0 && step.is_multiple_of(n));
         if checkpoint_due {
-            checkpoint::save(checkpoints, &model, config, &optim, &state, &history)?;
+            checkpoint::save(checkpoints, &model, &optim, &state, &history)?;
             checkpoint::prune(
                 checkpoints,
                 opts.keep_checkpoints.max(1),

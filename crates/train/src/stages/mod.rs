@@ -19,6 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use kiln_data::shard::{Manifest, ShardReader};
 use kiln_data::tokenizer::Tok;
 use kiln_model::lora::LoraConfig;
+use kiln_model::{CausalLm, Model};
 
 use crate::device::{self, Device, Precision};
 use crate::schedule::Decay;
@@ -372,9 +373,13 @@ impl crate::device::Job for TrainJob<'_> {
             common.precision
         ));
         let started = std::time::Instant::now();
-        let (mut config, mut model) = kiln_model::hf::load::<B>(&common.model, &device)?;
-        let positions = common.max_length.unwrap_or(config.n_positions);
-        config.check_fits::<B>(Some((common.opts.batch_size, positions)))?;
+        let mut model = kiln_model::load::<B>(&common.model, &device)?;
+        let context = model.max_positions().unwrap_or(usize::MAX);
+        if let Model::Gpt2(gpt2) = &model {
+            let positions = common.max_length.unwrap_or(context);
+            let batch = Some((common.opts.batch_size, positions));
+            gpt2.config.check_fits::<B>(batch)?;
+        }
         let manifest = Manifest::load(&common.data)?;
         let tok_path = common.data.join("tokenizer.json");
         let tok = Tok::load(&tok_path)?;
@@ -385,7 +390,6 @@ impl crate::device::Job for TrainJob<'_> {
                 manifest.vocab_size
             ));
             model = model.resize_token_embeddings(manifest.vocab_size);
-            config.vocab_size = manifest.vocab_size;
         }
         if let Some(lora) = &common.lora {
             // The adapters' initialization is seeded, like everything else the run draws.
@@ -404,19 +408,18 @@ impl crate::device::Job for TrainJob<'_> {
                     .join(", ")
             ));
         }
-        let pad = config
-            .eos_token_id
-            .map(|e| e as u32)
+        let pad = kiln_model::config_token_id(&common.model, "eos_token_id")
             .or_else(|| tok.eos_id())
             .ok_or("no padding token: neither the model's config.json (eos_token_id) nor the tokenizer has one")?;
+        let vocab = model.vocab_size();
         let checkpoints = ctx.state_dir.join("checkpoints");
         let data = Data {
             dir: common.data.clone(),
         };
         let mut observer = StageObserver { ctx };
         let cut = |reserve: usize| -> Result<Option<usize>, StageError> {
-            let room = config.n_positions.saturating_sub(reserve);
-            let max = cut_length(common.max_length, config.n_positions, reserve)?;
+            let room = context.saturating_sub(reserve);
+            let max = cut_length(common.max_length, context, reserve)?;
             report_truncated(ctx, &manifest, &common.data, max)?;
             Ok(Some(max.min(room)))
         };
@@ -429,7 +432,6 @@ impl crate::device::Job for TrainJob<'_> {
                 };
                 fit(
                     model,
-                    &config,
                     &mut objective,
                     &data,
                     &common,
@@ -448,8 +450,8 @@ impl crate::device::Job for TrainJob<'_> {
                     return Err("`prompt` encodes to no tokens".into());
                 }
                 let teacher = if alpha < 1.0 {
-                    let (_, t) = kiln_model::hf::load::<B::InnerBackend>(&teacher, &device)?;
-                    Some(t.resize_token_embeddings(config.vocab_size))
+                    let t = kiln_model::load::<B::InnerBackend>(&teacher, &device)?;
+                    Some(t.resize_token_embeddings(vocab))
                 } else {
                     None
                 };
@@ -461,10 +463,10 @@ impl crate::device::Job for TrainJob<'_> {
                     _ => None,
                 };
                 for label in manifest.label_map.values() {
-                    if label.id as usize >= config.vocab_size {
+                    if label.id as usize >= vocab {
                         return Err(format!(
                             "label token {:?} (id {}) is outside the model's vocabulary ({})",
-                            label.token, label.id, config.vocab_size
+                            label.token, label.id, vocab
                         )
                         .into());
                     }
@@ -480,7 +482,6 @@ impl crate::device::Job for TrainJob<'_> {
                 };
                 fit(
                     model,
-                    &config,
                     &mut objective,
                     &data,
                     &common,
@@ -496,7 +497,7 @@ impl crate::device::Job for TrainJob<'_> {
         ctx.metrics
             .record("train_seconds", outcome.steps as i64, seconds);
         let model_dir = ctx.out_dir.join("model");
-        kiln_model::hf::save(&outcome.model, &config, &model_dir)?;
+        outcome.model.save(&model_dir)?;
         copy_tokenizer(&[&common.data, &common.model], &model_dir)?;
         keep_checkpoints(ctx)?;
         let summary = serde_json::json!({
@@ -587,30 +588,21 @@ type Fitted<B> = (crate::trainer::Outcome<B>, Vec<(String, f64)>);
 
 /// Trains with `objective`, then scores the result on the `test_data` split (if any).
 fn fit<B: AutodiffBackend, O: crate::objective::Objective<B>>(
-    model: kiln_model::gpt2::Gpt2<B>,
-    config: &kiln_model::gpt2::Gpt2Config,
+    model: Model<B>,
     objective: &mut O,
     data: &Data,
     common: &Common,
     checkpoints: &Path,
     observer: &mut StageObserver<'_>,
 ) -> Result<Fitted<B>, StageError> {
-    let outcome = train(
-        model,
-        config,
-        objective,
-        data,
-        &common.opts,
-        checkpoints,
-        observer,
-    )?;
+    let outcome = train(model, objective, data, &common.opts, checkpoints, observer)?;
     let test = evaluate_test::<B, _>(objective, &outcome.model, common)?;
     Ok((outcome, test))
 }
 
 fn evaluate_test<B: AutodiffBackend, O: crate::objective::Objective<B>>(
     objective: &mut O,
-    model: &kiln_model::gpt2::Gpt2<B>,
+    model: &Model<B>,
     common: &Common,
 ) -> Result<Vec<(String, f64)>, StageError> {
     use burn::module::AutodiffModule;
