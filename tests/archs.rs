@@ -313,3 +313,96 @@ fn every_architecture_saves_and_loads_back_with_identical_logits() {
         );
     }
 }
+
+/// A pipeline on the repo's sample tweets with a tiny model of another architecture:
+/// `model.hf` (the embeddings grow to the dataset's tokenizer), `train.lm`,
+/// `train.internalize`, and the eval stages.
+const PIPELINE: &str = r#"name: arch
+params:
+  base: models/x
+stages:
+  tokenizer:
+    uses: data.tokenizer
+    inputs: {train_on: data/samples/sentiment140.sample.csv}
+    with: {vocab_size: 1000}
+  tweets:
+    uses: data.sentiment140
+    inputs: {source: data/samples/sentiment140.sample.csv}
+    with: {tokenizer: "${stages.tokenizer.dir}", labels: {negative: " bad", positive: " good"}, val: 0.1, test: 0.1}
+  base:
+    uses: model.hf
+    with: {source: "${base}"}
+  lm:
+    uses: train.lm
+    with: {data: "${stages.tweets.dir}", model: "${stages.base.dir}/model", max_steps: 4, batch_size: 8, max_length: 32, eval_batches: 2}
+  student:
+    uses: train.internalize
+    with: {data: "${stages.tweets.dir}", model: "${stages.lm.dir}/model", teacher: "${stages.lm.dir}/model", prompt: " I feel", alpha: 0.5, temperature: 2.0, max_steps: 3, batch_size: 8, max_length: 32, eval_batches: 2}
+  accuracy:
+    uses: eval.sentiment
+    with: {model: "${stages.student.dir}/model", data: "${stages.tweets.dir}", split: test, max_length: 32}
+  gap:
+    uses: eval.gap
+    with: {model: "${stages.student.dir}/model", teacher: "${stages.lm.dir}/model", data: "${stages.tweets.dir}", prompt: " I feel", split: test, max_rows: 8}
+  traces:
+    uses: eval.trace
+    with: {model: "${stages.student.dir}/model", texts: ["The food was good", "I hate this"]}
+"#;
+
+#[test]
+fn a_pipeline_trains_and_evaluates_each_new_architecture() {
+    use kiln_model::CausalLm;
+    for (case, model_type) in [
+        ("bloom-6h", "bloom"),
+        ("phi", "phi"),
+        ("llama-untied", "llama"),
+        ("qwen2-sharded", "qwen2"),
+    ] {
+        let p = crate::support::Project::new();
+        let csv = "data/samples/sentiment140.sample.csv";
+        std::fs::create_dir_all(p.path().join("data/samples")).expect("mkdir");
+        std::fs::copy(crate::support::repo_root().join(csv), p.path().join(csv)).expect("csv");
+        let src = fixture(&format!("numerics/archs/{case}"));
+        let dst = p.path().join("models").join(case);
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        for entry in std::fs::read_dir(&src).expect("fixture") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), dst.join(entry.file_name())).expect("copies");
+        }
+        p.write("pipelines/arch.yaml", PIPELINE);
+        p.run(
+            "pipelines/arch.yaml",
+            &["--set", &format!("base=models/{case}")],
+        )
+        .ok();
+        for (stage, metric) in [
+            ("lm", "val_loss"),
+            ("student", "val_accuracy_2way"),
+            ("accuracy", "accuracy_2way"),
+            ("gap", "gap_mean"),
+        ] {
+            let n = p.scalar(&format!(
+                "SELECT count(*) FROM metrics WHERE stage = '{stage}' AND name = '{metric}'"
+            ));
+            assert_ne!(n, "0", "{case}: no {stage} {metric}");
+        }
+        let fp = p.scalar("SELECT fingerprint FROM stage_runs WHERE stage = 'student'");
+        let dir = p.path().join(format!("results/cache/{fp}/model"));
+        let config = std::fs::read_to_string(dir.join("config.json")).expect("config");
+        assert!(
+            config.contains(&format!("\"model_type\": \"{model_type}\"")),
+            "{case}: {config}"
+        );
+        let model = kiln_model::load::<Flex>(&dir, &Default::default()).expect("the student loads");
+        let tok = kiln_data::tokenizer::Tok::load(&dir).expect("the tokenizer is beside it");
+        assert!(
+            tok.vocab_size() > 256,
+            "the sample tokenizer outgrows the fixture's 256"
+        );
+        assert_eq!(
+            model.vocab_size(),
+            tok.vocab_size(),
+            "{case}: embeddings grown to the tokenizer"
+        );
+    }
+}

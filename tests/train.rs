@@ -1087,3 +1087,51 @@ fn train_fixture_lm(
     )
     .expect("trains")
 }
+
+/// After the token embedding grows for added tokens, it is still a trained parameter: the
+/// fused LM-head loss and the full-logits loss give it the same gradient (before, the resized
+/// embedding was an intermediate of the graph and got none, so training never moved it).
+#[test]
+fn a_resized_embedding_gets_the_lm_heads_gradient() {
+    let device = Default::default();
+    let dir = fixture("numerics/tiny-gpt2");
+    let grad = |fused: bool| {
+        let model = kiln_model::load::<Ad>(&dir, &device)
+            .expect("loads")
+            .resize_token_embeddings(520);
+        let ids = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(vec![1i64, 5, 9, 515], [1, 4]),
+            &device,
+        );
+        let h = model.hidden(ids, None).reshape([4, 64]);
+        let targets = [5i64, 9, 515, 30];
+        let loss = if fused {
+            loss::linear_cross_entropy(h, model.head_weight().expect("tied"), &targets)
+        } else {
+            let t =
+                Tensor::<Ad, 1, Int>::from_data(TensorData::new(targets.to_vec(), [4]), &device);
+            loss::masked_cross_entropy(model.project(h), t)
+        };
+        let grads = loss.backward();
+        let Model::Gpt2(m) = &model else {
+            unreachable!("a GPT-2 fixture")
+        };
+        m.wte
+            .weight
+            .grad(&grads)
+            .expect("the embedding has a gradient")
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+    };
+    let (fused, plain) = (grad(true), grad(false));
+    assert_eq!(fused.len(), 520 * 64);
+    // The added row 515 is an input and a target: it gets a gradient of its own.
+    assert!(fused[515 * 64..516 * 64].iter().any(|g| *g != 0.0));
+    let worst = fused
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "fused vs plain embedding gradient: {worst}");
+}

@@ -218,22 +218,31 @@ pub(crate) fn extend_kv<B: Backend>(
 }
 
 /// `w` (`[rows, d]`) with `n` rows: cut, or grown with rows equal to the mean of the existing
-/// ones, as Hugging Face's `resize_token_embeddings(mean_resizing=True)` starts them.
+/// ones, as Hugging Face's `resize_token_embeddings(mean_resizing=True)` starts them. The
+/// result is a new trainable parameter value ([`fresh`]).
 pub(crate) fn resize_rows<B: Backend>(w: Tensor<B, 2>, n: usize) -> Tensor<B, 2> {
     let [old, d] = w.dims();
     if n <= old {
-        return w.narrow(0, 0, n);
+        return fresh(w.narrow(0, 0, n));
     }
     let extra = w.clone().mean_dim(0).expand([n - old, d]);
-    Tensor::cat(vec![w, extra], 0)
+    fresh(Tensor::cat(vec![w, extra], 0))
 }
 
-/// `b` (`[n]`) with `n` entries: cut, or grown with the mean of the existing ones.
+/// `b` (`[n]`) with `n` entries: cut, or grown with the mean of the existing ones; a new
+/// trainable parameter value ([`fresh`]).
 pub(crate) fn resize_bias<B: Backend>(b: Tensor<B, 1>, n: usize) -> Tensor<B, 1> {
     let [old] = b.dims();
     if n <= old {
-        return b.narrow(0, 0, n);
+        return fresh(b.narrow(0, 0, n));
     }
     let extra = b.clone().mean().expand([n - old]);
-    Tensor::cat(vec![b, extra], 0)
+    fresh(Tensor::cat(vec![b, extra], 0))
+}
+
+/// `t` as a parameter value of its own: a leaf that requires gradients (under autodiff).
+/// A value computed from a parameter (a resized embedding) is otherwise an intermediate of
+/// the graph: burn then keeps no gradient for it, and training never updates it.
+pub(crate) fn fresh<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    t.detach().require_grad()
 }

@@ -211,8 +211,9 @@ pub struct Llama<B: Backend> {
     pub layers: Vec<Layer<B>>,
     /// Final RMSNorm.
     pub norm: RmsNorm<B>,
-    /// The LM head when untied (`[d, vocab]`).
-    pub lm_head: Option<Linear<B>>,
+    /// The LM head when untied, `[vocab, d]` as stored (so the fused LM loss gets it as a
+    /// parameter, not a transposed view).
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
     /// The configuration (not a parameter).
     #[module(skip)]
     pub config: LlamaConfig,
@@ -267,7 +268,8 @@ impl LlamaConfig {
                 .init(device),
             layers,
             norm: norm(),
-            lm_head: (!self.tie_word_embeddings).then(|| linear(d, self.vocab_size, false)),
+            lm_head: (!self.tie_word_embeddings)
+                .then(|| Param::from_tensor(Tensor::zeros([self.vocab_size, d], device))),
             config: self.clone(),
         }
     }
@@ -310,8 +312,10 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
         weights.load_rms_norm(&mut layer.post_norm, &post, device)?;
     }
     weights.load_rms_norm(&mut model.norm, "model.norm", device)?;
-    if let Some(head) = model.lm_head.as_mut() {
-        weights.load_linear(head, "lm_head", device)?;
+    if model.lm_head.is_some() {
+        let shape = [config.vocab_size, config.hidden_size];
+        let head = weights.tensor::<B, 2>("lm_head.weight", shape, false, device)?;
+        model.lm_head = Some(Param::from_tensor(head));
     }
     Ok(model)
 }
@@ -330,7 +334,7 @@ impl<B: Backend> Llama<B> {
     /// The LM head as `[vocab, d]`: the token embedding when tied, else `lm_head`'s weight.
     pub fn head_weight(&self) -> Option<Tensor<B, 2>> {
         Some(match &self.lm_head {
-            Some(head) => head.weight.val().transpose(),
+            Some(head) => head.val(),
             None => self.embed.weight.val(),
         })
     }
@@ -339,12 +343,9 @@ impl<B: Backend> Llama<B> {
     /// new entries are the means of the existing ones.
     pub fn resize_token_embeddings(mut self, n: usize) -> Self {
         self.embed.weight = self.embed.weight.map(|w| layers::resize_rows(w, n));
-        self.lm_head = self.lm_head.map(|mut head| {
-            head.weight = head
-                .weight
-                .map(|w| layers::resize_rows(w.transpose(), n).transpose());
-            head
-        });
+        self.lm_head = self
+            .lm_head
+            .map(|head| head.map(|w| layers::resize_rows(w, n)));
         if let Some(map) = self.config.raw.as_object_mut() {
             map.insert("vocab_size".into(), n.into());
         }
@@ -381,10 +382,11 @@ impl<B: Backend> Llama<B> {
 
     /// Hidden states `[n, d]` to logits `[n, vocab]` (the untied head, or the embedding).
     pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed.weight.val().transpose()),
-        }
+        let head = match &self.lm_head {
+            Some(head) => head.val(),
+            None => self.embed.weight.val(),
+        };
+        hidden.matmul(head.transpose())
     }
 
     /// The final hidden states (after the last RMSNorm), `[batch, seq, d]`.
@@ -518,7 +520,7 @@ pub fn save<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<()> {
     }
     w.rms_norm(&model.norm, "model.norm");
     if let Some(head) = &model.lm_head {
-        w.linear(head, "lm_head");
+        w.tensor("lm_head.weight", head.val(), false);
     }
     w.write(dir, &model.config.raw)
 }

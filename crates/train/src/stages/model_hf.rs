@@ -1,5 +1,7 @@
-//! `model.hf`: a GPT-2 from a local Hugging Face directory or the Hugging Face hub
-//! (`gpt2`, `openai-community/gpt2`, `hf://openai-community/gpt2`), checked by loading it.
+//! `model.hf`: a model from a local Hugging Face directory or the Hugging Face hub
+//! (`gpt2`, `openai-community/gpt2`, `hf://openai-community/gpt2`), checked by loading it. A
+//! GPT-2 is copied; another architecture (BLOOM, Phi, Llama, Qwen2) is loaded, sharded or
+//! not, in any float type, and written back as one float32 `model.safetensors`.
 //!
 //! Hub files are downloaded once into `results/downloads` from `$HF_ENDPOINT` (default
 //! `https://huggingface.co`); offline, the error names the files to fetch by hand.
@@ -43,7 +45,7 @@ impl Stage for ModelHf {
         1
     }
     fn doc(&self) -> &'static str {
-        "a GPT-2 from a Hugging Face directory or hub id, writes model/"
+        "a model (gpt2, bloom, phi, llama, qwen2) from a Hugging Face directory or hub id, writes model/"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -106,15 +108,50 @@ impl Stage for ModelHf {
         };
         let dir = ctx.out_dir.join("model");
         std::fs::create_dir_all(&dir)?;
-        for name in ["config.json", "model.safetensors"] {
-            let from = files
-                .get(name)
-                .ok_or_else(|| format!("{}: no {name}", local.display()))?;
-            std::fs::copy(from, dir.join(name))
-                .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
-        }
-        // Loading checks names, shapes and the configuration.
-        let (config, _) = kiln_model::hf::load::<Cpu>(&dir, &Default::default())?;
+        let config = files
+            .get("config.json")
+            .ok_or_else(|| format!("{}: no config.json", local.display()))?;
+        let model_type = serde_json::from_str::<Value>(&std::fs::read_to_string(config)?)
+            .map_err(|e| format!("{}: {e}", config.display()))?
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("gpt2")
+            .to_owned();
+        let summary = if model_type == "gpt2" {
+            for name in ["config.json", "model.safetensors"] {
+                let from = files
+                    .get(name)
+                    .ok_or_else(|| format!("{}: no {name}", local.display()))?;
+                std::fs::copy(from, dir.join(name))
+                    .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+            }
+            // Loading checks names, shapes and the configuration.
+            let (c, _) = kiln_model::hf::load::<Cpu>(&dir, &Default::default())?;
+            format!(
+                "vocab {}, {} layers, {} heads, {} dims",
+                c.vocab_size, c.n_layer, c.n_head, c.n_embd
+            )
+        } else {
+            // Other architectures are loaded (sharded or not, any float type) and written
+            // back as one float32 model.safetensors.
+            let from = if local.is_dir() {
+                local.clone()
+            } else {
+                for name in ["config.json", "model.safetensors"] {
+                    if let Some(path) = files.get(name) {
+                        std::fs::copy(path, dir.join(name))
+                            .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+                    }
+                }
+                dir.clone()
+            };
+            let model = kiln_model::load::<kiln_model::Flex>(&from, &Default::default())?;
+            model.save(&dir)?;
+            format!(
+                "{model_type}, vocab {}",
+                kiln_model::CausalLm::vocab_size(&model)
+            )
+        };
         let tok = match (
             files.get("tokenizer.json"),
             files.get("vocab.json"),
@@ -127,10 +164,7 @@ impl Stage for ModelHf {
         if let Some(t) = tok {
             t.save(&dir.join("tokenizer.json"))?;
         }
-        ctx.log(&format!(
-            "loaded {source}: vocab {}, {} layers, {} heads, {} dims",
-            config.vocab_size, config.n_layer, config.n_head, config.n_embd
-        ));
+        ctx.log(&format!("loaded {source}: {summary}"));
         Ok(())
     }
 }
