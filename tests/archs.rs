@@ -315,8 +315,8 @@ fn every_architecture_saves_and_loads_back_with_identical_logits() {
 }
 
 /// A pipeline on the repo's sample tweets with a tiny model of another architecture:
-/// `model.hf` (the embeddings grow to the dataset's tokenizer), `train.lm`,
-/// `train.internalize`, and the eval stages.
+/// `model.hf` (the embeddings grow to the dataset's tokenizer), `train.lm` (also with LoRA on
+/// the architecture's default projections), `train.internalize`, and the eval stages.
 const PIPELINE: &str = r#"name: arch
 params:
   base: models/x
@@ -335,6 +335,9 @@ stages:
   lm:
     uses: train.lm
     with: {data: "${stages.tweets.dir}", model: "${stages.base.dir}/model", max_steps: 4, batch_size: 8, max_length: 32, eval_batches: 2}
+  adapted:
+    uses: train.lm
+    with: {data: "${stages.tweets.dir}", model: "${stages.base.dir}/model", max_steps: 2, batch_size: 8, max_length: 32, eval_batches: 1, lora_rank: 4}
   student:
     uses: train.internalize
     with: {data: "${stages.tweets.dir}", model: "${stages.lm.dir}/model", teacher: "${stages.lm.dir}/model", prompt: " I feel", alpha: 0.5, temperature: 2.0, max_steps: 3, batch_size: 8, max_length: 32, eval_batches: 2}
@@ -377,6 +380,7 @@ fn a_pipeline_trains_and_evaluates_each_new_architecture() {
         .ok();
         for (stage, metric) in [
             ("lm", "val_loss"),
+            ("adapted", "val_loss"),
             ("student", "val_accuracy_2way"),
             ("accuracy", "accuracy_2way"),
             ("gap", "gap_mean"),
@@ -403,6 +407,101 @@ fn a_pipeline_trains_and_evaluates_each_new_architecture() {
             model.vocab_size(),
             tok.vocab_size(),
             "{case}: embeddings grown to the tokenizer"
+        );
+    }
+}
+
+/// Every float parameter of `model` by id.
+fn params_by_id<B: Backend, M: kiln_model::burn::module::Module<B>>(
+    model: &M,
+) -> std::collections::HashMap<kiln_model::burn::module::ParamId, Vec<f32>> {
+    use kiln_model::burn::module::{ModuleVisitor, Param, ParamId};
+    struct Collect(std::collections::HashMap<ParamId, Vec<f32>>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.insert(param.id, host::read_f32(param.val()));
+        }
+    }
+    let mut c = Collect(Default::default());
+    model.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn lora_on_every_new_architecture_trains_only_the_adapters_and_merges_exactly() {
+    use kiln_model::CausalLm;
+    use kiln_model::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    use kiln_model::device::FlexBackend as Ad;
+    use kiln_model::lora::LoraConfig;
+    let device = Default::default();
+    for case in ["bloom-6h", "phi", "llama-untied", "qwen2"] {
+        let dir = fixture(&format!("numerics/archs/{case}"));
+        let base = kiln_model::load::<Ad>(&dir, &device).expect("loads");
+        let before = params_by_id(&base);
+        let model = kiln_model::seeded::<Ad, _>(&device, 1, || {
+            base.with_lora(&LoraConfig::new(4), &device)
+        })
+        .expect("adapters attach");
+        assert!(model.has_lora(), "{case}");
+        let mut optim = AdamWConfig::new().init::<Ad, kiln_model::Model<Ad>>();
+        let ids = || {
+            Tensor::<Ad, 2, Int>::from_data(
+                TensorData::new(vec![1i64, 9, 33, 7, 100, 5], [1, 6]),
+                &device,
+            )
+        };
+        let targets = || {
+            Tensor::<Ad, 1, Int>::from_data(
+                TensorData::new(vec![9i64, 33, 7, 100, 5], [5]),
+                &device,
+            )
+        };
+        let mut model = model;
+        for _ in 0..3 {
+            let logits = model
+                .forward(ids(), None)
+                .narrow(1, 0, 5)
+                .reshape([5, model.vocab_size()]);
+            let loss = kiln_train::loss::masked_cross_entropy(logits, targets());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model, grads);
+        }
+        let after = params_by_id(&model);
+        let mut adapters_moved = false;
+        for (id, values) in &after {
+            match before.get(id) {
+                Some(old) => assert!(old == values, "{case}: a base weight changed"),
+                None => adapters_moved |= values.iter().any(|v| *v != 0.0),
+            }
+        }
+        assert!(adapters_moved, "{case}: the adapters did not train");
+        // The merged model (and its saved export) computes what base + adapters compute.
+        let adapted = host::read_f32(model.forward(ids(), None));
+        let merged = model.clone().merge_lora();
+        assert!(!merged.has_lora());
+        let tmp = tempfile::tempdir().expect("tmp");
+        model.save(tmp.path()).expect("saves merged");
+        let exported = kiln_model::load::<Ad>(tmp.path(), &device).expect("loads");
+        for (what, other) in [("merged", merged), ("exported", exported)] {
+            let got = host::read_f32(other.forward(ids(), None));
+            let worst = got
+                .iter()
+                .zip(&adapted)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{case} {what}: {worst}");
+        }
+        // A projection the architecture lacks is refused, naming those it has.
+        let base = kiln_model::load::<Ad>(&dir, &device).expect("loads");
+        let err = base
+            .with_lora(
+                &LoraConfig::new(4).with_targets(vec!["c_attn".into()]),
+                &device,
+            )
+            .expect_err("no c_attn");
+        assert!(
+            err.contains("\"c_attn\" is not a projection of"),
+            "{case}: {err}"
         );
     }
 }

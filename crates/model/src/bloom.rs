@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv};
+use crate::lora::{self, Lora, LoraConfig};
 use crate::weights::{Weights, WeightsWriter};
 
 /// A BLOOM `config.json` (the keys kiln uses).
@@ -82,6 +83,7 @@ impl BloomConfig {
                 post_norm: layers::layer_norm(d, eps, device),
                 dense_h_to_4h: layers::linear(d, 4 * d, true, device),
                 dense_4h_to_h: layers::linear(4 * d, d, true, device),
+                lora: [None, None],
             })
             .collect();
         Bloom {
@@ -142,7 +144,12 @@ pub struct Block<B: Backend> {
     pub dense_h_to_4h: Linear<B>,
     /// MLP out `[4d, d]`.
     pub dense_4h_to_h: Linear<B>,
+    /// LoRA adapters on `query_key_value` and `dense` (when attached).
+    pub lora: [Option<Lora<B>>; 2],
 }
+
+/// The projections LoRA can adapt, in the order of [`Block::lora`].
+const LORA_TARGETS: [&str; 2] = ["query_key_value", "dense"];
 
 /// Loads a BLOOM Hugging Face directory.
 ///
@@ -203,6 +210,42 @@ impl<B: Backend> Bloom<B> {
             map.insert("vocab_size".into(), n.into());
         }
         self.config.vocab_size = n;
+        self
+    }
+
+    /// Freezes every base weight and adds adapters to the `config.targets` projections of
+    /// every block (default `query_key_value`): afterwards only the adapters train.
+    ///
+    /// # Errors
+    /// A rank of 0, or a target that is not `query_key_value` or `dense`.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self, String> {
+        let chosen = lora::targets(config, "bloom", &LORA_TARGETS, &["query_key_value"])?;
+        let mut model = self.no_grad();
+        for block in &mut model.blocks {
+            let bases = [&block.query_key_value, &block.dense];
+            for (i, base) in bases.into_iter().enumerate() {
+                if chosen.contains(&LORA_TARGETS[i]) {
+                    block.lora[i] = Some(Lora::new(base, config, device));
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Whether any adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.blocks
+            .iter()
+            .any(|b| b.lora.iter().any(Option::is_some))
+    }
+
+    /// Folds the adapters into the base weights and removes them.
+    pub fn merge_lora(mut self) -> Self {
+        for block in &mut self.blocks {
+            let [qkv, dense] = std::mem::take(&mut block.lora);
+            lora::merge(&mut block.query_key_value, qkv);
+            lora::merge(&mut block.dense, dense);
+        }
         self
     }
 
@@ -331,7 +374,7 @@ impl<B: Backend> Block<B> {
             x
         };
         let (a, kv) = self.attend(h, mask, alibi, config, batch, seq, past);
-        let x = residual + self.dense.forward(a);
+        let x = residual + lora::project(&self.dense, self.lora[1].as_ref(), a);
         let h = self.post_norm.forward(x.clone());
         let residual = if config.apply_residual_connection_post_layernorm {
             h.clone()
@@ -356,9 +399,7 @@ impl<B: Backend> Block<B> {
         let heads = config.n_head;
         let hd = config.hidden_size / heads;
         // Per head [q, k, v]: `view(batch, seq, heads, 3, hd)`.
-        let qkv = self
-            .query_key_value
-            .forward(x)
+        let qkv = lora::project(&self.query_key_value, self.lora[0].as_ref(), x)
             .reshape([batch, seq, heads, 3, hd]);
         let part = |i: usize| {
             qkv.clone()
@@ -378,6 +419,14 @@ impl<B: Backend> Block<B> {
 /// # Errors
 /// The directory or a file cannot be written.
 pub fn save<B: Backend>(model: &Bloom<B>, dir: &Path) -> Result<()> {
+    // Adapters are merged on export: the file is a plain BLOOM.
+    let merged;
+    let model = if model.has_lora() {
+        merged = model.clone().merge_lora();
+        &merged
+    } else {
+        model
+    };
     let mut w = WeightsWriter::new();
     w.tensor(
         "transformer.word_embeddings.weight",

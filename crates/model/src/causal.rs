@@ -206,27 +206,39 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// Whether LoRA adapters are attached (GPT-2 only so far).
+    /// Whether LoRA adapters are attached.
     #[must_use]
     pub fn has_lora(&self) -> bool {
-        matches!(self, Self::Gpt2(m) if m.has_lora())
+        each!(self, m => m.has_lora())
     }
 
-    /// Attaches LoRA adapters (GPT-2 only so far).
+    /// Freezes the base weights and attaches LoRA adapters: GPT-2's `c_attn`/`c_proj`
+    /// flags, or `config.targets` (default `query_key_value` for BLOOM, `q_proj` and
+    /// `v_proj` for Phi and the Llama family).
     ///
     /// # Errors
-    /// Another architecture, or targets the model lacks.
+    /// A rank of 0, or a target the architecture lacks (naming those it has).
     pub fn with_lora(
         self,
         config: &crate::lora::LoraConfig,
         device: &B::Device,
     ) -> Result<Self, String> {
+        Ok(match self {
+            Self::Gpt2(m) => Self::Gpt2(m.with_lora(config, device)?),
+            Self::Bloom(m) => Self::Bloom(m.with_lora(config, device)?),
+            Self::Phi(m) => Self::Phi(m.with_lora(config, device)?),
+            Self::Llama(m) => Self::Llama(m.with_lora(config, device)?),
+        })
+    }
+
+    /// Folds every adapter into the base weights and removes them.
+    #[must_use]
+    pub fn merge_lora(self) -> Self {
         match self {
-            Self::Gpt2(m) => Ok(Self::Gpt2(m.with_lora(config, device)?)),
-            other => Err(format!(
-                "LoRA on {} is not supported yet (GPT-2 only)",
-                other.model_type()
-            )),
+            Self::Gpt2(m) => Self::Gpt2(m.merge_lora()),
+            Self::Bloom(m) => Self::Bloom(m.merge_lora()),
+            Self::Phi(m) => Self::Phi(m.merge_lora()),
+            Self::Llama(m) => Self::Llama(m.merge_lora()),
         }
     }
 

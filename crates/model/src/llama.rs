@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
+use crate::lora::{self, Lora, LoraConfig};
 use crate::weights::{Weights, WeightsWriter};
 
 /// A Llama-family `config.json` (the keys kiln uses; others are ignored).
@@ -240,7 +241,12 @@ pub struct Layer<B: Backend> {
     pub up_proj: Linear<B>,
     /// SwiGLU down `[inner, d]`.
     pub down_proj: Linear<B>,
+    /// LoRA adapters on `q_proj`, `k_proj`, `v_proj`, `o_proj` (when attached).
+    pub lora: [Option<Lora<B>>; 4],
 }
+
+/// The projections LoRA can adapt, in the order of [`Layer::lora`].
+const LORA_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
 
 impl LlamaConfig {
     /// A model of this shape with weights to be loaded (initialized with zeros).
@@ -260,6 +266,7 @@ impl LlamaConfig {
                 gate_proj: linear(d, self.intermediate_size, self.mlp_bias),
                 up_proj: linear(d, self.intermediate_size, self.mlp_bias),
                 down_proj: linear(self.intermediate_size, d, self.mlp_bias),
+                lora: [None, None, None, None],
             })
             .collect();
         Llama {
@@ -337,6 +344,44 @@ impl<B: Backend> Llama<B> {
             Some(head) => head.val(),
             None => self.embed.weight.val(),
         })
+    }
+
+    /// Freezes every base weight and adds adapters to the `config.targets` projections of
+    /// every layer (default `q_proj`, `v_proj`): afterwards only the adapters train.
+    ///
+    /// # Errors
+    /// A rank of 0, or a target that is not `q_proj`, `k_proj`, `v_proj` or `o_proj`.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self, String> {
+        let chosen = lora::targets(config, "llama", &LORA_TARGETS, &["q_proj", "v_proj"])?;
+        let mut model = self.no_grad();
+        for layer in &mut model.layers {
+            let bases = [&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj];
+            for (i, base) in bases.into_iter().enumerate() {
+                if chosen.contains(&LORA_TARGETS[i]) {
+                    layer.lora[i] = Some(Lora::new(base, config, device));
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Whether any adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.lora.iter().any(Option::is_some))
+    }
+
+    /// Folds the adapters into the base weights and removes them.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in &mut self.layers {
+            let [q, k, v, o] = std::mem::take(&mut layer.lora);
+            lora::merge(&mut layer.q_proj, q);
+            lora::merge(&mut layer.k_proj, k);
+            lora::merge(&mut layer.v_proj, v);
+            lora::merge(&mut layer.o_proj, o);
+        }
+        self
     }
 
     /// Grows (or cuts) the vocabulary to `n`: embedding rows and, when untied, head columns;
@@ -483,9 +528,10 @@ impl<B: Backend> Layer<B> {
         let split = |t: Tensor<B, 2>, n: usize| {
             t.reshape([batch, seq, n, hd]).swap_dims(1, 2) // [batch, n, seq, hd]
         };
-        let q = rope.apply(split(self.q_proj.forward(x.clone()), heads));
-        let k = rope.apply(split(self.k_proj.forward(x.clone()), kv));
-        let v = split(self.v_proj.forward(x), kv);
+        let [lq, lk, lv, lo] = self.lora.each_ref().map(Option::as_ref);
+        let q = rope.apply(split(lora::project(&self.q_proj, lq, x.clone()), heads));
+        let k = rope.apply(split(lora::project(&self.k_proj, lk, x.clone()), kv));
+        let v = split(lora::project(&self.v_proj, lv, x), kv);
         let (k, v) = layers::extend_kv(past, k, v);
         let out = layers::attention(
             q,
@@ -494,7 +540,7 @@ impl<B: Backend> Layer<B> {
             mask,
             None,
         );
-        (self.o_proj.forward(out), (k, v))
+        (lora::project(&self.o_proj, lo, out), (k, v))
     }
 }
 
@@ -504,6 +550,14 @@ impl<B: Backend> Layer<B> {
 /// # Errors
 /// The directory or a file cannot be written.
 pub fn save<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<()> {
+    // Adapters are merged on export: the file is a plain Llama.
+    let merged;
+    let model = if model.has_lora() {
+        merged = model.clone().merge_lora();
+        &merged
+    } else {
+        model
+    };
     let mut w = WeightsWriter::new();
     w.tensor("model.embed_tokens.weight", model.embed.weight.val(), false);
     for (i, layer) in model.layers.iter().enumerate() {

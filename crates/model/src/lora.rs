@@ -26,6 +26,10 @@ pub struct LoraConfig {
     /// Adapt `attn.c_proj` (the attention output).
     #[config(default = false)]
     pub c_proj: bool,
+    /// The projections to adapt in other architectures (`q_proj`, `v_proj`,
+    /// `query_key_value`, …); empty: the architecture's default.
+    #[config(default = "Vec::new()")]
+    pub targets: Vec<String>,
 }
 
 /// One adapter.
@@ -42,7 +46,7 @@ pub struct Lora<B: Backend> {
 }
 
 impl<B: Backend> Lora<B> {
-    fn new(base: &Linear<B>, config: &LoraConfig, device: &B::Device) -> Self {
+    pub(crate) fn new(base: &Linear<B>, config: &LoraConfig, device: &B::Device) -> Self {
         let [d_in, d_out] = base.weight.dims();
         let r = config.rank;
         // peft's init of A: kaiming_uniform(a = √5), i.e. U(±1/√fan_in) with fan_in = d_in.
@@ -71,7 +75,48 @@ impl<B: Backend> Lora<B> {
     }
 }
 
-fn merge<B: Backend>(linear: &mut Linear<B>, lora: Option<Lora<B>>) {
+/// `linear(x)`, plus its adapter's contribution when it has one.
+pub(crate) fn project<B: Backend>(
+    linear: &Linear<B>,
+    lora: Option<&Lora<B>>,
+    x: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    match lora {
+        Some(l) => linear.forward(x.clone()) + l.forward(x),
+        None => linear.forward(x),
+    }
+}
+
+/// The projections `config` adapts among those an architecture offers (`offered`), or its
+/// `default` ones when `config.targets` is empty.
+///
+/// # Errors
+/// A rank of 0, or a target the architecture does not have (naming those it has).
+pub(crate) fn targets<'a>(
+    config: &'a LoraConfig,
+    arch: &str,
+    offered: &[&str],
+    default: &'a [&'a str],
+) -> Result<Vec<&'a str>, String> {
+    if config.rank == 0 {
+        return Err("lora rank must be at least 1".into());
+    }
+    let chosen: Vec<&str> = if config.targets.is_empty() {
+        default.to_vec()
+    } else {
+        config.targets.iter().map(String::as_str).collect()
+    };
+    if let Some(bad) = chosen.iter().find(|t| !offered.contains(t)) {
+        return Err(format!(
+            "lora_targets: {bad:?} is not a projection of {arch}: write one of {}",
+            offered.join(", ")
+        ));
+    }
+    Ok(chosen)
+}
+
+/// Folds `lora` into `linear`'s weight.
+pub(crate) fn merge<B: Backend>(linear: &mut Linear<B>, lora: Option<Lora<B>>) {
     if let Some(l) = lora {
         let delta = l.delta();
         linear.weight = linear.weight.clone().map(|w: Tensor<B, 2>| w + delta);
@@ -85,6 +130,10 @@ impl<B: Backend> Gpt2<B> {
     /// # Errors
     /// A rank of 0.
     pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self, String> {
+        if !config.targets.is_empty() {
+            // Named targets must be GPT-2's (its c_attn/c_proj flags say which).
+            targets(config, "gpt2", &["c_attn", "c_proj"], &[])?;
+        }
         if config.rank == 0 {
             return Err("lora rank must be at least 1".into());
         }

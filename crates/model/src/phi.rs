@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
+use crate::lora::{self, Lora, LoraConfig};
 use crate::weights::{Weights, WeightsWriter};
 
 /// A Phi `config.json` (the keys kiln uses).
@@ -154,6 +155,7 @@ impl PhiConfig {
                 dense: layers::linear(d, d, true, device),
                 fc1: layers::linear(d, inner, true, device),
                 fc2: layers::linear(inner, d, true, device),
+                lora: [None, None, None, None],
             })
             .collect();
         Phi {
@@ -201,7 +203,12 @@ pub struct Layer<B: Backend> {
     pub fc1: Linear<B>,
     /// MLP out `[inner, d]`.
     pub fc2: Linear<B>,
+    /// LoRA adapters on `q_proj`, `k_proj`, `v_proj`, `dense` (when attached).
+    pub lora: [Option<Lora<B>>; 4],
 }
+
+/// The projections LoRA can adapt, in the order of [`Layer::lora`].
+const LORA_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "dense"];
 
 /// Loads a Phi Hugging Face directory.
 ///
@@ -279,6 +286,44 @@ impl<B: Backend> Phi<B> {
             map.insert("vocab_size".into(), n.into());
         }
         self.config.vocab_size = n;
+        self
+    }
+
+    /// Freezes every base weight and adds adapters to the `config.targets` projections of
+    /// every layer (default `q_proj`, `v_proj`): afterwards only the adapters train.
+    ///
+    /// # Errors
+    /// A rank of 0, or a target that is not `q_proj`, `k_proj`, `v_proj` or `dense`.
+    pub fn with_lora(self, config: &LoraConfig, device: &B::Device) -> Result<Self, String> {
+        let chosen = lora::targets(config, "phi", &LORA_TARGETS, &["q_proj", "v_proj"])?;
+        let mut model = self.no_grad();
+        for layer in &mut model.layers {
+            let bases = [&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.dense];
+            for (i, base) in bases.into_iter().enumerate() {
+                if chosen.contains(&LORA_TARGETS[i]) {
+                    layer.lora[i] = Some(Lora::new(base, config, device));
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// Whether any adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|l| l.lora.iter().any(Option::is_some))
+    }
+
+    /// Folds the adapters into the base weights and removes them.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in &mut self.layers {
+            let [q, k, v, d] = std::mem::take(&mut layer.lora);
+            lora::merge(&mut layer.q_proj, q);
+            lora::merge(&mut layer.k_proj, k);
+            lora::merge(&mut layer.v_proj, v);
+            lora::merge(&mut layer.dense, d);
+        }
         self
     }
 
@@ -367,13 +412,13 @@ impl<B: Backend> Layer<B> {
         let h = self.input_norm.forward(x.clone());
         let (heads, hd) = (config.num_attention_heads, config.head_dim());
         let split = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-        let q = rope.apply(split(self.q_proj.forward(h.clone())));
-        let k = rope.apply(split(self.k_proj.forward(h.clone())));
-        let v = split(self.v_proj.forward(h.clone()));
+        let [lq, lk, lv, ld] = self.lora.each_ref().map(Option::as_ref);
+        let q = rope.apply(split(lora::project(&self.q_proj, lq, h.clone())));
+        let k = rope.apply(split(lora::project(&self.k_proj, lk, h.clone())));
+        let v = split(lora::project(&self.v_proj, lv, h.clone()));
         let (k, v) = layers::extend_kv(past, k, v);
-        let attn = self
-            .dense
-            .forward(layers::attention(q, k.clone(), v.clone(), mask, None));
+        let attn = layers::attention(q, k.clone(), v.clone(), mask, None);
+        let attn = lora::project(&self.dense, ld, attn);
         let mlp = self
             .fc2
             .forward(crate::kernels::gelu_tanh(self.fc1.forward(h)));
@@ -387,6 +432,14 @@ impl<B: Backend> Layer<B> {
 /// # Errors
 /// The directory or a file cannot be written.
 pub fn save<B: Backend>(model: &Phi<B>, dir: &Path) -> Result<()> {
+    // Adapters are merged on export: the file is a plain Phi.
+    let merged;
+    let model = if model.has_lora() {
+        merged = model.clone().merge_lora();
+        &merged
+    } else {
+        model
+    };
     let mut w = WeightsWriter::new();
     w.tensor("model.embed_tokens.weight", model.embed.weight.val(), false);
     for (i, layer) in model.layers.iter().enumerate() {

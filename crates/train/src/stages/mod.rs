@@ -170,7 +170,7 @@ pub(crate) const TRAIN_PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "lora_targets",
         ParamType::List,
-        "projections with adapters: c_attn, c_proj (default [c_attn])",
+        "projections with adapters (default: [c_attn] for GPT-2, [query_key_value] for BLOOM, [q_proj, v_proj] for Phi and the Llama family; also c_proj, k_proj, o_proj, dense)",
     ),
     ParamSpec::optional(
         "test_data",
@@ -236,19 +236,30 @@ impl Common {
         let lora = match p.usize("lora_rank")? {
             None | Some(0) => None,
             Some(rank) => {
-                let targets = p
-                    .strings("lora_targets")?
-                    .unwrap_or_else(|| vec!["c_attn".into()]);
-                if let Some(bad) = targets.iter().find(|t| *t != "c_attn" && *t != "c_proj") {
-                    return Err(format!("lora_targets: {bad:?} is not c_attn or c_proj").into());
+                let targets = p.strings("lora_targets")?;
+                if let Some(bad) = targets
+                    .iter()
+                    .flatten()
+                    .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+                {
+                    return Err(format!(
+                        "lora_targets: {bad:?} is not one of {}",
+                        LORA_TARGETS.join(", ")
+                    )
+                    .into());
                 }
-                Some(
-                    LoraConfig::new(rank)
-                        .with_alpha(p.f64("lora_alpha")?.unwrap_or(8.0))
-                        .with_dropout(p.f64("lora_dropout")?.unwrap_or(0.0))
-                        .with_c_attn(targets.iter().any(|t| t == "c_attn"))
-                        .with_c_proj(targets.iter().any(|t| t == "c_proj")),
-                )
+                let has = |name: &str| targets.iter().flatten().any(|t| t == name);
+                let config = LoraConfig::new(rank)
+                    .with_alpha(p.f64("lora_alpha")?.unwrap_or(8.0))
+                    .with_dropout(p.f64("lora_dropout")?.unwrap_or(0.0));
+                Some(match &targets {
+                    // GPT-2 reads its two flags; the other architectures the names.
+                    Some(t) => config
+                        .with_c_attn(has("c_attn"))
+                        .with_c_proj(has("c_proj"))
+                        .with_targets(t.clone()),
+                    None => config,
+                })
             }
         };
         Ok(Self {
@@ -264,6 +275,19 @@ impl Common {
     }
 }
 
+/// The projection names `lora_targets` accepts, over all architectures (each checks its own
+/// when the adapters are attached).
+const LORA_TARGETS: &[&str] = &[
+    "c_attn",
+    "c_proj",
+    "query_key_value",
+    "dense",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+];
+
 /// Checks what the param specs cannot: LoRA targets.
 pub(crate) fn validate_common(
     params: &BTreeMap<String, Value>,
@@ -271,10 +295,10 @@ pub(crate) fn validate_common(
 ) {
     if let Some(targets) = params.get("lora_targets").and_then(Value::as_array) {
         for t in targets {
-            if !matches!(t.as_str(), Some("c_attn" | "c_proj")) {
+            if !t.as_str().is_some_and(|t| LORA_TARGETS.contains(&t)) {
                 problems.push((
                     "lora_targets".into(),
-                    format!("{t} is not c_attn or c_proj"),
+                    format!("{t} is not one of {}", LORA_TARGETS.join(", ")),
                 ));
             }
         }
@@ -396,16 +420,14 @@ impl crate::device::Job for TrainJob<'_> {
             model = kiln_model::seeded::<B, _>(&device, common.opts.seed, || {
                 model.with_lora(lora, &device)
             })?;
+            let on = if lora.targets.is_empty() {
+                format!("the {} default projections", model.model_type())
+            } else {
+                lora.targets.join(", ")
+            };
             ctx.log(&format!(
-                "LoRA rank {} (alpha {}) on {}: only the adapters train; they are merged on export",
-                lora.rank,
-                lora.alpha,
-                [("c_attn", lora.c_attn), ("c_proj", lora.c_proj)]
-                    .iter()
-                    .filter(|(_, on)| *on)
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "LoRA rank {} (alpha {}) on {on}: only the adapters train; they are merged on export",
+                lora.rank, lora.alpha,
             ));
         }
         let pad = kiln_model::config_token_id(&common.model, "eos_token_id")
