@@ -726,3 +726,43 @@ fn a_model_larger_than_the_adapter_binds_is_an_error_not_a_gpu_panic() {
     );
     assert!(!ran.stderr.contains("panicked"), "{}", ran.stderr);
 }
+
+/// The fixture cases of the other architectures, their logits on a backend.
+struct ArchLogits;
+
+impl InferJob for ArchLogits {
+    type Output = Vec<(String, Vec<f32>)>;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        use kiln_model::CausalLm;
+        ["bloom-6h", "phi", "llama-untied", "qwen2"]
+            .iter()
+            .map(|case| {
+                let dir = fixture(&format!("numerics/archs/{case}"));
+                let model = kiln_model::load::<B>(&dir, &device).expect("loads");
+                let ids = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(vec![10i64, 20, 30, 40, 50, 60, 70, 80, 0, 0], [2, 5]),
+                    &device,
+                );
+                let mask = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(vec![1i64, 1, 1, 1, 1, 1, 1, 1, 0, 0], [2, 5]),
+                    &device,
+                );
+                (
+                    (*case).to_owned(),
+                    host::read_f32(model.forward(ids, Some(mask))),
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn bloom_phi_llama_and_qwen2_give_the_cpus_logits_on_wgpu() {
+    let Some(gpu) = wgpu() else { return };
+    let cpu = infer(CPU, ArchLogits);
+    let got = infer(gpu, ArchLogits);
+    for ((case, a), (_, b)) in cpu.iter().zip(&got) {
+        let worst = largest_difference(a, b);
+        assert!(worst < 1e-4, "{case}: max |wgpu - cpu| = {worst}");
+    }
+}
