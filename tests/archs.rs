@@ -505,3 +505,42 @@ fn lora_on_every_new_architecture_trains_only_the_adapters_and_merges_exactly() 
         );
     }
 }
+
+#[test]
+fn named_shapes_parse_and_smollm2_135m_has_its_published_size() {
+    use kiln_model::burn::module::Module;
+    for name in kiln_model::named::NAMES {
+        let shape = kiln_model::named::config(name).expect("named");
+        let device = Default::default();
+        // Parsing checks the sizes fit together; a 1-layer, 1000-token copy keeps it light.
+        let mut small = shape.clone();
+        small["vocab_size"] = 1000.into();
+        for key in ["num_hidden_layers", "n_layer"] {
+            if small.get(key).is_some() {
+                small[key] = 1.into();
+            }
+        }
+        let model = kiln_model::named::init::<Flex>(&small, &device)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(model.num_params() > 0, "{name}");
+    }
+    // SmolLM2-135M as released: 134,515,008 parameters (tied embedding, GQA 9/3).
+    let shape = kiln_model::named::config("smollm2-135m").expect("named");
+    let device = Default::default();
+    let model = kiln_model::seeded::<Flex, _>(&device, 0, || {
+        kiln_model::named::init::<Flex>(&shape, &device)
+    })
+    .expect("initializes");
+    assert_eq!(model.num_params(), 134_515_008);
+    let kiln_model::Model::Llama(llama) = &model else {
+        unreachable!("a llama")
+    };
+    let w = host::read_f32(llama.layers[0].q_proj.weight.val());
+    let std = (w.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+    assert!(
+        (std - 0.02).abs() < 0.001,
+        "weights drawn from N(0, 0.02): std {std}"
+    );
+    let norm = host::read_f32(llama.norm.gamma.val());
+    assert!(norm.iter().all(|v| *v == 1.0), "norm scales start at 1");
+}

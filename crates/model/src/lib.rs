@@ -31,6 +31,7 @@ pub mod kernels;
 mod layers;
 pub mod llama;
 pub mod lora;
+pub mod named;
 pub mod phi;
 pub mod weights;
 

@@ -108,12 +108,24 @@ impl LlamaConfig {
             path: path.to_owned(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// A configuration from `config.json`'s JSON (`model.init`'s named shapes).
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn from_value(value: &serde_json::Value) -> Result<Self> {
+        Self::parse(&value.to_string(), Path::new("config.json"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |message: String| Error::Config {
             path: path.to_owned(),
             message,
         };
-        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        config.raw = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config: Self = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        config.raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if !matches!(config.model_type.as_str(), "llama" | "qwen2") {
             return Err(bad(format!(
                 "model_type {:?} is not llama or qwen2",

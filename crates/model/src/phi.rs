@@ -81,12 +81,24 @@ impl PhiConfig {
             path: path.to_owned(),
             source,
         })?;
+        Self::parse(&text, path)
+    }
+
+    /// A configuration from `config.json`'s JSON (`model.init`'s named shapes).
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn from_value(value: &serde_json::Value) -> Result<Self> {
+        Self::parse(&value.to_string(), Path::new("config.json"))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
         let bad = |message: String| Error::Config {
             path: path.to_owned(),
             message,
         };
-        let mut config: Self = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        config.raw = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut config: Self = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        config.raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let heads = config.num_attention_heads;
         if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
             return Err(bad(format!(

@@ -18,7 +18,7 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "config",
         ParamType::String,
-        "gpt2, gpt2-medium, distilgpt2, or custom (default) with the sizes below",
+        "gpt2, gpt2-medium, distilgpt2, custom (default: a GPT-2 with the sizes below), or another architecture's shape: smollm2-135m, smollm2-360m, qwen2-0.5b, tinyllama-1.1b, bloom-560m, phi-1_5, phi-2",
     )
     .one_of(NAMED),
     ParamSpec::optional(
@@ -54,7 +54,19 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::optional("seed", ParamType::Int, "initialization seed (default 0)").at_least(0),
 ];
 
-const NAMED: &[&str] = &["gpt2", "gpt2-medium", "distilgpt2", "custom"];
+const NAMED: &[&str] = &[
+    "gpt2",
+    "gpt2-medium",
+    "distilgpt2",
+    "custom",
+    "smollm2-135m",
+    "smollm2-360m",
+    "qwen2-0.5b",
+    "tinyllama-1.1b",
+    "bloom-560m",
+    "phi-1_5",
+    "phi-2",
+];
 
 impl Stage for ModelInit {
     fn kind(&self) -> &'static str {
@@ -64,7 +76,7 @@ impl Stage for ModelInit {
         1
     }
     fn doc(&self) -> &'static str {
-        "a randomly initialized GPT-2 (named or custom size), writes model/"
+        "a randomly initialized model: a GPT-2 (named or custom size) or a named BLOOM, Phi, SmolLM2, Qwen2 or TinyLlama shape; writes model/"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -84,6 +96,9 @@ impl Stage for ModelInit {
         let p = ctx.p();
         let tok = p.path("tokenizer")?.as_deref().map(Tok::load).transpose()?;
         let named = p.string("config")?.unwrap_or_else(|| "custom".into());
+        if let Some(shape) = kiln_model::named::config(&named) {
+            return init_named(ctx, &named, shape, tok.as_ref());
+        }
         let mut config = match Gpt2Config::named(&named) {
             Some(c) => c,
             None => Gpt2Config::new(
@@ -118,4 +133,41 @@ impl Stage for ModelInit {
         ));
         Ok(())
     }
+}
+
+/// `model.init` for another architecture's named shape: its `config.json` with the
+/// vocabulary and special ids of the tokenizer (or `vocab_size`), weights from N(0, 0.02).
+fn init_named(
+    ctx: &mut StageContext,
+    named: &str,
+    mut shape: Value,
+    tok: Option<&Tok>,
+) -> StageResult {
+    let p = ctx.p();
+    let vocab = match (p.count("vocab_size")?, tok) {
+        (Some(v), _) => v,
+        (None, Some(t)) => t.vocab_size(),
+        (None, None) => return Err("give vocab_size or a tokenizer".into()),
+    };
+    shape["vocab_size"] = vocab.into();
+    if let Some(eos) = tok.and_then(Tok::eos_id) {
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            shape[key] = eos.into();
+        }
+    }
+    let device = Default::default();
+    let seed = p.u64("seed")?.unwrap_or(0);
+    let model = kiln_model::seeded::<Cpu, _>(&device, seed, || {
+        kiln_model::named::init::<Cpu>(&shape, &device)
+    })?;
+    let dir = ctx.out_dir.join("model");
+    model.save(&dir)?;
+    if let Some(t) = tok {
+        t.save(&dir.join("tokenizer.json"))?;
+    }
+    ctx.log(&format!(
+        "initialized {named} ({}): vocab {vocab}",
+        model.model_type()
+    ));
+    Ok(())
 }
