@@ -360,6 +360,16 @@ pub enum Command {
         /// Timed steps of the training benchmark.
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Train this model instead of the small GPT-2: gpt2 (124M) or a named shape
+        /// (smollm2-135m, qwen2-0.5b, bloom-560m, phi-2, …), randomly initialized.
+        #[arg(long)]
+        model: Option<String>,
+        /// Tokens per row for --model.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Rows per batch for --model.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
         /// Where the training and decoding benchmarks run.
         #[command(flatten)]
         on: DeviceArgs,

@@ -55,7 +55,8 @@ pub struct Throughput {
     pub tokens_per_s: f64,
 }
 
-/// Times `steps` training steps after `warmup` untimed ones, on backend `B`.
+/// Times `steps` training steps of the small GPT-2 of `shape` after `warmup` untimed ones,
+/// on backend `B`.
 pub fn run<B: AutodiffBackend>(
     shape: Shape,
     steps: usize,
@@ -71,21 +72,63 @@ pub fn run<B: AutodiffBackend>(
         shape.heads,
     );
     config.check_fits::<B>(Some((shape.batch, shape.seq)))?;
-    let mut model = kiln_model::Model::Gpt2(config.init::<B>(device));
+    let model = kiln_model::Model::Gpt2(config.init::<B>(device));
+    run_model(model, shape.vocab, shape.seq, shape.batch, steps, warmup)
+}
+
+/// A model to benchmark by name: `gpt2` (124M) or a named shape of another architecture
+/// (`smollm2-135m`, …), randomly initialized; and its vocabulary size.
+///
+/// # Errors
+/// An unknown name.
+pub fn named_model<B: AutodiffBackend>(
+    name: &str,
+    device: &B::Device,
+) -> crate::Result<(kiln_model::Model<B>, usize)> {
+    B::seed(device, 0);
+    if name == "gpt2" {
+        let config = Gpt2Config::gpt2();
+        let vocab = config.vocab_size;
+        return Ok((kiln_model::Model::Gpt2(config.init::<B>(device)), vocab));
+    }
+    let shape = kiln_model::named::config(name).ok_or_else(|| {
+        crate::Error::Invalid(format!(
+            "no model shape {name:?}: write gpt2 or one of {}",
+            kiln_model::named::NAMES.join(", ")
+        ))
+    })?;
+    let model = kiln_model::named::init::<B>(&shape, device)?;
+    let vocab = kiln_model::CausalLm::vocab_size(&model);
+    Ok((model, vocab))
+}
+
+/// Times `steps` training steps of `model` (batches of `batch` random rows of `seq` tokens
+/// below `vocab`, every target trained, AdamW) after `warmup` untimed ones.
+///
+/// # Errors
+/// The loss fails (a row outside the vocabulary).
+pub fn run_model<B: AutodiffBackend>(
+    mut model: kiln_model::Model<B>,
+    vocab: usize,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> crate::Result<Throughput> {
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(0.0)
         .init::<B, kiln_model::Model<B>>();
     // Random rows one token longer than seq: inputs are seq tokens, every target trained.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let rows: Vec<Example> = (0..shape.batch)
+    let rows: Vec<Example> = (0..batch)
         .map(|_| Example {
-            input_ids: (0..=shape.seq)
+            input_ids: (0..=seq)
                 .map(|_| {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    (state % shape.vocab as u64) as u32
+                    (state % vocab as u64) as u32
                 })
                 .collect(),
             label: None,
@@ -94,7 +137,7 @@ pub fn run<B: AutodiffBackend>(
         .collect();
     let mut lm = Lm {
         pad: 0,
-        max_length: Some(shape.seq),
+        max_length: Some(seq),
     };
     let mut started = Instant::now();
     for i in 0..warmup + steps {
@@ -112,6 +155,6 @@ pub fn run<B: AutodiffBackend>(
     Ok(Throughput {
         steps,
         seconds,
-        tokens_per_s: (steps * shape.batch * shape.seq) as f64 / seconds,
+        tokens_per_s: (steps * batch * seq) as f64 / seconds,
     })
 }

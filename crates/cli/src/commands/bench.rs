@@ -11,12 +11,30 @@ use kiln_model::device::{self, InferJob, Job};
 use crate::Cli;
 use crate::args::{BenchKind, DeviceArgs};
 
-struct TrainJob(usize);
+/// The training benchmark: `steps` timed steps of the small GPT-2 (no `model`), or of a named
+/// model on `seq` × `batch` rows.
+#[derive(Clone, Copy)]
+pub struct TrainArgs<'a> {
+    pub steps: usize,
+    pub model: Option<&'a str>,
+    pub seq: usize,
+    pub batch: usize,
+}
 
-impl Job for TrainJob {
+struct TrainJob<'a>(TrainArgs<'a>);
+
+impl Job for TrainJob<'_> {
     type Output = kiln_train::Result<kiln_train::bench::Throughput>;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        kiln_train::bench::run::<B>(kiln_train::bench::Shape::default(), self.0, 3, &device)
+        use kiln_train::bench;
+        let a = self.0;
+        match a.model {
+            None => bench::run::<B>(bench::Shape::default(), a.steps, 3, &device),
+            Some(name) => {
+                let (model, vocab) = bench::named_model::<B>(name, &device)?;
+                bench::run_model(model, vocab, a.seq, a.batch, a.steps, 1)
+            }
+        }
     }
 }
 
@@ -39,16 +57,18 @@ pub async fn run(
     which: BenchKind,
     rows: usize,
     repeat: usize,
-    steps: usize,
+    train: &TrainArgs<'_>,
     on: &DeviceArgs,
 ) -> Result<()> {
     let mut results: Vec<(&str, f64, &str, &str)> = Vec::new();
     if which == BenchKind::Train {
         let (dev, precision) = on.parse()?;
-        let out = device::dispatch(dev, precision, TrainJob(steps))??;
+        let out = device::dispatch(dev, precision, TrainJob(*train))??;
         eprintln!(
-            "train: {} steps in {:.2} s on {dev} ({precision})",
-            out.steps, out.seconds
+            "train {}: {} steps in {:.2} s on {dev} ({precision})",
+            train.model.unwrap_or("small gpt2"),
+            out.steps,
+            out.seconds
         );
         results.push((
             "train_tokens_per_s",
@@ -114,6 +134,10 @@ pub async fn run(
                 ("repeat".to_owned(), serde_json::json!(repeat)),
                 ("device".to_owned(), serde_json::json!(on.device)),
                 ("precision".to_owned(), serde_json::json!(on.precision)),
+                (
+                    "model".to_owned(),
+                    serde_json::json!(train.model.unwrap_or("small-gpt2")),
+                ),
             ]
             .into_iter()
             .collect(),

@@ -61,8 +61,19 @@ pub async fn execute(cli: Cli) -> Result<()> {
             rows,
             repeat,
             steps,
+            model,
+            seq,
+            batch,
             on,
-        } => bench::run(&cli, *which, *rows, *repeat, *steps, on).await,
+        } => {
+            let train = bench::TrainArgs {
+                steps: *steps,
+                model: model.as_deref(),
+                seq: *seq,
+                batch: *batch,
+            };
+            bench::run(&cli, *which, *rows, *repeat, &train, on).await
+        }
         Command::Sweep {
             file,
             set,
