@@ -158,12 +158,25 @@ impl Weights {
                 ),
             });
         }
-        let tensor = Tensor::<B, D>::from_data(TensorData::new(values, want), device);
-        Ok(if transpose && D == 2 {
-            tensor.transpose()
-        } else {
-            tensor
-        })
+        if transpose && D == 2 {
+            // Transposed here, on the host: a transposed view would make every matrix product
+            // with it take another path (other rounding) than the same weights after training.
+            let (rows, cols) = (want[0], want[1]);
+            let mut t = vec![0f32; values.len()];
+            for (r, row) in values.chunks_exact(cols).enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    t[c * rows + r] = *v;
+                }
+            }
+            return Ok(Tensor::from_data(
+                TensorData::new(t, shape.to_vec()),
+                device,
+            ));
+        }
+        Ok(Tensor::<B, D>::from_data(
+            TensorData::new(values, want),
+            device,
+        ))
     }
 }
 
