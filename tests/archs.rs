@@ -3,7 +3,7 @@
 
 use kiln_model::burn::prelude::*;
 use kiln_model::burn::tensor::TensorData;
-use kiln_model::{Flex, bloom, host, llama, phi};
+use kiln_model::{CausalLm, Flex, bloom, host, llama, phi};
 use serde_json::Value;
 
 use crate::support::fixture;
@@ -114,7 +114,6 @@ fn rel_close(got: f64, want: f64, what: &str) {
 
 #[test]
 fn every_architecture_loads_by_model_type_and_its_losses_match_transformers() {
-    use kiln_model::CausalLm;
     use kiln_train::loss;
     let exp = expected();
     let device = Default::default();
@@ -268,7 +267,6 @@ fn train_steps(
     mut model: kiln_model::Model<kiln_model::device::FlexBackend>,
     steps: usize,
 ) -> kiln_model::Model<kiln_model::device::FlexBackend> {
-    use kiln_model::CausalLm;
     use kiln_model::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     use kiln_model::device::FlexBackend as Ad;
     let device = Default::default();
@@ -301,7 +299,6 @@ fn train_steps(
 /// tests/fixtures/numerics/check_archs_saved.py (transformers loads them).
 #[test]
 fn every_architecture_saves_and_loads_back_with_identical_logits() {
-    use kiln_model::CausalLm;
     let tmp = tempfile::tempdir().expect("tmp");
     let keep = std::env::var_os("KILN_SAVE_ARCHS_TO").map(std::path::PathBuf::from);
     let device = Default::default();
@@ -390,7 +387,6 @@ stages:
 
 #[test]
 fn a_pipeline_trains_and_evaluates_each_new_architecture() {
-    use kiln_model::CausalLm;
     for (case, model_type) in [
         ("bloom-6h", "bloom"),
         ("phi", "phi"),
@@ -465,7 +461,6 @@ fn params_by_id<B: Backend, M: kiln_model::burn::module::Module<B>>(
 
 #[test]
 fn lora_on_every_new_architecture_trains_only_the_adapters_and_merges_exactly() {
-    use kiln_model::CausalLm;
     use kiln_model::device::FlexBackend as Ad;
     use kiln_model::lora::LoraConfig;
     let device = Default::default();

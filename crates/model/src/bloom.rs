@@ -276,19 +276,6 @@ impl<B: Backend> Bloom<B> {
         self.embed.weight.device()
     }
 
-    /// Logits for every position, `[batch, seq, vocab]`.
-    pub fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        attention_mask: Option<Tensor<B, 2, Int>>,
-    ) -> Tensor<B, 3> {
-        let h = self.hidden(input_ids, attention_mask);
-        let [batch, seq, d] = h.dims();
-        let logits = self.project(h.reshape([batch * seq, d]));
-        let vocab = logits.dims()[1];
-        logits.reshape([batch, seq, vocab])
-    }
-
     /// Hidden states `[n, d]` to logits `[n, vocab]` (the tied head).
     pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         hidden.matmul(self.embed.weight.val().transpose())
@@ -332,17 +319,10 @@ impl<B: Backend> Bloom<B> {
         let mask = layers::cached_mask::<B>(batch, past, seq, &device);
         let x = self.embed_norm.forward(self.embed.forward(input_ids));
         let d = x.dims()[2];
-        let mut x = x.reshape([batch * seq, d]);
-        for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let (out, kv) = block.forward(x, &mask, &alibi, &self.config, batch, seq, slot.take());
-            *slot = Some(kv);
-            x = out;
-        }
-        cache.len = past + seq;
-        let last = x
-            .reshape([batch, seq, d])
-            .narrow(1, seq - 1, 1)
-            .reshape([batch, d]);
+        let x = x.reshape([batch * seq, d]);
+        let last = layers::run_cached(&self.blocks, cache, x, [batch, seq], |block, x, past| {
+            block.forward(x, &mask, &alibi, &self.config, batch, seq, past)
+        });
         self.project(self.ln_f.forward(last))
     }
 

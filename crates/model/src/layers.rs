@@ -246,3 +246,26 @@ pub(crate) fn resize_bias<B: Backend>(b: Tensor<B, 1>, n: usize) -> Tensor<B, 1>
 pub(crate) fn fresh<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     t.detach().require_grad()
 }
+
+/// Runs `layers` over `x` (`[batch·seq, d]`, `seq` new positions), each with its keys and
+/// values from `cache` (taken out and put back extended); then the cache counts the new
+/// positions. Returns the hidden states of the last new position, `[batch, d]`.
+pub(crate) fn run_cached<B: Backend, L>(
+    layers: &[L],
+    cache: &mut crate::gpt2::KvCache<B>,
+    x: Tensor<B, 2>,
+    [batch, seq]: [usize; 2],
+    step: impl Fn(&L, Tensor<B, 2>, Option<Kv<B>>) -> (Tensor<B, 2>, Kv<B>),
+) -> Tensor<B, 2> {
+    let d = x.dims()[1];
+    let mut x = x;
+    for (layer, slot) in layers.iter().zip(cache.layers.iter_mut()) {
+        let (out, kv) = step(layer, x, slot.take());
+        *slot = Some(kv);
+        x = out;
+    }
+    cache.len += seq;
+    x.reshape([batch, seq, d])
+        .narrow(1, seq - 1, 1)
+        .reshape([batch, d])
+}

@@ -420,23 +420,6 @@ impl<B: Backend> Llama<B> {
         self.embed.weight.device()
     }
 
-    /// Logits for every position.
-    ///
-    /// # Shapes
-    /// - `input_ids`: `[batch, seq]`; `attention_mask`: `[batch, seq]`, 0 for padding
-    /// - output: `[batch, seq, vocab]`
-    pub fn forward(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        attention_mask: Option<Tensor<B, 2, Int>>,
-    ) -> Tensor<B, 3> {
-        let h = self.hidden(input_ids, attention_mask);
-        let [batch, seq, d] = h.dims();
-        let logits = self.project(h.reshape([batch * seq, d]));
-        let vocab = logits.dims()[1];
-        logits.reshape([batch, seq, vocab])
-    }
-
     /// Hidden states `[n, d]` to logits `[n, vocab]` (the untied head, or the embedding).
     pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let head = match &self.lm_head {
@@ -481,17 +464,10 @@ impl<B: Backend> Llama<B> {
         let d = x.dims()[2];
         let mask = layers::cached_mask::<B>(batch, past, seq, &device);
         let rope = Rope::new(&self.config.inv_freq(), past, seq, &device);
-        let mut x = x.reshape([batch * seq, d]);
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let (out, kv) = layer.forward(x, &mask, &rope, &self.config, batch, seq, slot.take());
-            *slot = Some(kv);
-            x = out;
-        }
-        cache.len = past + seq;
-        let last = x
-            .reshape([batch, seq, d])
-            .narrow(1, seq - 1, 1)
-            .reshape([batch, d]);
+        let x = x.reshape([batch * seq, d]);
+        let last = layers::run_cached(&self.layers, cache, x, [batch, seq], |layer, x, past| {
+            layer.forward(x, &mask, &rope, &self.config, batch, seq, past)
+        });
         self.project(self.norm.forward(last))
     }
 }
