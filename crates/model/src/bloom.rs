@@ -294,15 +294,7 @@ impl<B: Backend> Bloom<B> {
             .unwrap_or_else(|| Tensor::ones([batch, seq], &device));
         let alibi = self.alibi(keep);
         let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
-        let x = self.embed_norm.forward(self.embed.forward(input_ids));
-        let d = x.dims()[2];
-        let mut x = x.reshape([batch * seq, d]);
-        for block in &self.blocks {
-            x = block
-                .forward(x, &mask, &alibi, &self.config, batch, seq, None)
-                .0;
-        }
-        self.ln_f.forward(x).reshape([batch, seq, d])
+        self.decode(input_ids, &mask, &alibi, None)
     }
 
     /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
@@ -317,13 +309,27 @@ impl<B: Backend> Bloom<B> {
         let past = cache.len;
         let alibi = self.alibi(Tensor::ones([batch, past + seq], &device));
         let mask = layers::cached_mask::<B>(batch, past, seq, &device);
+        let h = self.decode(input_ids, &mask, &alibi, Some(cache));
+        self.project(layers::last_position(h))
+    }
+
+    /// The final hidden states of `input_ids`, read after the positions in `cache` (none:
+    /// from position 0), `[batch, seq, d]`.
+    fn decode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        alibi: &Tensor<B, 4>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
         let x = self.embed_norm.forward(self.embed.forward(input_ids));
         let d = x.dims()[2];
         let x = x.reshape([batch * seq, d]);
-        let last = layers::run_cached(&self.blocks, cache, x, [batch, seq], |block, x, past| {
-            block.forward(x, &mask, &alibi, &self.config, batch, seq, past)
+        let x = layers::run_layers(&self.blocks, x, seq, cache, |block, x, kv| {
+            block.forward(x, mask, alibi, &self.config, batch, seq, kv)
         });
-        self.project(self.ln_f.forward(last))
+        self.ln_f.forward(x).reshape([batch, seq, d])
     }
 
     /// `[batch, heads, 1, seq]`: slope × the key's position among the row's attended tokens

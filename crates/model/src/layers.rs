@@ -247,17 +247,20 @@ pub(crate) fn fresh<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D>
     t.detach().require_grad()
 }
 
-/// Runs `layers` over `x` (`[batch·seq, d]`, `seq` new positions), each with its keys and
-/// values from `cache` (taken out and put back extended); then the cache counts the new
-/// positions. Returns the hidden states of the last new position, `[batch, d]`.
-pub(crate) fn run_cached<B: Backend, L>(
+/// Runs `layers` over `x` (`[batch·seq, d]`, `seq` new positions). With a `cache`, each layer
+/// reads its keys and values from it (taken out and put back extended) and the cache then
+/// counts the new positions; without, every layer starts from none. Returns every position's
+/// output.
+pub(crate) fn run_layers<B: Backend, L>(
     layers: &[L],
-    cache: &mut crate::gpt2::KvCache<B>,
     x: Tensor<B, 2>,
-    [batch, seq]: [usize; 2],
+    seq: usize,
+    cache: Option<&mut crate::gpt2::KvCache<B>>,
     step: impl Fn(&L, Tensor<B, 2>, Option<Kv<B>>) -> (Tensor<B, 2>, Kv<B>),
 ) -> Tensor<B, 2> {
-    let d = x.dims()[1];
+    let Some(cache) = cache else {
+        return layers.iter().fold(x, |x, layer| step(layer, x, None).0);
+    };
     let mut x = x;
     for (layer, slot) in layers.iter().zip(cache.layers.iter_mut()) {
         let (out, kv) = step(layer, x, slot.take());
@@ -265,7 +268,11 @@ pub(crate) fn run_cached<B: Backend, L>(
         x = out;
     }
     cache.len += seq;
-    x.reshape([batch, seq, d])
-        .narrow(1, seq - 1, 1)
-        .reshape([batch, d])
+    x
+}
+
+/// The last position of `[batch, seq, d]` hidden states, `[batch, d]`.
+pub(crate) fn last_position<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 2> {
+    let [batch, seq, d] = h.dims();
+    h.narrow(1, seq - 1, 1).reshape([batch, d])
 }

@@ -344,25 +344,16 @@ impl<B: Backend> Phi<B> {
         self.lm_head.forward(hidden)
     }
 
-    /// The final hidden states, `[batch, seq, d]`.
+    /// The final hidden states (after the last LayerNorm), `[batch, seq, d]`.
     pub fn hidden(
         &self,
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Option<Tensor<B, 2, Int>>,
     ) -> Tensor<B, 3> {
-        let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
-        let x = self.embed.forward(input_ids);
-        let d = x.dims()[2];
+        let device = input_ids.device();
         let mask = crate::gpt2::attend_mask::<B>(batch, seq, attention_mask, &device);
-        let rope = Rope::new(&self.config.inv_freq(), 0, seq, &device);
-        let mut x = x.reshape([batch * seq, d]);
-        for layer in &self.layers {
-            x = layer
-                .forward(x, &mask, &rope, &self.config, batch, seq, None)
-                .0;
-        }
-        self.final_norm.forward(x).reshape([batch, seq, d])
+        self.decode(input_ids, &mask, None)
     }
 
     /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
@@ -372,18 +363,31 @@ impl<B: Backend> Phi<B> {
         input_ids: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 2> {
+        let [batch, seq] = input_ids.dims();
+        let mask = layers::cached_mask::<B>(batch, cache.len, seq, &input_ids.device());
+        let h = self.decode(input_ids, &mask, Some(cache));
+        self.project(layers::last_position(h))
+    }
+
+    /// The final hidden states of `input_ids`, read after the positions in `cache` (none:
+    /// from position 0), `[batch, seq, d]`.
+    fn decode(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
-        let past = cache.len;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let rope = Rope::new(&self.config.inv_freq(), past, seq, &device);
         let x = self.embed.forward(input_ids);
         let d = x.dims()[2];
-        let mask = layers::cached_mask::<B>(batch, past, seq, &device);
-        let rope = Rope::new(&self.config.inv_freq(), past, seq, &device);
         let x = x.reshape([batch * seq, d]);
-        let last = layers::run_cached(&self.layers, cache, x, [batch, seq], |layer, x, past| {
-            layer.forward(x, &mask, &rope, &self.config, batch, seq, past)
+        let x = layers::run_layers(&self.layers, x, seq, cache, |layer, x, kv| {
+            layer.forward(x, mask, &rope, &self.config, batch, seq, kv)
         });
-        self.lm_head.forward(self.final_norm.forward(last))
+        self.final_norm.forward(x).reshape([batch, seq, d])
     }
 }
 
