@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv};
 use crate::lora::{self, Lora, LoraConfig};
@@ -51,12 +51,7 @@ impl BloomConfig {
     /// # Errors
     /// Unreadable, not JSON, or a hidden size that is not a multiple of the heads.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: "cannot read",
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        layers::read_config(path)
     }
 
     /// A configuration from `config.json`'s JSON (`model.init`'s named shapes).
@@ -64,23 +59,7 @@ impl BloomConfig {
     /// # Errors
     /// As [`Self::load`].
     pub fn from_value(value: &serde_json::Value) -> Result<Self> {
-        Self::parse(&value.to_string(), Path::new("config.json"))
-    }
-
-    fn parse(text: &str, path: &Path) -> Result<Self> {
-        let bad = |message: String| Error::Config {
-            path: path.to_owned(),
-            message,
-        };
-        let mut config: Self = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        config.raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if config.n_head == 0 || !config.hidden_size.is_multiple_of(config.n_head) {
-            return Err(bad(format!(
-                "hidden_size {} is not a multiple of {} heads",
-                config.hidden_size, config.n_head
-            )));
-        }
-        Ok(config)
+        layers::config_from_value(value)
     }
 
     /// A model of this shape with weights to be loaded.
@@ -446,4 +425,21 @@ pub fn save<B: Backend>(model: &Bloom<B>, dir: &Path) -> Result<()> {
     }
     w.layer_norm(&model.ln_f, "transformer.ln_f");
     w.write(dir, &model.config.raw)
+}
+
+impl layers::HfConfig for BloomConfig {
+    fn set_raw(&mut self, raw: serde_json::Value) {
+        self.raw = raw;
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let config = self;
+        if config.n_head == 0 || !config.hidden_size.is_multiple_of(config.n_head) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of {} heads",
+                config.hidden_size, config.n_head
+            ));
+        }
+        Ok(())
+    }
 }

@@ -276,3 +276,42 @@ pub(crate) fn last_position<B: Backend>(h: Tensor<B, 3>) -> Tensor<B, 2> {
     let [batch, seq, d] = h.dims();
     h.narrow(1, seq - 1, 1).reshape([batch, d])
 }
+
+/// An architecture's `config.json`: what serde reads of it, the whole JSON kept beside (written
+/// back on save), and the checks serde cannot make.
+pub(crate) trait HfConfig: serde::de::DeserializeOwned {
+    /// Keeps the whole `config.json`.
+    fn set_raw(&mut self, raw: serde_json::Value);
+    /// Checks that the sizes fit together; says why not.
+    fn check(&self) -> std::result::Result<(), String>;
+}
+
+/// Reads and checks the `config.json` at `path`.
+pub(crate) fn read_config<C: HfConfig>(path: &std::path::Path) -> Result<C> {
+    let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+        what: "cannot read",
+        path: path.to_owned(),
+        source,
+    })?;
+    let json = serde_json::from_str(&text).map_err(|e| crate::Error::Config {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    parse_config(json, path)
+}
+
+/// Checks a `config.json` given as JSON (`model.init`'s named shapes).
+pub(crate) fn config_from_value<C: HfConfig>(value: &serde_json::Value) -> Result<C> {
+    parse_config(value.clone(), std::path::Path::new("config.json"))
+}
+
+fn parse_config<C: HfConfig>(json: serde_json::Value, path: &std::path::Path) -> Result<C> {
+    let bad = |message: String| crate::Error::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let mut config: C = serde_json::from_value(json.clone()).map_err(|e| bad(e.to_string()))?;
+    config.set_raw(json);
+    config.check().map_err(bad)?;
+    Ok(config)
+}

@@ -15,7 +15,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm};
 use burn::prelude::*;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
 use crate::lora::{self, Lora, LoraConfig};
@@ -103,12 +103,7 @@ impl LlamaConfig {
     /// # Errors
     /// Unreadable, not JSON, not a `llama`/`qwen2` config, or sizes that do not fit together.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: "cannot read",
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        layers::read_config(path)
     }
 
     /// A configuration from `config.json`'s JSON (`model.init`'s named shapes).
@@ -116,39 +111,7 @@ impl LlamaConfig {
     /// # Errors
     /// As [`Self::load`].
     pub fn from_value(value: &serde_json::Value) -> Result<Self> {
-        Self::parse(&value.to_string(), Path::new("config.json"))
-    }
-
-    fn parse(text: &str, path: &Path) -> Result<Self> {
-        let bad = |message: String| Error::Config {
-            path: path.to_owned(),
-            message,
-        };
-        let mut config: Self = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        config.raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if !matches!(config.model_type.as_str(), "llama" | "qwen2") {
-            return Err(bad(format!(
-                "model_type {:?} is not llama or qwen2",
-                config.model_type
-            )));
-        }
-        let heads = config.num_attention_heads;
-        if heads == 0 || config.kv_heads() == 0 || !heads.is_multiple_of(config.kv_heads()) {
-            return Err(bad(format!(
-                "{heads} attention heads do not split into {} key/value heads",
-                config.kv_heads()
-            )));
-        }
-        if config.head_dim.is_none() && !config.hidden_size.is_multiple_of(heads) {
-            return Err(bad(format!(
-                "hidden_size {} is not a multiple of {heads} heads",
-                config.hidden_size
-            )));
-        }
-        if !config.head_dim().is_multiple_of(2) {
-            return Err(bad(format!("head_dim {} is odd", config.head_dim())));
-        }
-        Ok(config)
+        layers::config_from_value(value)
     }
 
     /// Key/value heads.
@@ -569,4 +532,37 @@ pub fn save<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<()> {
         w.tensor("lm_head.weight", head.val(), false);
     }
     w.write(dir, &model.config.raw)
+}
+
+impl layers::HfConfig for LlamaConfig {
+    fn set_raw(&mut self, raw: serde_json::Value) {
+        self.raw = raw;
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let config = self;
+        if !matches!(config.model_type.as_str(), "llama" | "qwen2") {
+            return Err(format!(
+                "model_type {:?} is not llama or qwen2",
+                config.model_type
+            ));
+        }
+        let heads = config.num_attention_heads;
+        if heads == 0 || config.kv_heads() == 0 || !heads.is_multiple_of(config.kv_heads()) {
+            return Err(format!(
+                "{heads} attention heads do not split into {} key/value heads",
+                config.kv_heads()
+            ));
+        }
+        if config.head_dim.is_none() && !config.hidden_size.is_multiple_of(heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of {heads} heads",
+                config.hidden_size
+            ));
+        }
+        if !config.head_dim().is_multiple_of(2) {
+            return Err(format!("head_dim {} is odd", config.head_dim()));
+        }
+        Ok(())
+    }
 }

@@ -11,7 +11,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, Linear};
 use burn::prelude::*;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpt2::KvCache;
 use crate::layers::{self, Kv, Rope};
 use crate::lora::{self, Lora, LoraConfig};
@@ -76,12 +76,7 @@ impl PhiConfig {
     /// # Errors
     /// Unreadable, not JSON, sizes that do not fit together, or `qk_layernorm`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: "cannot read",
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        layers::read_config(path)
     }
 
     /// A configuration from `config.json`'s JSON (`model.init`'s named shapes).
@@ -89,32 +84,7 @@ impl PhiConfig {
     /// # Errors
     /// As [`Self::load`].
     pub fn from_value(value: &serde_json::Value) -> Result<Self> {
-        Self::parse(&value.to_string(), Path::new("config.json"))
-    }
-
-    fn parse(text: &str, path: &Path) -> Result<Self> {
-        let bad = |message: String| Error::Config {
-            path: path.to_owned(),
-            message,
-        };
-        let mut config: Self = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        config.raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let heads = config.num_attention_heads;
-        if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
-            return Err(bad(format!(
-                "hidden_size {} is not a multiple of {heads} heads",
-                config.hidden_size
-            )));
-        }
-        if config.kv_heads() != heads {
-            return Err(bad(
-                "Phi with grouped-query attention is not supported".into()
-            ));
-        }
-        if config.qk_layernorm {
-            return Err(bad("qk_layernorm is not supported".into()));
-        }
-        Ok(config)
+        layers::config_from_value(value)
     }
 
     fn kv_heads(&self) -> usize {
@@ -451,4 +421,28 @@ pub fn save<B: Backend>(model: &Phi<B>, dir: &Path) -> Result<()> {
     w.layer_norm(&model.final_norm, "model.final_layernorm");
     w.linear(&model.lm_head, "lm_head");
     w.write(dir, &model.config.raw)
+}
+
+impl layers::HfConfig for PhiConfig {
+    fn set_raw(&mut self, raw: serde_json::Value) {
+        self.raw = raw;
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let config = self;
+        let heads = config.num_attention_heads;
+        if heads == 0 || !config.hidden_size.is_multiple_of(heads) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of {heads} heads",
+                config.hidden_size
+            ));
+        }
+        if config.kv_heads() != heads {
+            return Err("Phi with grouped-query attention is not supported".into());
+        }
+        if config.qk_layernorm {
+            return Err("qk_layernorm is not supported".into());
+        }
+        Ok(())
+    }
 }
