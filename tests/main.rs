@@ -13,6 +13,7 @@ mod model;
 mod robust;
 mod store;
 mod sweep;
+mod tokenizers;
 mod train;
 mod trust;
 mod validate;

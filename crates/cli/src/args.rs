@@ -221,6 +221,9 @@ pub enum Command {
         /// Where the model runs.
         #[command(flatten)]
         on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
@@ -239,6 +242,9 @@ pub enum Command {
         /// Where the model runs.
         #[command(flatten)]
         on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// Score the text as a continuation of this one (joined with a space).
         #[arg(long, allow_hyphen_values = true)]
         given: Option<String>,
@@ -254,6 +260,9 @@ pub enum Command {
         /// Where the model runs.
         #[command(flatten)]
         on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// The prompt.
         #[arg(long, allow_hyphen_values = true, required_unless_present = "poe")]
         prompt: Option<String>,
@@ -288,6 +297,9 @@ pub enum Command {
         /// Where the model runs.
         #[command(flatten)]
         on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
@@ -324,6 +336,9 @@ pub enum Command {
         /// Where the model runs.
         #[command(flatten)]
         on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// The teacher's model directory.
         #[arg(long)]
         teacher: PathBuf,
@@ -339,6 +354,9 @@ pub enum Command {
         /// A tokenizer.json, or a directory with tokenizer.json or vocab.json + merges.txt.
         #[arg(long, short)]
         tokenizer: PathBuf,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
         /// The text.
         #[arg(allow_hyphen_values = true)]
         text: String,
@@ -405,6 +423,15 @@ impl DeviceArgs {
             .map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
         Ok((device, precision))
     }
+}
+
+/// Tokenizer options of the commands that tokenize text.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TokArgs {
+    /// Tokenize as if the text began with a space ("good" as " good"), as Hugging Face's
+    /// `add_prefix_space`; `--add-prefix-space=false` turns a tokenizer's own off.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub add_prefix_space: Option<bool>,
 }
 
 /// `kiln data …` commands.

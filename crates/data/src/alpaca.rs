@@ -263,11 +263,12 @@ pub fn tokenize(
     })
 }
 
-/// The end-of-text string of a tokenizer (GPT-2's `<|endoftext|>`).
-pub fn eos(tok: &Tok) -> Result<&'static str> {
-    tok.eos_id().map(|_| GPT2_EOS).ok_or_else(|| {
+/// The end-of-text string of a tokenizer: the `eos_token` its configuration names, else
+/// GPT-2's `<|endoftext|>`.
+pub fn eos(tok: &Tok) -> Result<String> {
+    tok.eos_token().map(str::to_owned).ok_or_else(|| {
         Error::Config(format!(
-            "tokenizer {} has no {GPT2_EOS} token",
+            "tokenizer {} names no eos_token (tokenizer_config.json) and has no {GPT2_EOS} token",
             tok.origin.display()
         ))
     })

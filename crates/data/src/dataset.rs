@@ -293,7 +293,7 @@ pub fn build_alpaca(
     manifest.rows_read = records.len();
     let mut rows = Vec::with_capacity(records.len());
     for r in &records {
-        let t = alpaca::tokenize(&tok, &alpaca::segments(r, eos), labels, opts.max_length)?;
+        let t = alpaca::tokenize(&tok, &alpaca::segments(r, &eos), labels, opts.max_length)?;
         if t.truncated {
             manifest.truncated += 1;
         }

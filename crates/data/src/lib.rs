@@ -29,6 +29,7 @@ pub mod rng;
 pub mod sentiment;
 pub mod shard;
 pub mod source;
+pub mod specials;
 pub mod stages;
 pub mod tokenizer;
 

@@ -12,6 +12,7 @@ use tokenizers::processors::byte_level::ByteLevel as ByteLevelProcessor;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{Error, Result};
+use crate::specials::{self, Specials};
 
 /// A token's byte span in the encoded text: `(start, end)`.
 pub type Span = (usize, usize);
@@ -34,6 +35,9 @@ pub struct Tok {
     )>,
     /// The `merges.txt` the model was built from, when it was (a cheaper source of merges).
     merges_file: Option<PathBuf>,
+    /// The special tokens its configuration files name (empty for a bare `tokenizer.json`
+    /// or GPT-2's `vocab.json` + `merges.txt`).
+    specials: Specials,
 }
 
 impl std::fmt::Debug for Tok {
@@ -74,12 +78,46 @@ fn tk_err(path: &Path) -> impl Fn(tokenizers::Error) -> Error + '_ {
 
 impl Tok {
     /// Loads a tokenizer from `path`: a `tokenizer.json` file, or a directory holding either
-    /// `tokenizer.json` or GPT-2's `vocab.json` + `merges.txt`.
+    /// `tokenizer.json` or GPT-2's `vocab.json` + `merges.txt`, with the special tokens that
+    /// `tokenizer_config.json` / `special_tokens_map.json` beside it name.
     ///
     /// # Errors
     /// [`Error::TokenizerMissing`] naming the path looked for; [`Error::Tokenizer`] when a file
-    /// is not a valid tokenizer.
+    /// is not a valid tokenizer, or names a special token its vocabulary lacks.
     pub fn load(path: &Path) -> Result<Self> {
+        let mut tok = Self::load_tokenizer(path)?;
+        let dir = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
+        tok.read_specials(dir)?;
+        Ok(tok)
+    }
+
+    /// Takes the special tokens that `tokenizer_config.json` / `special_tokens_map.json` in
+    /// `dir` name (those files that exist), for a tokenizer built from its files one by one.
+    ///
+    /// # Errors
+    /// A file that is not valid, or a named token the vocabulary lacks.
+    pub fn read_specials(&mut self, dir: &Path) -> Result<()> {
+        self.specials = Specials::read(dir)?;
+        self.check_specials()
+    }
+
+    /// [`Tok::load`], then `add_prefix_space` set as given (`None`: as the file has it).
+    ///
+    /// # Errors
+    /// As [`Tok::load`] and [`Tok::with_add_prefix_space`].
+    pub fn load_with(path: &Path, add_prefix_space: Option<bool>) -> Result<Self> {
+        let tok = Self::load(path)?;
+        match add_prefix_space {
+            Some(on) => tok.with_add_prefix_space(on),
+            None => Ok(tok),
+        }
+    }
+
+    fn load_tokenizer(path: &Path) -> Result<Self> {
         if path.is_dir() {
             let json = path.join("tokenizer.json");
             if json.is_file() {
@@ -197,7 +235,60 @@ impl Tok {
             origin,
             fast: fast.then(|| (crate::pretok::Splitter::default(), Default::default())),
             merges_file: None,
+            specials: Specials::default(),
         }
+    }
+
+    fn check_specials(&self) -> Result<()> {
+        let s = &self.specials;
+        for (name, token) in [
+            ("bos", &s.bos),
+            ("eos", &s.eos),
+            ("pad", &s.pad),
+            ("unk", &s.unk),
+        ] {
+            if let Some(t) = token
+                && self.token_id(t).is_none()
+            {
+                return Err(Error::Tokenizer {
+                    path: self.origin.clone(),
+                    message: format!(
+                        "its configuration names {t:?} as the {name} token, which is not in its vocabulary"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The tokenizer with `add_prefix_space` set (see
+    /// [`specials::set_add_prefix_space`]): with it on, `"good"` encodes as `" good"` does.
+    ///
+    /// # Errors
+    /// When the tokenizer has no pre-tokenizer or normalizer the option applies to.
+    pub fn with_add_prefix_space(self, on: bool) -> Result<Self> {
+        let invalid = |message: String| Error::Tokenizer {
+            path: self.origin.clone(),
+            message,
+        };
+        let mut json: serde_json::Value =
+            serde_json::from_str(&self.to_json()?).map_err(|e| invalid(e.to_string()))?;
+        specials::set_add_prefix_space(&mut json, on).map_err(&invalid)?;
+        let inner: Tokenizer = json
+            .to_string()
+            .parse()
+            .map_err(|e: tokenizers::Error| invalid(e.to_string()))?;
+        let mut tok = Self::wrap(inner, self.origin.clone());
+        tok.specials = self.specials;
+        if tok.fast.is_some() {
+            tok.merges_file = self.merges_file;
+        }
+        Ok(tok)
+    }
+
+    /// The special tokens its configuration names.
+    pub fn specials(&self) -> &Specials {
+        &self.specials
     }
 
     /// Adds special tokens (e.g. instruction templates that must stay single tokens) and
@@ -225,9 +316,35 @@ impl Tok {
         self.inner.id_to_token(id)
     }
 
-    /// The end-of-text id (GPT-2: 50256), if the vocabulary has it.
+    /// The end-of-sequence token: the configured `eos_token`, else GPT-2's `<|endoftext|>`
+    /// when the vocabulary has it.
+    pub fn eos_token(&self) -> Option<&str> {
+        match &self.specials.eos {
+            Some(t) => Some(t),
+            None => self.token_id(GPT2_EOS).map(|_| GPT2_EOS),
+        }
+    }
+
+    /// The end-of-sequence id (see [`Tok::eos_token`]; GPT-2: 50256).
     pub fn eos_id(&self) -> Option<u32> {
-        self.token_id(GPT2_EOS)
+        self.eos_token().and_then(|t| self.token_id(t))
+    }
+
+    /// The beginning-of-sequence id: the configured `bos_token`, else the end-of-sequence
+    /// id (GPT-2 uses `<|endoftext|>` for both).
+    pub fn bos_id(&self) -> Option<u32> {
+        match &self.specials.bos {
+            Some(t) => self.token_id(t),
+            None => self.eos_id(),
+        }
+    }
+
+    /// The padding id: the configured `pad_token`, else the end-of-sequence id.
+    pub fn pad_id(&self) -> Option<u32> {
+        match &self.specials.pad {
+            Some(t) => self.token_id(t),
+            None => self.eos_id(),
+        }
     }
 
     /// Encodes text (special tokens in the text are recognised; nothing is added around it).
@@ -345,7 +462,8 @@ impl Tok {
         self.inner.to_string(true).map_err(tk_err(&self.origin))
     }
 
-    /// Writes `tokenizer.json` to `path` and returns the blake3 of what it wrote: what a
+    /// Writes `tokenizer.json` to `path` (and, when the tokenizer names special tokens,
+    /// [`specials::MAP_FILE`] beside it) and returns the blake3 of what it wrote: what a
     /// dataset records to say which tokenizer made it.
     ///
     /// # Errors
@@ -353,9 +471,16 @@ impl Tok {
     pub fn save(&self, path: &Path) -> Result<String> {
         // Compact JSON: a 50k-entry vocabulary pretty-printed takes twice as long to write.
         let json = self.inner.to_string(false).map_err(tk_err(&self.origin))?;
-        let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(json.as_bytes());
         std::fs::write(path, json).map_err(crate::error::io("cannot write", path))?;
-        Ok(hash)
+        if !self.specials.is_empty() {
+            let map = self.specials.to_json();
+            hasher.update(map.as_bytes());
+            let map_path = path.with_file_name(specials::MAP_FILE);
+            std::fs::write(&map_path, map).map_err(crate::error::io("cannot write", &map_path))?;
+        }
+        Ok(hasher.finalize().to_hex().to_string())
     }
 
     /// Resolves a label to one token id: an exact vocabulary entry (`good`, `Ġgood`) first,

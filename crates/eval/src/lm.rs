@@ -17,8 +17,8 @@ use crate::score::{self, Gap, TracePoint};
 pub struct Lm<B: Backend> {
     /// The model.
     pub model: Model<B>,
-    /// The token prefixed when scoring, from `config.json` (`bos_token_id`, else
-    /// `eos_token_id`).
+    /// The token prefixed when scoring: `config.json`'s `bos_token_id`, else the
+    /// tokenizer's configured `bos_token`, else `config.json`'s `eos_token_id`.
     pub bos: Option<u32>,
     /// Its tokenizer.
     pub tok: Tok,
@@ -44,10 +44,24 @@ impl<B: Backend> Lm<B> {
     /// # Errors
     /// A missing or invalid model or tokenizer.
     pub fn load(dir: &Path, device: &B::Device) -> Result<Self> {
+        Self::load_with(dir, device, None)
+    }
+
+    /// [`Lm::load`] with the tokenizer's `add_prefix_space` set (`None`: as its files say).
+    ///
+    /// # Errors
+    /// As [`Lm::load`], or the option on a tokenizer it does not apply to.
+    pub fn load_with(
+        dir: &Path,
+        device: &B::Device,
+        add_prefix_space: Option<bool>,
+    ) -> Result<Self> {
         let model = kiln_model::load::<B>(dir, device)?;
+        let tok = Tok::load_with(dir, add_prefix_space)?;
+        let configured_bos = tok.specials().bos.as_deref().and_then(|t| tok.token_id(t));
         let bos = kiln_model::config_token_id(dir, "bos_token_id")
+            .or(configured_bos)
             .or_else(|| kiln_model::config_token_id(dir, "eos_token_id"));
-        let tok = Tok::load(dir)?;
         if tok.vocab_size() > model.vocab_size() {
             return Err(Error::Invalid(format!(
                 "{}: the tokenizer has {} tokens, the model only {}",
@@ -59,7 +73,8 @@ impl<B: Backend> Lm<B> {
         Ok(Self { model, bos, tok })
     }
 
-    /// The BOS token prefixed when scoring: the end-of-text token.
+    /// The BOS token prefixed when scoring ([`Lm::bos`](Self::bos), else the tokenizer's
+    /// end-of-text token).
     ///
     /// # Errors
     /// When neither the config nor the tokenizer has one.

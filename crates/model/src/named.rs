@@ -67,6 +67,81 @@ pub fn config(name: &str) -> Option<Value> {
     })
 }
 
+/// Sizes that replace a shape's own (each `None` keeps it): `model.init`'s custom sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    /// Hidden size.
+    pub hidden: Option<usize>,
+    /// Blocks.
+    pub layers: Option<usize>,
+    /// Attention heads.
+    pub heads: Option<usize>,
+    /// Key/value heads (grouped-query attention; Llama, Qwen2, Phi).
+    pub kv_heads: Option<usize>,
+    /// MLP inner size (Llama, Qwen2, Phi).
+    pub intermediate: Option<usize>,
+    /// Context length (not BLOOM: ALiBi has no position table).
+    pub positions: Option<usize>,
+}
+
+/// Writes `sizes` into a `config.json` value under its architecture's keys.
+///
+/// # Errors
+/// A size the architecture has no key for (BLOOM's MLP is 4 × hidden, and it has no
+/// context length or key/value heads), naming it.
+pub fn set_sizes(config: &mut Value, sizes: &Sizes) -> std::result::Result<(), String> {
+    let bloom = config["model_type"] == "bloom";
+    let keys: [(&str, Option<usize>, Option<&str>); 6] = [
+        ("hidden size", sizes.hidden, Some("hidden_size")),
+        (
+            "layers",
+            sizes.layers,
+            Some(if bloom {
+                "n_layer"
+            } else {
+                "num_hidden_layers"
+            }),
+        ),
+        (
+            "heads",
+            sizes.heads,
+            Some(if bloom {
+                "n_head"
+            } else {
+                "num_attention_heads"
+            }),
+        ),
+        (
+            "key/value heads",
+            sizes.kv_heads,
+            (!bloom).then_some("num_key_value_heads"),
+        ),
+        (
+            "intermediate size",
+            sizes.intermediate,
+            (!bloom).then_some("intermediate_size"),
+        ),
+        (
+            "context length",
+            sizes.positions,
+            (!bloom).then_some("max_position_embeddings"),
+        ),
+    ];
+    for (what, value, key) in keys {
+        match (value, key) {
+            (None, _) => {}
+            (Some(v), Some(key)) => config[key] = v.into(),
+            (Some(_), None) => {
+                return Err(format!(
+                    "{} has no {what} to set (BLOOM: hidden size, layers and heads only)",
+                    config["model_type"]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Draws every matrix (embeddings and projections) from N(0, `std`); vectors keep their
 /// initial values (biases 0, norm scales 1), as transformers initializes these models.
 struct Randomize {

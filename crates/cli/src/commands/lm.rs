@@ -44,6 +44,15 @@ pub fn run(command: &Command, json: bool) -> Result<()> {
 }
 
 fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Result<()> {
+    let prefix = match command {
+        Command::Topk { tok, .. }
+        | Command::Nll { tok, .. }
+        | Command::Generate { tok, .. }
+        | Command::Trace { tok, .. }
+        | Command::Gap { tok, .. } => tok.add_prefix_space,
+        _ => None,
+    };
+    let load = |dir: &Path| load::<B>(dir, device, prefix);
     match command {
         Command::Topk {
             model,
@@ -51,10 +60,10 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
             k,
             format,
             ..
-        } => topk(&load::<B>(model, device)?, text, *k, *format),
+        } => topk(&load(model)?, text, *k, *format),
         Command::Nll {
             model, given, text, ..
-        } => nll(&load::<B>(model, device)?, given.as_deref(), text, json),
+        } => nll(&load(model)?, given.as_deref(), text, json),
         Command::Generate {
             model,
             prompt,
@@ -75,7 +84,7 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
                 stop: None,
                 kv_cache: !*no_cache,
             };
-            let lm = load::<B>(model, device)?;
+            let lm = load(model)?;
             generate(&lm, prompt.as_deref(), poe, *instruction, &opts, json)
         }
         Command::Trace {
@@ -85,13 +94,7 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
             format,
             plot,
             ..
-        } => trace(
-            &load::<B>(model, device)?,
-            text,
-            labels,
-            *format,
-            plot.as_deref(),
-        ),
+        } => trace(&load(model)?, text, labels, *format, plot.as_deref()),
         Command::Sentiment {
             model, data, split, ..
         } => sentiment::<B>(model, data, split, json, device),
@@ -101,13 +104,22 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
             prompt,
             text,
             ..
-        } => gap::<B>(model, teacher, prompt, text, json, device),
+        } => {
+            let t = kiln_model::load::<B>(teacher, device)
+                .with_context(|| format!("loading the teacher {}", teacher.display()))?;
+            gap(&load(model)?, &t, prompt, text, json)
+        }
         _ => anyhow::bail!("not a measurement command"),
     }
 }
 
-fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Lm<B>> {
-    Lm::load(dir, device).with_context(|| format!("loading the model {}", dir.display()))
+fn load<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    add_prefix_space: Option<bool>,
+) -> Result<Lm<B>> {
+    Lm::load_with(dir, device, add_prefix_space)
+        .with_context(|| format!("loading the model {}", dir.display()))
 }
 fn topk<B: Backend>(lm: &Lm<B>, text: &str, k: usize, format: TableFormat) -> Result<()> {
     let rows = lm.top_k(text, k)?;
@@ -259,17 +271,13 @@ fn sentiment<B: Backend>(
 }
 
 fn gap<B: Backend>(
-    model: &Path,
-    teacher: &Path,
+    lm: &Lm<B>,
+    teacher: &kiln_model::Model<B>,
     prompt: &str,
     text: &str,
     json: bool,
-    device: &B::Device,
 ) -> Result<()> {
-    let lm = load::<B>(model, device)?;
-    let t = kiln_model::load::<B>(teacher, device)
-        .with_context(|| format!("loading the teacher {}", teacher.display()))?;
-    let g = lm.gap(&t, text, prompt)?;
+    let g = lm.gap(teacher, text, prompt)?;
     if json {
         println!("{}", serde_json::to_string(&g)?);
     } else {

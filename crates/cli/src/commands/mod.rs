@@ -112,9 +112,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
         | Command::Gap { .. } => lm::run(&cli.command, cli.json),
         Command::Tokenize {
             tokenizer,
+            tok,
             text,
             json,
-        } => tokenize::run(tokenizer, text, *json || cli.json),
+        } => tokenize::run(tokenizer, tok.add_prefix_space, text, *json || cli.json),
     }
 }
 

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use kiln_data::tokenizer::Tok;
 
-pub fn run(tokenizer: &Path, text: &str, json: bool) -> Result<()> {
-    let tok = Tok::load(tokenizer)
+pub fn run(tokenizer: &Path, add_prefix_space: Option<bool>, text: &str, json: bool) -> Result<()> {
+    let tok = Tok::load_with(tokenizer, add_prefix_space)
         .with_context(|| format!("loading the tokenizer {}", tokenizer.display()))?;
     let ids = tok.encode(text)?;
     let tokens: Vec<String> = ids

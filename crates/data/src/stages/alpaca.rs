@@ -6,7 +6,6 @@ use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 
 use crate::alpaca::Labels;
 use crate::dataset;
-use crate::tokenizer::Tok;
 
 /// The `data.alpaca` stage kind.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +63,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::List,
         "more tokens to add to the tokenizer (default none)",
     ),
+    super::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for Alpaca {
@@ -87,7 +87,7 @@ impl Stage for Alpaca {
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
         let (source, opts) = super::source_and_options(ctx, 0.0, Some(1024))?;
-        let tok = Tok::load(&super::required_path(ctx, "tokenizer")?)?;
+        let tok = super::load_tokenizer(ctx, &super::required_path(ctx, "tokenizer")?)?;
         let p = ctx.p();
         let labels = if p.string("labels")?.as_deref() == Some("full") {
             Labels::Full

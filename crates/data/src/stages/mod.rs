@@ -6,7 +6,7 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
-use kiln_core::{Registry, StageContext};
+use kiln_core::{ParamSpec, ParamType, Registry, StageContext};
 
 use crate::dataset::{BuildOptions, Fractions};
 
@@ -62,6 +62,26 @@ fn source_and_options(
         params: serde_json::to_value(&ctx.params)?,
     };
     Ok((source, opts))
+}
+
+/// The `add_prefix_space` param every stage that loads a tokenizer takes.
+pub const ADD_PREFIX_SPACE: ParamSpec = ParamSpec::optional(
+    "add_prefix_space",
+    ParamType::Bool,
+    "tokenize as if the text began with a space (\"good\" as \" good\"), as Hugging Face's option of that name; default: as the tokenizer's files say",
+);
+
+/// Loads the tokenizer at `path` with the stage's `add_prefix_space` (see
+/// [`ADD_PREFIX_SPACE`]).
+///
+/// # Errors
+/// A bad tokenizer, or the option on a tokenizer it does not apply to.
+pub fn load_tokenizer(
+    ctx: &StageContext,
+    path: &std::path::Path,
+) -> Result<crate::tokenizer::Tok, kiln_core::StageError> {
+    let on = ctx.p().bool("add_prefix_space")?;
+    Ok(crate::tokenizer::Tok::load_with(path, on)?)
 }
 
 fn required_path(ctx: &StageContext, name: &str) -> Result<PathBuf, String> {

@@ -102,6 +102,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::List,
         "tokens to add to the tokenizer (default none)",
     ),
+    super::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for Sentiment140 {
@@ -195,9 +196,10 @@ impl Stage for Sentiment140 {
         ctx.progress.update(0, None, Some("reading and tokenizing"));
         let started = std::time::Instant::now();
         // Loading a 50k-entry tokenizer and reading the file take about as long; do both at once.
+        let prefix = ctx.p().bool("add_prefix_space")?;
         let (tok, rows) = std::thread::scope(|s| {
             let tok = s.spawn(|| {
-                let tok = Tok::load(&tokenizer)?;
+                let tok = Tok::load_with(&tokenizer, prefix)?;
                 tok.prepare_batch();
                 Ok::<_, crate::Error>(tok)
             });

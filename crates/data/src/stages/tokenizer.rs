@@ -44,6 +44,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::List,
         "tokens to add as single special tokens (default none)",
     ),
+    super::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for TokenizerStage {
@@ -61,7 +62,7 @@ impl Stage for TokenizerStage {
     }
     fn run(&self, ctx: &mut StageContext) -> StageResult {
         let mut tok = if let Some(from) = super::path_or_url(ctx, "from") {
-            Tok::load(&ctx.workdir.join(from))?
+            super::load_tokenizer(ctx, &ctx.workdir.join(from))?
         } else {
             let corpus = super::required_path(ctx, "train_on")
                 .map_err(|_| "give `from` (a tokenizer) or `train_on` (a corpus)")?;
@@ -97,7 +98,11 @@ impl Stage for TokenizerStage {
                 "training a byte-level BPE of {vocab} entries on {} texts",
                 texts.len()
             ));
-            Tok::train(texts.iter(), vocab, min_freq)?
+            let tok = Tok::train(texts.iter(), vocab, min_freq)?;
+            match ctx.p().bool("add_prefix_space")? {
+                Some(on) => tok.with_add_prefix_space(on)?,
+                None => tok,
+            }
         };
         let added = tok.add_special_tokens(&ctx.p().strings("special_tokens")?.unwrap_or_default());
         let hash = tok.save(&ctx.out_dir.join("tokenizer.json"))?;

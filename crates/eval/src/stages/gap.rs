@@ -4,7 +4,6 @@
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_data::shard::ShardReader;
-use kiln_data::tokenizer::Tok;
 use kiln_model::CausalLm;
 use kiln_model::burn::tensor::backend::Backend;
 
@@ -33,6 +32,7 @@ const PARAMS: &[ParamSpec] = &[
     .at_least(1),
     super::DEVICE,
     super::PRECISION,
+    kiln_data::stages::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for EvalGap {
@@ -60,7 +60,7 @@ impl super::OnDevice for EvalGap {
         let teacher = kiln_model::load::<B>(&path(ctx, "teacher")?, device)?;
         let context = student.max_positions().unwrap_or(usize::MAX);
         let data = path(ctx, "data")?;
-        let tok = Tok::load(&data)?;
+        let tok = kiln_data::stages::load_tokenizer(ctx, &data)?;
         let prompt = tok.encode(&ctx.param_str("prompt").unwrap_or_default())?;
         if prompt.is_empty() {
             return Err("`prompt` encodes to no tokens".into());

@@ -49,6 +49,7 @@ const PARAMS: &[ParamSpec] = &[
     .at_least(1),
     super::DEVICE,
     super::PRECISION,
+    kiln_data::stages::ADD_PREFIX_SPACE,
 ];
 
 fn short(answer: &str) -> bool {
@@ -75,7 +76,11 @@ impl Stage for EvalGenerate {
 
 impl super::OnDevice for EvalGenerate {
     fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
-        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
+        let lm = Lm::<B>::load_with(
+            &path(ctx, "model")?,
+            device,
+            ctx.p().bool("add_prefix_space")?,
+        )?;
         let records = alpaca::read(&path(ctx, "source")?)?;
         let opts = GenerateOptions {
             max_new_tokens: ctx.p().count("max_new_tokens")?.unwrap_or(64),

@@ -30,6 +30,7 @@ const PARAMS: &[ParamSpec] = &[
     ),
     super::DEVICE,
     super::PRECISION,
+    kiln_data::stages::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for EvalScore {
@@ -53,7 +54,11 @@ impl Stage for EvalScore {
 
 impl super::OnDevice for EvalScore {
     fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
-        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
+        let lm = Lm::<B>::load_with(
+            &path(ctx, "model")?,
+            device,
+            ctx.p().bool("add_prefix_space")?,
+        )?;
         let source = path(ctx, "source")?;
         let text = std::fs::read_to_string(&source)
             .map_err(|e| format!("cannot read {}: {e}", source.display()))?;

@@ -31,6 +31,7 @@ const PARAMS: &[ParamSpec] = &[
     ),
     super::DEVICE,
     super::PRECISION,
+    kiln_data::stages::ADD_PREFIX_SPACE,
 ];
 
 impl Stage for EvalTrace {
@@ -54,7 +55,11 @@ impl Stage for EvalTrace {
 
 impl super::OnDevice for EvalTrace {
     fn run<B: Backend>(self, ctx: &mut StageContext, device: &B::Device) -> StageResult {
-        let lm = Lm::<B>::load(&path(ctx, "model")?, device)?;
+        let lm = Lm::<B>::load_with(
+            &path(ctx, "model")?,
+            device,
+            ctx.p().bool("add_prefix_space")?,
+        )?;
         let neg = ctx.param_str("negative").unwrap_or_else(|| " bad".into());
         let pos = ctx.param_str("positive").unwrap_or_else(|| " good".into());
         let texts = ctx.p().strings("texts")?.unwrap_or_default();

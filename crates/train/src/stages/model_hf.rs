@@ -42,7 +42,8 @@ impl Stage for ModelHf {
         "model.hf"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the tokenizer's configuration (special tokens) is kept.
+        2
     }
     fn doc(&self) -> &'static str {
         "a model (gpt2, bloom, phi, llama, qwen2) from a Hugging Face directory or hub id, writes model/"
@@ -66,6 +67,8 @@ impl Stage for ModelHf {
                 "tokenizer.json",
                 "vocab.json",
                 "merges.txt",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
             ]
             .into_iter()
             .map(|f| (f, local.join(f)))
@@ -97,7 +100,13 @@ impl Stage for ModelHf {
                 files.insert(file, path);
             }
             // The tokenizer is welcome but optional: a dataset brings its own.
-            for file in ["tokenizer.json", "vocab.json", "merges.txt"] {
+            for file in [
+                "tokenizer.json",
+                "vocab.json",
+                "merges.txt",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            ] {
                 let url = hub_url(repo, &revision, file);
                 if let Ok(path) = kiln_data::source::fetch(&url, &ctx.workdir, &ctx.downloads, None)
                 {
@@ -161,8 +170,23 @@ impl Stage for ModelHf {
             (None, Some(v), Some(m)) => Some(Tok::gpt2(v, m)?),
             _ => None,
         };
-        if let Some(t) = tok {
+        if let Some(mut t) = tok {
+            // The tokenizer's configuration travels as is (its chat template, special
+            // tokens); the special tokens it names must be in the vocabulary.
+            for name in kiln_data::specials::FILES {
+                if let Some(path) = files.get(name) {
+                    std::fs::copy(path, dir.join(name))
+                        .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+                }
+            }
+            t.read_specials(&dir)?;
             t.save(&dir.join("tokenizer.json"))?;
+            // `save` wrote the map of the tokens kiln reads; the original has all of them.
+            let map = kiln_data::specials::MAP_FILE;
+            if let Some(path) = files.get(map) {
+                std::fs::copy(path, dir.join(map))
+                    .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+            }
         }
         ctx.log(&format!("loaded {source}: {summary}"));
         Ok(())

@@ -1,5 +1,7 @@
-//! `model.init`: a randomly initialized GPT-2 of a named or custom size, for training from
-//! scratch; its vocabulary can come from a tokenizer (or a dataset directory holding one).
+//! `model.init`: a randomly initialized model for training from scratch: a GPT-2 or a named
+//! shape of another architecture (BLOOM, Phi, SmolLM2, Qwen2, TinyLlama), each with its sizes
+//! replaceable; its vocabulary and special ids can come from a tokenizer (or a dataset
+//! directory holding one).
 
 use std::collections::BTreeMap;
 
@@ -35,20 +37,37 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::optional(
         "n_positions",
         ParamType::Int,
-        "context length (custom; default 128)",
+        "context length (default: the named shape's; custom 128; not BLOOM)",
     )
     .at_least(1),
     ParamSpec::optional(
         "n_embd",
         ParamType::Int,
-        "hidden size (custom; default 128)",
+        "hidden size (default: the named shape's; custom 128)",
     )
     .at_least(1),
-    ParamSpec::optional("n_layer", ParamType::Int, "blocks (custom; default 2)").at_least(1),
+    ParamSpec::optional(
+        "n_layer",
+        ParamType::Int,
+        "blocks (default: the named shape's; custom 2)",
+    )
+    .at_least(1),
     ParamSpec::optional(
         "n_head",
         ParamType::Int,
-        "attention heads (custom; default 4)",
+        "attention heads (default: the named shape's; custom 4)",
+    )
+    .at_least(1),
+    ParamSpec::optional(
+        "n_kv_head",
+        ParamType::Int,
+        "key/value heads, grouped-query attention (Llama, Qwen2, Phi shapes; default: the named shape's)",
+    )
+    .at_least(1),
+    ParamSpec::optional(
+        "intermediate_size",
+        ParamType::Int,
+        "MLP inner size (Llama, Qwen2, Phi shapes; default: the named shape's)",
     )
     .at_least(1),
     ParamSpec::optional("seed", ParamType::Int, "initialization seed (default 0)").at_least(0),
@@ -73,10 +92,12 @@ impl Stage for ModelInit {
         "model.init"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: sizes apply to named shapes (a named GPT-2 ignored them); BOS/EOS/pad ids of
+        // other architectures come from the tokenizer's configuration.
+        2
     }
     fn doc(&self) -> &'static str {
-        "a randomly initialized model: a GPT-2 (named or custom size) or a named BLOOM, Phi, SmolLM2, Qwen2 or TinyLlama shape; writes model/"
+        "a randomly initialized model: a GPT-2 or a named BLOOM, Phi, SmolLM2, Qwen2 or TinyLlama shape, sizes replaceable; writes model/"
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
@@ -85,6 +106,22 @@ impl Stage for ModelInit {
         let mut problems = Vec::new();
         if !params.contains_key("tokenizer") && !params.contains_key("vocab_size") {
             problems.push(("vocab_size".into(), "give vocab_size or a tokenizer".into()));
+        }
+        // Sizes the architecture has no place for are refused, not ignored.
+        let named = params
+            .get("config")
+            .and_then(Value::as_str)
+            .unwrap_or("custom");
+        let unused: &[&str] = match named {
+            "bloom-560m" => &["n_positions", "n_kv_head", "intermediate_size"],
+            _ if kiln_model::named::config(named).is_some() => &[],
+            _ => &["n_kv_head", "intermediate_size"],
+        };
+        for key in unused.iter().filter(|k| params.contains_key(**k)) {
+            problems.push((
+                (*key).into(),
+                format!("a {named} model has no such size to set"),
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -99,16 +136,18 @@ impl Stage for ModelInit {
         if let Some(shape) = kiln_model::named::config(&named) {
             return init_named(ctx, &named, shape, tok.as_ref());
         }
-        let mut config = match Gpt2Config::named(&named) {
-            Some(c) => c,
-            None => Gpt2Config::new(
-                0,
-                p.count("n_positions")?.unwrap_or(128),
-                p.count("n_embd")?.unwrap_or(128),
-                p.count("n_layer")?.unwrap_or(2),
-                p.count("n_head")?.unwrap_or(4),
-            ),
-        };
+        let mut config =
+            Gpt2Config::named(&named).unwrap_or_else(|| Gpt2Config::new(0, 128, 128, 2, 4));
+        for (key, slot) in [
+            ("n_positions", &mut config.n_positions),
+            ("n_embd", &mut config.n_embd),
+            ("n_layer", &mut config.n_layer),
+            ("n_head", &mut config.n_head),
+        ] {
+            if let Some(v) = p.count(key)? {
+                *slot = v;
+            }
+        }
         config.vocab_size = match (p.count("vocab_size")?, &tok) {
             (Some(v), _) => v,
             (None, Some(t)) => t.vocab_size(),
@@ -150,9 +189,24 @@ fn init_named(
         (None, None) => return Err("give vocab_size or a tokenizer".into()),
     };
     shape["vocab_size"] = vocab.into();
-    if let Some(eos) = tok.and_then(Tok::eos_id) {
-        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
-            shape[key] = eos.into();
+    let sizes = kiln_model::named::Sizes {
+        hidden: p.count("n_embd")?,
+        layers: p.count("n_layer")?,
+        heads: p.count("n_head")?,
+        kv_heads: p.count("n_kv_head")?,
+        intermediate: p.count("intermediate_size")?,
+        positions: p.count("n_positions")?,
+    };
+    kiln_model::named::set_sizes(&mut shape, &sizes).map_err(|m| format!("{named}: {m}"))?;
+    if let Some(t) = tok {
+        for (key, id) in [
+            ("bos_token_id", t.bos_id()),
+            ("eos_token_id", t.eos_id()),
+            ("pad_token_id", t.pad_id()),
+        ] {
+            if let Some(id) = id {
+                shape[key] = id.into();
+            }
         }
     }
     let device = Default::default();
