@@ -29,6 +29,11 @@ pub(crate) fn rms_norm<B: Backend>(d: usize, eps: f64, device: &B::Device) -> Rm
     RmsNormConfig::new(d).with_epsilon(eps).init(device)
 }
 
+/// `norm` applied to `x` through the fused kernel ([`crate::kernels::rms_norm`]).
+pub(crate) fn rms<B: Backend, const D: usize>(norm: &RmsNorm<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    crate::kernels::rms_norm(x, norm.gamma.val(), norm.epsilon)
+}
+
 impl Weights {
     /// Loads `name.weight` (an `nn.Linear` `[out, in]`) and `name.bias` when the layer has one.
     pub(crate) fn load_linear<B: Backend>(

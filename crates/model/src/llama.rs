@@ -435,7 +435,7 @@ impl<B: Backend> Llama<B> {
         let x = layers::run_layers(&self.layers, x, seq, cache, |layer, x, kv| {
             layer.forward(x, mask, &rope, &self.config, batch, seq, kv)
         });
-        self.norm.forward(x).reshape([batch, seq, d])
+        layers::rms(&self.norm, x).reshape([batch, seq, d])
     }
 }
 
@@ -453,15 +453,13 @@ impl<B: Backend> Layer<B> {
         seq: usize,
         past: Option<Kv<B>>,
     ) -> (Tensor<B, 2>, Kv<B>) {
-        let h = self.input_norm.forward(x.clone());
+        let h = layers::rms(&self.input_norm, x.clone());
         let (a, kv) = self.attend(h, mask, rope, config, batch, seq, past);
         let x = x + a;
-        let h = self.post_norm.forward(x.clone());
-        let gate = burn::tensor::activation::silu(self.gate_proj.forward(h.clone()));
-        (
-            x + self.down_proj.forward(gate * self.up_proj.forward(h)),
-            kv,
-        )
+        let h = layers::rms(&self.post_norm, x.clone());
+        let act =
+            crate::kernels::swiglu(self.gate_proj.forward(h.clone()), self.up_proj.forward(h));
+        (x + self.down_proj.forward(act), kv)
     }
 
     #[allow(clippy::too_many_arguments)]

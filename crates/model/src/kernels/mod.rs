@@ -30,6 +30,9 @@ use rayon::prelude::*;
 
 use crate::Flex;
 
+mod llama;
+pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
+
 /// Runs `f` on the storage of `t` when the backend is burn-flex and `t` is a contiguous f32
 /// tensor (as a matrix product's output is), and gives `t` back with `f`'s result; otherwise
 /// gives `t` back untouched with `None`.
