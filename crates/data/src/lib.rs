@@ -31,6 +31,7 @@ pub mod shard;
 pub mod source;
 pub mod specials;
 pub mod stages;
+pub mod template;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -441,7 +441,9 @@ mod tests {
         );
         assert_eq!(plain.into_data().to_vec::<f32>().unwrap_or_default(), y);
         // The flex results above came from the fused kernel, not the fallback.
-        let t = Tensor::<Flex, 2>::ones([3, 4], &device).into_primitive().tensor();
+        let t = Tensor::<Flex, 2>::ones([3, 4], &device)
+            .into_primitive()
+            .tensor();
         assert!(swiglu_flex(&t, &t, true).is_some_and(|(_, f)| f.is_some()));
     }
 
@@ -471,8 +473,12 @@ mod tests {
             1e-6,
         );
         assert_eq!(plain.into_data().to_vec::<f32>().unwrap_or_default(), y);
-        let t = Tensor::<Flex, 2>::ones([3, 4], &device).into_primitive().tensor();
-        let w = Tensor::<Flex, 1>::ones([4], &device).into_primitive().tensor();
+        let t = Tensor::<Flex, 2>::ones([3, 4], &device)
+            .into_primitive()
+            .tensor();
+        let w = Tensor::<Flex, 1>::ones([4], &device)
+            .into_primitive()
+            .tensor();
         assert!(rms_flex(&t, &w, 1e-6).is_some());
     }
 }
