@@ -155,6 +155,14 @@ mod tests {
         segments.iter().map(|s| s.text.as_str()).collect()
     }
 
+    fn trained(segments: &[Segment]) -> Vec<&str> {
+        segments
+            .iter()
+            .filter(|s| s.trained)
+            .map(|s| s.text.as_str())
+            .collect()
+    }
+
     #[test]
     fn the_notebooks_string_and_its_trained_part() {
         let raw = "\n\n### Human: How do you say \"dog\" in Spanish?\n\n### Assistant: perro";
@@ -167,12 +175,7 @@ mod tests {
         ]);
         let segments = human_assistant(&conversation, "<s>", "</s>");
         assert_eq!(joined(&segments), want);
-        let trained: Vec<&str> = segments
-            .iter()
-            .filter(|s| s.trained)
-            .map(|s| s.text.as_str())
-            .collect();
-        assert_eq!(trained, [" perro</s>"]);
+        assert_eq!(trained(&segments), [" perro</s>"]);
         // GPT-2 tokenizers: <|endoftext|> for both.
         let e = "<|endoftext|>";
         assert_eq!(
@@ -196,12 +199,7 @@ mod tests {
         ]);
         let segments = human_assistant(&conversation, "<s>", "</s>");
         assert_eq!(joined(&segments), notebook_text(raw, "<s>", "</s>"));
-        let trained: Vec<&str> = segments
-            .iter()
-            .filter(|s| s.trained)
-            .map(|s| s.text.as_str())
-            .collect();
-        assert_eq!(trained, [" uno</s>", " dos</s>"]);
+        assert_eq!(trained(&segments), [" uno</s>", " dos</s>"]);
     }
 
     #[test]
@@ -216,12 +214,7 @@ mod tests {
             joined(&segments),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
         );
-        let trained: Vec<&str> = segments
-            .iter()
-            .filter(|s| s.trained)
-            .map(|s| s.text.as_str())
-            .collect();
-        assert_eq!(trained, ["Hello<|im_end|>"]);
+        assert_eq!(trained(&segments), ["Hello<|im_end|>"]);
     }
 
     #[test]

@@ -71,7 +71,9 @@ impl Stage for Alpaca {
         "data.alpaca"
     }
     fn version(&self) -> u32 {
-        2 // 2: rows written in shuffled order
+        // 2: rows written in shuffled order. 3: the EOS is the tokenizer's configured
+        // eos_token (tokenizer_config.json), kept with the dataset.
+        3
     }
     fn doc(&self) -> &'static str {
         "Alpaca-format instructions (single or multi-turn) into tokenized LM shards with masked labels"

@@ -110,7 +110,9 @@ impl Stage for Sentiment140 {
         "data.sentiment140"
     }
     fn version(&self) -> u32 {
-        2 // 2: rows written in shuffled order
+        // 2: rows written in shuffled order. 3: the tokenizer's configured special tokens
+        // are kept with the dataset (special_tokens_map.json).
+        3
     }
     fn doc(&self) -> &'static str {
         "labelled tweets (sentiment140, HF parquet or a table) into tokenized classification shards"

@@ -52,7 +52,8 @@ impl Stage for TokenizerStage {
         "data.tokenizer"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the tokenizer's configured special tokens are kept (special_tokens_map.json).
+        2
     }
     fn doc(&self) -> &'static str {
         "writes tokenizer.json: GPT-2's from vocab/merges, or a byte-level BPE trained on a corpus"

@@ -41,7 +41,8 @@ impl Stage for EvalGap {
     }
     fn version(&self) -> u32 {
         // 2: rows_truncated counted (metric and gap.json); 3: accurate softmax row sums (f64)
-        3
+        // 4: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
+        4
     }
     fn doc(&self) -> &'static str {
         "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"

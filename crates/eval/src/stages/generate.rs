@@ -61,7 +61,8 @@ impl Stage for EvalGenerate {
         "eval.generate"
     }
     fn version(&self) -> u32 {
-        2 // 2: accurate softmax row sums (f64 accumulation)
+        // 2: accurate softmax row sums (f64 accumulation). 3: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
+        3
     }
     fn doc(&self) -> &'static str {
         "answers for held-out instructions: generations.jsonl, exact-match and contains rates"

@@ -33,7 +33,8 @@ impl Stage for EvalSentiment {
     }
     fn version(&self) -> u32 {
         // 2: rows_truncated counted (metric and sentiment.json); 3: accurate softmax row sums (f64)
-        3
+        // 4: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
+        4
     }
     fn doc(&self) -> &'static str {
         "sentiment accuracy, two-way accuracy, loss and confusion matrix on a dataset split"

@@ -415,11 +415,17 @@ mod tests {
         }
     }
 
-    fn swiglu_case<B: AutodiffBackend>() -> [Vec<f32>; 3] {
+    /// SwiGLU's inputs: gate over [−12, 12), up a pattern in [−2, 2].
+    fn swiglu_inputs() -> (Vec<f32>, Vec<f32>) {
         let gate = (0..4800).map(|i| (i as f32 - 2400.0) / 200.0).collect();
         let up = (0..4800)
             .map(|i| ((i * 31) % 17) as f32 / 4.0 - 2.0)
             .collect();
+        (gate, up)
+    }
+
+    fn swiglu_case<B: AutodiffBackend>() -> [Vec<f32>; 3] {
+        let (gate, up) = swiglu_inputs();
         value_and_grads::<B, 3, 3>((gate, [2, 24, 100]), (up, [2, 24, 100]), swiglu)
     }
 
@@ -431,10 +437,7 @@ mod tests {
         close(&gx, &gx_ops, 1e-5, "d gate");
         close(&gw, &gw_ops, 1e-6, "d up");
         let device = Default::default();
-        let gate: Vec<f32> = (0..4800).map(|i| (i as f32 - 2400.0) / 200.0).collect();
-        let up: Vec<f32> = (0..4800)
-            .map(|i| ((i * 31) % 17) as f32 / 4.0 - 2.0)
-            .collect();
+        let (gate, up) = swiglu_inputs();
         let plain = swiglu(
             Tensor::<Flex, 3>::from_data(TensorData::new(gate, [2, 24, 100]), &device),
             Tensor::<Flex, 3>::from_data(TensorData::new(up, [2, 24, 100]), &device),
@@ -447,11 +450,17 @@ mod tests {
         assert!(swiglu_flex(&t, &t, true).is_some_and(|(_, f)| f.is_some()));
     }
 
-    fn rms_case<B: AutodiffBackend>() -> [Vec<f32>; 3] {
+    /// RMSNorm's inputs: x `[3, 5, 96]` in [−2.5, 2.5], a scale in [0.5, 1.5].
+    fn rms_inputs() -> (Vec<f32>, Vec<f32>) {
         let x = (0..3 * 5 * 96)
             .map(|i| ((i * 37) % 101) as f32 / 20.0 - 2.5)
             .collect();
         let w = (0..96).map(|i| 0.5 + (i % 9) as f32 / 8.0).collect();
+        (x, w)
+    }
+
+    fn rms_case<B: AutodiffBackend>() -> [Vec<f32>; 3] {
+        let (x, w) = rms_inputs();
         value_and_grads::<B, 3, 1>((x, [3, 5, 96]), (w, [96]), |x, w| rms_norm(x, w, 1e-6))
     }
 
@@ -463,10 +472,7 @@ mod tests {
         close(&gx, &gx_ops, 2e-5, "d x");
         close(&gw, &gw_ops, 2e-5, "d weight");
         let device = Default::default();
-        let x: Vec<f32> = (0..3 * 5 * 96)
-            .map(|i| ((i * 37) % 101) as f32 / 20.0 - 2.5)
-            .collect();
-        let w: Vec<f32> = (0..96).map(|i| 0.5 + (i % 9) as f32 / 8.0).collect();
+        let (x, w) = rms_inputs();
         let plain = rms_norm(
             Tensor::<Flex, 3>::from_data(TensorData::new(x, [3, 5, 96]), &device),
             Tensor::<Flex, 1>::from_data(TensorData::new(w, [96]), &device),

@@ -51,7 +51,8 @@ impl Stage for TrainInternalize {
         // 2: the fused LM-head loss, GELU and attention kernels (last bits of every step);
         // rows_truncated recorded. 3: the loss in f64 and accurate softmax row sums.
         // 4: an embedding grown for added tokens is trained (before, it never moved).
-        4
+        // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
+        5
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"

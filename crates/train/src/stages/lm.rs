@@ -20,7 +20,8 @@ impl Stage for TrainLm {
         // 2: the fused LM-head loss, GELU and attention kernels (last bits of every step);
         // rows_truncated recorded. 3: accurate softmax row sums (attention, cross-entropy).
         // 4: an embedding grown for added tokens is trained (before, it never moved).
-        4
+        // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
+        5
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"
