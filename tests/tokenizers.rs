@@ -180,7 +180,12 @@ stages:
     assert!(!rows.is_empty());
     for row in &rows {
         assert_eq!(row.input_ids.last(), Some(&eos), "ends with </s>");
-        assert!(!row.input_ids.contains(&u32::MAX));
+        let labels = row.labels.as_ref().expect("an LM dataset has labels");
+        assert_eq!(
+            labels.last(),
+            Some(&i32::try_from(eos).expect("small id")),
+            "the closing </s> is trained"
+        );
     }
     // Without the Metaspace prefix no row starts with a "▁word" token.
     let tok = Tok::load(&dir("tweets")).expect("the dataset's tokenizer");
