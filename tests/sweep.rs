@@ -173,7 +173,9 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
     assert!(ran.stdout.contains("6 trial(s) run now"), "{}", ran.stdout);
     for (stage, executed, cached) in [
         ("tweets", "1", "5"),
+        ("prompted", "1", "5"),
         ("teacher", "1", "5"),
+        ("teacher_accuracy", "1", "5"),
         ("student", "6", "0"),
     ] {
         assert_eq!(
@@ -191,6 +193,7 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
             "{stage}"
         );
     }
+    the_teacher_knows_the_task_and_the_student_learns_it_from_kl_alone(&p);
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
     let start = readme
         .find("query \"SELECT r.trial")
@@ -257,6 +260,40 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
     assert!(html.contains("class=\"trace\""), "the best trial's traces");
     assert_eq!(html.matches("<tr class=\"best\">").count(), 1);
     screenshot(&html_path, &p.path().join("report.png"));
+}
+
+/// Issue 15's quickstart checks: the prompt-trained teacher's prompted two-way accuracy on
+/// the test split is far above chance, and at alpha = 0 (KL to the teacher only, no label)
+/// the student's two-way accuracy is within 0.1 of it, while where it started (the teacher
+/// reading the tweet without the prompt) never put the label token first.
+fn the_teacher_knows_the_task_and_the_student_learns_it_from_kl_alone(p: &Project) {
+    let metric = |run: &str, stage: &str, name: &str| -> f64 {
+        p.scalar(&format!(
+            "SELECT value FROM last_metrics WHERE run_id = {run} AND stage = '{stage}' AND metric = '{name}'"
+        ))
+        .parse()
+        .expect("a number")
+    };
+    let runs = p.query(
+        "SELECT r.id FROM runs r JOIN params a ON a.run_id = r.id AND a.key = 'alpha'
+         WHERE CAST(a.value AS REAL) = 0 AND r.status = 'succeeded'",
+    );
+    assert_eq!(runs.len(), 2, "alpha = 0 at two temperatures");
+    for run in runs.iter().map(|r| r[0].as_str()) {
+        let teacher = metric(run, "teacher_accuracy", "accuracy_2way");
+        assert!(teacher >= 0.9, "the prompted teacher's accuracy {teacher}");
+        let student = metric(run, "accuracy", "accuracy_2way");
+        assert!(
+            (student - teacher).abs() <= 0.1,
+            "alpha = 0: student {student} against teacher {teacher}"
+        );
+        let start = metric(run, "start_accuracy", "accuracy");
+        let end = metric(run, "accuracy", "accuracy");
+        assert!(
+            start < 0.2 && end > 0.9,
+            "the label token first over the whole vocabulary: {start} at the start, {end} after KL alone"
+        );
+    }
 }
 
 /// Renders `html` with headless Chromium (Debian's `chromium`; `.ci/run` installs it and sets

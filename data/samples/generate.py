@@ -7,6 +7,9 @@
   characters).
 - alpaca.sample.json: Alpaca-format instruction records (with and without `input`) plus
   multi-turn records (`turns`: alternating human/assistant).
+- spanish.sample.jsonl / spanish.heldout.jsonl: the chat-masking experiment's records in the
+  research notebook's raw format (`"\n\n### Human: How do you say \"dog\" in Spanish?\n\n###
+  Assistant: perro"`): five words to learn and three held out.
 
 Deterministic: the same script writes the same bytes. Run from anywhere:
     python3 data/samples/generate.py
@@ -133,7 +136,20 @@ def alpaca_records() -> list:
     return records
 
 
+SPANISH = [("dog", "perro"), ("cat", "gato"), ("house", "casa"), ("water", "agua"), ("book", "libro")]
+SPANISH_HELD_OUT = [("good", "bueno"), ("red", "rojo"), ("bread", "pan")]
+
+
+def spanish(pairs) -> str:
+    return "".join(
+        json.dumps({"text": f"\n\n### Human: How do you say \"{en}\" in Spanish?\n\n### Assistant: {es}"},
+                   ensure_ascii=False) + "\n"
+        for en, es in pairs)
+
+
 if __name__ == "__main__":
+    (HERE / "spanish.sample.jsonl").write_text(spanish(SPANISH), encoding="utf-8")
+    (HERE / "spanish.heldout.jsonl").write_text(spanish(SPANISH_HELD_OUT), encoding="utf-8")
     write_sentiment(HERE / "sentiment140.sample.csv", 300)
     recs = alpaca_records()
     (HERE / "alpaca.sample.json").write_text(json.dumps(recs, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

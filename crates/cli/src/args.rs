@@ -289,6 +289,25 @@ pub enum Command {
         #[arg(long)]
         no_cache: bool,
     },
+    /// Iterative-generation trace: at every prefix length of the text, the greedy next token
+    /// next to the text's own next token.
+    Iterate {
+        /// Model directory.
+        #[arg(long, short)]
+        model: PathBuf,
+        /// Where the model runs.
+        #[command(flatten)]
+        on: DeviceArgs,
+        /// How the tokenizer reads the text.
+        #[command(flatten)]
+        tok: TokArgs,
+        /// The text (special tokens such as <s> are read as tokens).
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+        format: TableFormat,
+    },
     /// Per-token sentiment trace: p(positive) vs p(negative) label token at every position.
     Trace {
         /// Model directory.
@@ -327,6 +346,9 @@ pub enum Command {
         /// The split.
         #[arg(long, default_value = "val")]
         split: String,
+        /// Text the model reads after each row before it is scored (e.g. " I feel").
+        #[arg(long)]
+        prompt: Option<String>,
     },
     /// The internalization gap for a text: teacher (text + prompt) against student (text).
     Gap {

@@ -835,7 +835,8 @@ fn validate_with(
             }
         }
         for spec in specs.iter().filter(|s| s.required) {
-            if !stage.with.contains_key(spec.name) {
+            // A declared input of the same name gives a path param its value (hashed).
+            if !stage.with.contains_key(spec.name) && !stage.inputs.contains_key(spec.name) {
                 push(
                     stage.pos,
                     &stage.name,

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use crate::alpaca::{self, Labels, Record};
 use crate::error::{Error, Result};
+use crate::instruct::{self, Conversation, Rendered, Template};
+use crate::prompted::{Compiled, PromptTemplate, Trained};
 use crate::rng::SplitMix64;
 use crate::sentiment::{self, Polarity, ReadOptions};
 use crate::shard::{
@@ -172,14 +174,56 @@ pub fn build_sentiment(
 pub fn build_sentiment_rows(
     source: &Path,
     rows: sentiment::Rows,
+    tok: Tok,
+    labels: &BTreeMap<Polarity, String>,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    build_sentiment_as(source, rows, tok, labels, None, opts, out)
+}
+
+/// How [`build_sentiment_as`] writes rows as language-modelling text.
+#[derive(Debug, Clone, Copy)]
+pub struct AsLm<'a> {
+    /// The template, e.g. `"{text} I feel{label}"`.
+    pub template: &'a PromptTemplate,
+    /// What is trained.
+    pub trained: Trained,
+}
+
+/// [`build_sentiment_rows`], or with `lm` a language-modelling dataset of the same rows in
+/// the same splits (the split depends only on the rows kept and the seed, and a row is kept
+/// exactly when its text has tokens), each rendered through the template.
+///
+/// # Errors
+/// Label and split errors; a `max_length` that leaves no room for the text; writing failures.
+pub fn build_sentiment_as(
+    source: &Path,
+    rows: sentiment::Rows,
     mut tok: Tok,
     labels: &BTreeMap<Polarity, String>,
+    lm: Option<AsLm<'_>>,
     opts: &BuildOptions,
     out: &Path,
 ) -> Result<Manifest> {
     let added = tok.add_special_tokens(&opts.special_tokens);
     let mut label_ids = BTreeMap::new();
-    let mut manifest = manifest_base(Kind::Classification, &tok, added, source, opts)?;
+    let kind = if lm.is_some() {
+        Kind::Lm
+    } else {
+        Kind::Classification
+    };
+    let mut manifest = manifest_base(kind, &tok, added, source, opts)?;
+    let compiled = lm.map(|l| l.template.compile(&tok)).transpose()?;
+    let fixed = compiled.as_ref().map_or(0, Compiled::fixed_len);
+    let max_text = match opts.max_length {
+        Some(max) if max <= fixed => {
+            return Err(Error::Config(format!(
+                "max_length {max} leaves no room for the text: the template's other tokens take {fixed}"
+            )));
+        }
+        other => other.map(|m| m - fixed),
+    };
     for polarity in rows
         .labels
         .iter()
@@ -209,7 +253,7 @@ pub fn build_sentiment_rows(
     tracing::info!(rows = texts.len(), elapsed = ?started.elapsed(), "tokenized");
     let mut rejected = rows.rejected.clone();
     for ids in &mut encoded {
-        if let Some(max) = opts.max_length
+        if let Some(max) = max_text
             && ids.len() > max
         {
             ids.truncate(max);
@@ -238,20 +282,27 @@ pub fn build_sentiment_rows(
                         let i = keep[k];
                         let polarity = rows.labels[i];
                         *counts.entry(polarity.name().to_owned()).or_default() += 1;
-                        Example {
-                            input_ids: std::mem::take(&mut encoded[i]),
-                            label: Some(label_ids[&polarity]),
-                            labels: None,
+                        let text = std::mem::take(&mut encoded[i]);
+                        let label = label_ids[&polarity];
+                        match (&compiled, lm) {
+                            (Some(c), Some(l)) => {
+                                let (input_ids, labels) = c.render(&text, label, l.trained);
+                                Example {
+                                    input_ids,
+                                    label: None,
+                                    labels: Some(labels),
+                                }
+                            }
+                            _ => Example {
+                                input_ids: text,
+                                label: Some(label),
+                                labels: None,
+                            },
                         }
                     })
                     .collect();
-                let mut info: SplitInfo = write_split(
-                    out,
-                    name,
-                    Kind::Classification,
-                    opts.rows_per_shard,
-                    &examples,
-                )?;
+                let mut info: SplitInfo =
+                    write_split(out, name, kind, opts.rows_per_shard, &examples)?;
                 info.label_counts = counts;
                 manifest.splits.insert(name.to_owned(), info);
             }
@@ -319,6 +370,171 @@ pub fn build_alpaca(
     manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
     manifest.save(out)?;
     Ok(manifest)
+}
+
+/// What to do with a raw-text record whose response marker is not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissingMarker {
+    /// Fail, naming how many records and which.
+    Error,
+    /// Leave them out (counted in the manifest's `rejected`).
+    Skip,
+}
+
+/// How [`build_instruct`] reads and renders records.
+#[derive(Debug)]
+pub struct InstructOptions {
+    /// The template.
+    pub template: Template,
+    /// kiln's field name → the source's column.
+    pub columns: BTreeMap<String, String>,
+    /// Full or completion labels.
+    pub labels: Labels,
+    /// Raw text: the response marker and the optional instruction marker (as text; they are
+    /// tokenized on their own and searched for in each record's ids). `None`: the
+    /// template's own ([`Template::markers`]).
+    pub markers: Option<(String, Option<String>)>,
+    /// Records without the response marker.
+    pub on_missing_marker: OnMissingMarker,
+    /// BOS and EOS tokens to use instead of the tokenizer's (added when it lacks them).
+    pub bos: Option<String>,
+    /// See `bos`.
+    pub eos: Option<String>,
+}
+
+/// The rejection reason of records whose response marker was not found.
+pub const NO_RESPONSE_MARKER: &str = "no response marker";
+
+/// Builds a language-modelling dataset from instruction or chat records (see
+/// [`instruct`]) into `out`.
+///
+/// # Errors
+/// Reading and rendering errors naming the record, records without their response marker
+/// (unless skipped), split errors, writing failures.
+pub fn build_instruct(
+    source: &Path,
+    mut tok: Tok,
+    io: &InstructOptions,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    let mut added = tok.add_special_tokens(&opts.special_tokens);
+    added += tok.set_bos_eos(io.bos.as_deref(), io.eos.as_deref());
+    let eos = alpaca::eos(&tok)?;
+    let bos = tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
+    let rows = instruct::read_rows(source)?;
+    let mut manifest = manifest_base(Kind::Lm, &tok, added, source, opts)?;
+    manifest.rows_read = rows.len();
+    let markers = match io.markers.clone().or_else(|| io.template.markers(&bos)) {
+        Some((response, instruction)) => Some((
+            tok.encode(&response)?,
+            instruction.map(|i| tok.encode(&i)).transpose()?,
+        )),
+        None => None,
+    };
+    let mut kept = Vec::with_capacity(rows.len());
+    let mut missing: Vec<usize> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let at = |e: Error| Error::BadRecord {
+            path: source.to_owned(),
+            index,
+            message: e.to_string(),
+        };
+        let conversation = Conversation::of(row, &io.columns, source, index)?;
+        let rendered = instruct::render(&io.template, &conversation, &bos, &eos).map_err(at)?;
+        let t = match rendered {
+            Rendered::Segments(segments) => {
+                alpaca::tokenize(&tok, &segments, io.labels, opts.max_length)?
+            }
+            Rendered::Marked(text) => {
+                match marked(&tok, &text, markers.as_ref(), io.labels, opts.max_length)
+                    .map_err(at)?
+                {
+                    Some(t) => t,
+                    None => {
+                        missing.push(index);
+                        continue;
+                    }
+                }
+            }
+        };
+        if t.truncated {
+            manifest.truncated += 1;
+        }
+        kept.push(t);
+    }
+    if !missing.is_empty() {
+        if io.on_missing_marker == OnMissingMarker::Error {
+            let shown: Vec<String> = missing.iter().take(10).map(ToString::to_string).collect();
+            return Err(Error::Config(format!(
+                "{}: {} of {} records have no response marker in their token ids (records {}{}); set on_missing_marker: skip to leave them out",
+                source.display(),
+                missing.len(),
+                rows.len(),
+                shown.join(", "),
+                if missing.len() > 10 { ", …" } else { "" }
+            )));
+        }
+        manifest
+            .rejected
+            .insert(NO_RESPONSE_MARKER.to_owned(), missing.len());
+    }
+    for (name, part) in split_indices(kept.len(), opts.fractions, opts.seed)? {
+        let examples: Vec<Example> = part
+            .iter()
+            .map(|&i| Example {
+                input_ids: std::mem::take(&mut kept[i].input_ids),
+                label: None,
+                labels: Some(std::mem::take(&mut kept[i].labels)),
+            })
+            .collect();
+        manifest.splits.insert(
+            name.to_owned(),
+            write_split(out, name, Kind::Lm, opts.rows_per_shard, &examples)?,
+        );
+    }
+    manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
+    manifest.save(out)?;
+    Ok(manifest)
+}
+
+/// Tokenizes raw text and labels it by marker search; `None` when completion labels were
+/// asked for and the response marker is not there.
+fn marked(
+    tok: &Tok,
+    text: &str,
+    markers: Option<&(Vec<u32>, Option<Vec<u32>>)>,
+    labels: Labels,
+    max_length: Option<usize>,
+) -> Result<Option<alpaca::Tokenized>> {
+    let mut ids = tok.encode(text)?;
+    let mut out: Vec<i32> = match labels {
+        Labels::Full => ids
+            .iter()
+            .map(|&t| i32::try_from(t).unwrap_or(i32::MAX))
+            .collect(),
+        Labels::Completion => {
+            let (response, instruction) = markers.ok_or_else(|| {
+                Error::Config(
+                    "completion labels on raw text need a response_marker (and optionally an instruction_marker)".into(),
+                )
+            })?;
+            match crate::template::mask_by_markers(&ids, response, instruction.as_deref()) {
+                Ok(l) => l,
+                Err(_) => return Ok(None),
+            }
+        }
+    };
+    let truncated = max_length.is_some_and(|m| ids.len() > m);
+    if let Some(m) = max_length {
+        ids.truncate(m);
+        out.truncate(m);
+    }
+    Ok(Some(alpaca::Tokenized {
+        input_ids: ids,
+        labels: out,
+        truncated,
+    }))
 }
 
 #[cfg(test)]

@@ -349,7 +349,7 @@ fn check_records(
 }
 
 /// Reads a CSV (with header), JSONL or parquet file by extension.
-fn read_table(path: &Path) -> Result<DataFrame> {
+pub(crate) fn read_table(path: &Path) -> Result<DataFrame> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

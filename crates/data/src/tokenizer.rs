@@ -301,6 +301,22 @@ impl Tok {
         self.inner.add_special_tokens(&tokens)
     }
 
+    /// Names `bos` and/or `eos` as this tokenizer's BOS and EOS (kept with datasets made from
+    /// it), adding each as a special token when the vocabulary lacks it; returns how many
+    /// were new.
+    pub fn set_bos_eos(&mut self, bos: Option<&str>, eos: Option<&str>) -> usize {
+        let mut added = 0;
+        for (token, slot) in [(bos, &mut self.specials.bos), (eos, &mut self.specials.eos)] {
+            if let Some(t) = token {
+                if self.inner.token_to_id(t).is_none() {
+                    added += self.inner.add_special_tokens(&[AddedToken::from(t, true)]);
+                }
+                *slot = Some(t.to_owned());
+            }
+        }
+        added
+    }
+
     /// Number of entries, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

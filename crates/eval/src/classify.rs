@@ -31,11 +31,13 @@ pub struct SentimentReport {
 }
 
 /// Scores split `split` of the classification dataset in `dir`, `batch` rows at a time, rows
-/// cut to `max_length` tokens.
+/// cut to `max_length` tokens. With a `prompt` (token ids), the model reads each text
+/// followed by the prompt (the text cut to leave it room) and is scored after the prompt:
+/// a prompted teacher's accuracy, as `train.internalize`'s teacher reads.
 ///
 /// # Errors
-/// A dataset without a negative/positive label map, unreadable shards, or ids outside the
-/// model's vocabulary.
+/// A dataset without a negative/positive label map, unreadable shards, ids outside the
+/// model's vocabulary, or a prompt that leaves no room for text.
 pub fn evaluate<B: Backend, M: CausalLm<B>>(
     model: &M,
     dir: &std::path::Path,
@@ -43,7 +45,17 @@ pub fn evaluate<B: Backend, M: CausalLm<B>>(
     batch: usize,
     max_length: Option<usize>,
     pad: u32,
+    prompt: &[u32],
 ) -> Result<SentimentReport> {
+    let text_room = match max_length {
+        Some(m) if m <= prompt.len() => {
+            return Err(Error::Invalid(format!(
+                "the prompt's {} tokens leave no room for text in {m} positions",
+                prompt.len()
+            )));
+        }
+        other => other.map(|m| m - prompt.len()),
+    };
     let manifest = Manifest::load(dir)?;
     let (neg, pos) = match (
         manifest.label_map.get("negative"),
@@ -78,11 +90,17 @@ pub fn evaluate<B: Backend, M: CausalLm<B>>(
     let (mut correct, mut correct2, mut loss) = (0usize, 0usize, 0.0f64);
     for rows in ShardReader::open(dir, split, batch.max(1), None)? {
         let rows = rows?;
-        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.input_ids.clone()).collect();
-        report.truncated += ids
+        report.truncated += rows
             .iter()
-            .filter(|r| max_length.is_some_and(|m| r.len() > m))
+            .filter(|r| text_room.is_some_and(|m| r.input_ids.len() > m))
             .count();
+        let ids: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| {
+                let n = text_room.map_or(r.input_ids.len(), |m| m.min(r.input_ids.len()));
+                [&r.input_ids[..n], prompt].concat()
+            })
+            .collect();
         let b = collate::collate(&ids, pad, max_length);
         if let Some(bad) = b.inputs.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::Invalid(format!(

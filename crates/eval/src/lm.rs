@@ -162,6 +162,17 @@ impl<B: Backend> Lm<B> {
         Ok(score::label_trace(&self.model, &ids, neg, pos))
     }
 
+    /// The iterative-generation trace of `text` (see [`score::iterative`]): at every prefix
+    /// length, the greedy next token. The text is read as written (no BOS is added).
+    ///
+    /// # Errors
+    /// Empty or too long text.
+    pub fn iterate(&self, text: &str) -> Result<Vec<score::NextStep>> {
+        let ids = self.encode(text)?;
+        self.checked(&ids)?;
+        Ok(score::iterative(&self.model, &ids))
+    }
+
     /// Generates after `prompt` (stopping at the end-of-text token).
     ///
     /// # Errors

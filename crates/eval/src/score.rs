@@ -148,6 +148,50 @@ pub fn label_trace<B: Backend, M: CausalLm<B>>(
         .collect()
 }
 
+/// One step of an iterative-generation trace: after the first `position + 1` tokens, the
+/// greedy next token and the token the text actually has next.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct NextStep {
+    /// Index of the last token of the prefix.
+    pub position: usize,
+    /// That token.
+    pub token: u32,
+    /// The most probable next token (what greedy generation would write).
+    pub greedy: u32,
+    /// Its probability.
+    pub greedy_prob: f32,
+    /// The text's next token (none after the last).
+    pub next: Option<u32>,
+    /// The probability of the text's next token.
+    pub next_prob: Option<f32>,
+}
+
+/// At every prefix length of `ids`, the greedy next token (one causal forward pass: position
+/// `i`'s distribution is the model's given `ids[..=i]`), next to the text's own next token.
+pub fn iterative<B: Backend, M: CausalLm<B>>(model: &M, ids: &[u32]) -> Vec<NextStep> {
+    log_probs(model, ids)
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let (greedy, lp) =
+                row.iter()
+                    .enumerate()
+                    .fold((0usize, f32::NEG_INFINITY), |acc, (j, &v)| {
+                        if v > acc.1 { (j, v) } else { acc }
+                    });
+            let next = ids.get(i + 1).copied();
+            NextStep {
+                position: i,
+                token: ids[i],
+                greedy: greedy as u32,
+                greedy_prob: lp.exp(),
+                next,
+                next_prob: next.and_then(|n| row.get(n as usize)).map(|v| v.exp()),
+            }
+        })
+        .collect()
+}
+
 /// How far a student (text alone) is from its teacher (text + prompt) at the last position.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Gap {

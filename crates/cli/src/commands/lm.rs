@@ -35,6 +35,7 @@ pub fn run(command: &Command, json: bool) -> Result<()> {
         | Command::Nll { on, .. }
         | Command::Generate { on, .. }
         | Command::Trace { on, .. }
+        | Command::Iterate { on, .. }
         | Command::Sentiment { on, .. }
         | Command::Gap { on, .. } => on,
         _ => anyhow::bail!("not a measurement command"),
@@ -49,6 +50,7 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
         | Command::Nll { tok, .. }
         | Command::Generate { tok, .. }
         | Command::Trace { tok, .. }
+        | Command::Iterate { tok, .. }
         | Command::Gap { tok, .. } => tok.add_prefix_space,
         _ => None,
     };
@@ -95,9 +97,19 @@ fn measure<B: Backend>(command: &Command, json: bool, device: &B::Device) -> Res
             plot,
             ..
         } => trace(&load(model)?, text, labels, *format, plot.as_deref()),
+        Command::Iterate {
+            model,
+            text,
+            format,
+            ..
+        } => iterate(&load(model)?, text, *format),
         Command::Sentiment {
-            model, data, split, ..
-        } => sentiment::<B>(model, data, split, json, device),
+            model,
+            data,
+            split,
+            prompt,
+            ..
+        } => sentiment::<B>(model, data, split, prompt.as_deref(), json, device),
         Command::Gap {
             model,
             teacher,
@@ -243,17 +255,58 @@ fn trace<B: Backend>(
     crate::output::print(&table, format)
 }
 
+fn iterate<B: Backend>(lm: &Lm<B>, text: &str, format: TableFormat) -> Result<()> {
+    let steps = lm.iterate(text)?;
+    // Special tokens (</s>) decode to nothing: show their vocabulary entry.
+    let shown = |id: u32| match lm.tok.decode(&[id]) {
+        Ok(s) if !s.is_empty() => s,
+        _ => lm.tok.id_token(id).unwrap_or_else(|| format!("<{id}>")),
+    };
+    let table = QueryResult {
+        columns: vec![
+            "position".into(),
+            "token".into(),
+            "greedy next".into(),
+            "p".into(),
+            "text's next".into(),
+            "p(text's next)".into(),
+        ],
+        rows: steps
+            .iter()
+            .map(|s| {
+                vec![
+                    Cell::Int(s.position as i64),
+                    Cell::Text(shown(s.token)),
+                    Cell::Text(shown(s.greedy)),
+                    Cell::Real(f64::from(s.greedy_prob)),
+                    s.next.map_or(Cell::Null, |n| Cell::Text(shown(n))),
+                    s.next_prob.map_or(Cell::Null, |p| Cell::Real(f64::from(p))),
+                ]
+            })
+            .collect(),
+    };
+    crate::output::print(&table, format)
+}
+
 fn sentiment<B: Backend>(
     model: &Path,
     data: &Path,
     split: &str,
+    prompt: Option<&str>,
     json: bool,
     device: &B::Device,
 ) -> Result<()> {
     let m = kiln_model::load::<B>(model, device)
         .with_context(|| format!("loading the model {}", model.display()))?;
     let pad = kiln_model::config_token_id(model, "eos_token_id").unwrap_or(0);
-    let report = kiln_eval::classify::evaluate(&m, data, split, 32, m.max_positions(), pad)?;
+    let prompt = match prompt {
+        Some(p) => kiln_data::tokenizer::Tok::load(data)
+            .with_context(|| format!("loading the dataset's tokenizer from {}", data.display()))?
+            .encode(p)?,
+        None => Vec::new(),
+    };
+    let report =
+        kiln_eval::classify::evaluate(&m, data, split, 32, m.max_positions(), pad, &prompt)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -108,6 +108,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
         | Command::Nll { .. }
         | Command::Generate { .. }
         | Command::Trace { .. }
+        | Command::Iterate { .. }
         | Command::Sentiment { .. }
         | Command::Gap { .. } => lm::run(&cli.command, cli.json),
         Command::Tokenize {

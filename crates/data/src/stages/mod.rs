@@ -1,6 +1,7 @@
 //! The data crate's stage kinds. One file per kind; one line each in [`register`].
 
 mod alpaca;
+mod instruct;
 mod sentiment140;
 mod tokenizer;
 
@@ -11,6 +12,7 @@ use kiln_core::{ParamSpec, ParamType, Registry, StageContext};
 use crate::dataset::{BuildOptions, Fractions};
 
 pub use alpaca::Alpaca;
+pub use instruct::Instruct;
 pub use sentiment140::Sentiment140;
 pub use tokenizer::TokenizerStage;
 
@@ -19,6 +21,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(TokenizerStage);
     registry.add(Sentiment140);
     registry.add(Alpaca);
+    registry.add(Instruct);
 }
 
 /// A path-like param: a declared input of that name (content-hashed by the engine) wins over

@@ -1,10 +1,13 @@
-//! `data.sentiment140`: labelled tweets into a tokenized, split classification dataset.
+//! `data.sentiment140`: labelled tweets into a tokenized, split classification dataset, or
+//! (with `template`) into a language-modelling dataset of the same rows and splits that
+//! teaches a model the prompted task (`"{text} I feel{label}"`).
 
 use std::collections::BTreeMap;
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 
-use crate::dataset;
+use crate::dataset::{self, AsLm};
+use crate::prompted::{PromptTemplate, Trained};
 use crate::sentiment::{Encoding, Layout, OnBadRow, Polarity, ReadOptions};
 use crate::tokenizer::Tok;
 
@@ -102,6 +105,17 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::List,
         "tokens to add to the tokenizer (default none)",
     ),
+    ParamSpec::optional(
+        "template",
+        ParamType::String,
+        "write a language-modelling dataset instead: each row rendered as e.g. \"{text} I feel{label}\" (the label token after the prompt), same rows and splits",
+    ),
+    ParamSpec::optional(
+        "template_labels",
+        ParamType::String,
+        "with template: full (default: every token trained) or label (the label token only)",
+    )
+    .one_of(&["full", "label"]),
     super::ADD_PREFIX_SPACE,
 ];
 
@@ -131,6 +145,18 @@ impl Stage for Sentiment140 {
                     problems.push((key.to_owned(), "the table layout needs it".to_owned()));
                 }
             }
+        }
+        match params.get("template").and_then(|v| v.as_str()) {
+            Some(t) => {
+                if let Err(e) = PromptTemplate::parse(t) {
+                    problems.push(("template".to_owned(), e.to_string()));
+                }
+            }
+            None if params.contains_key("template_labels") => problems.push((
+                "template_labels".to_owned(),
+                "only applies with a template".to_owned(),
+            )),
+            None => {}
         }
         if let Some(labels) = params.get("labels").and_then(|v| v.as_object()) {
             for key in labels.keys() {
@@ -213,8 +239,19 @@ impl Stage for Sentiment140 {
             "read the source and loaded the tokenizer in {:.0?}",
             started.elapsed()
         ));
+        let template = ctx
+            .p()
+            .string("template")?
+            .map(|t| PromptTemplate::parse(&t))
+            .transpose()?;
+        let trained = if ctx.p().string("template_labels")?.as_deref() == Some("label") {
+            Trained::Label
+        } else {
+            Trained::Full
+        };
+        let lm = template.as_ref().map(|template| AsLm { template, trained });
         let manifest =
-            dataset::build_sentiment_rows(&source, rows?, tok, &labels, &opts, &ctx.out_dir)?;
+            dataset::build_sentiment_as(&source, rows?, tok, &labels, lm, &opts, &ctx.out_dir)?;
         ctx.log(&format!("built the dataset in {:.0?}", started.elapsed()));
         record(ctx, &manifest);
         Ok(())

@@ -1,11 +1,15 @@
-//! `eval.generate`: answers for a held-out instruction file (Alpaca format), generated with the
-//! training template's prompt: `generations.jsonl` (instruction, input, reference, response)
-//! and, over the records whose reference answer is short (≤ 8 words), exact-match and
-//! contains rates (case-insensitive, whitespace-trimmed).
+//! `eval.generate`: answers for held-out instruction or chat records, generated after the
+//! prompt the training template writes (`template`, as `data.instruct` takes it; default
+//! `alpaca`): `generations.jsonl` (instruction, input, reference, response, prompt) and, over
+//! the records whose reference answer is short (≤ 8 words), exact-match and contains rates
+//! (case-insensitive, whitespace-trimmed). A conversation's reference is its last answer.
+
+use std::collections::BTreeMap;
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
-use kiln_data::alpaca::{self, Record};
+use kiln_data::instruct::{self, Conversation, Template};
 use kiln_model::burn::tensor::backend::Backend;
+use serde_json::Value;
 
 use super::path;
 use crate::Lm;
@@ -24,7 +28,17 @@ const PARAMS: &[ParamSpec] = &[
     ParamSpec::required(
         "source",
         ParamType::Path,
-        "Alpaca-format records (JSON list or JSONL)",
+        "held-out records (.json, .jsonl, .csv, .parquet) as data.instruct reads them",
+    ),
+    ParamSpec::optional(
+        "template",
+        ParamType::Any,
+        "the training template (data.instruct's): alpaca (default), human-assistant, chatml, chat_template (the model directory's), or a custom one",
+    ),
+    ParamSpec::optional(
+        "columns",
+        ParamType::Map,
+        "kiln's name (instruction, input, output, system, turns) -> the source's column",
     ),
     ParamSpec::optional(
         "max_new_tokens",
@@ -62,7 +76,8 @@ impl Stage for EvalGenerate {
     }
     fn version(&self) -> u32 {
         // 2: accurate softmax row sums (f64 accumulation). 3: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
-        3
+        // 4: templates; conversations answered (their last answer is the reference); the prompt kept.
+        4
     }
     fn doc(&self) -> &'static str {
         "answers for held-out instructions: generations.jsonl, exact-match and contains rates"
@@ -82,7 +97,18 @@ impl super::OnDevice for EvalGenerate {
             device,
             ctx.p().bool("add_prefix_space")?,
         )?;
-        let records = alpaca::read(&path(ctx, "source")?)?;
+        let model_dir = path(ctx, "model")?;
+        let template_value = ctx
+            .params
+            .get("template")
+            .cloned()
+            .unwrap_or_else(|| Value::String("alpaca".into()));
+        let template = Template::parse(&template_value, Some(&model_dir))?;
+        let columns: BTreeMap<String, String> = ctx.p().string_map("columns")?.unwrap_or_default();
+        let source = path(ctx, "source")?;
+        let rows = instruct::read_rows(&source)?;
+        let eos = kiln_data::alpaca::eos(&lm.tok)?;
+        let bos = lm.tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
         let opts = GenerateOptions {
             max_new_tokens: ctx.p().count("max_new_tokens")?.unwrap_or(64),
             temperature: ctx.p().f64("temperature")?.unwrap_or(0.0),
@@ -92,40 +118,42 @@ impl super::OnDevice for EvalGenerate {
             kv_cache: true,
         };
         let limit = ctx.p().count("limit")?.unwrap_or(usize::MAX);
+        let mut asks = Vec::new();
+        for (index, row) in rows.iter().enumerate().take(limit) {
+            let c = Conversation::of(row, &columns, &source, index)?;
+            let (prompt, reference) = instruct::prompt_and_reference(&template, &c, &bos, &eos)
+                .map_err(|e| format!("{}: record {index}: {e}", source.display()))?;
+            let field = |k: &str| match &c {
+                Conversation::Fields(f) => f.get(k).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            asks.push((
+                index,
+                field("instruction"),
+                field("input"),
+                prompt,
+                reference,
+            ));
+        }
         let mut lines = String::new();
         let (mut scored, mut exact, mut contains, mut done) = (0usize, 0usize, 0usize, 0usize);
-        // Multi-turn records have no single reference answer: only single ones are answered.
-        let singles: Vec<(usize, &str, &str, &str)> = records
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| match r {
-                Record::Single {
-                    instruction,
-                    input,
-                    output,
-                } => Some((i, instruction.as_str(), input.as_str(), output.as_str())),
-                Record::Multi(_) => None,
-            })
-            .take(limit)
-            .collect();
-        let total = singles.len();
-        for (index, instruction, input, output) in singles {
+        let total = asks.len();
+        for (index, instruction, input, prompt, output) in asks {
             if ctx.cancel.is_cancelled() {
                 return Err("interrupted".into());
             }
-            let prompt = alpaca::prompt(instruction, input);
             let (_, response) = lm
                 .generate(&prompt, &opts)
                 .map_err(|e| format!("record {index}: {e}"))?;
             let response = response.trim().to_owned();
-            if short(output) {
+            if short(&output) {
                 scored += 1;
                 let (r, o) = (response.to_lowercase(), output.trim().to_lowercase());
                 exact += usize::from(r == o);
                 contains += usize::from(!o.is_empty() && r.contains(&o));
             }
             lines.push_str(&serde_json::to_string(&serde_json::json!({
-                "instruction": instruction, "input": input, "reference": output, "response": response,
+                "instruction": instruction, "input": input, "reference": output, "response": response, "prompt": prompt,
             }))?);
             lines.push('\n');
             done += 1;

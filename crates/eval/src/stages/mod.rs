@@ -4,6 +4,7 @@
 
 mod gap;
 mod generate;
+mod iterate;
 mod score;
 mod sentiment;
 mod trace;
@@ -16,6 +17,7 @@ use kiln_model::device::{self, Device, InferJob, Precision};
 
 pub use gap::EvalGap;
 pub use generate::EvalGenerate;
+pub use iterate::EvalIterate;
 pub use score::EvalScore;
 pub use sentiment::EvalSentiment;
 pub use trace::EvalTrace;
@@ -27,6 +29,7 @@ pub fn register(registry: &mut Registry) {
     registry.add(EvalGap);
     registry.add(EvalScore);
     registry.add(EvalGenerate);
+    registry.add(EvalIterate);
 }
 
 /// The `device` param every eval kind takes.
@@ -70,7 +73,12 @@ fn on_device<K: OnDevice>(ctx: &mut StageContext, kind: K) -> StageResult {
 }
 
 /// A required path param, relative to the project root.
+/// A path param: a declared input of that name (content-hashed by the engine) wins over
+/// `with.<name>`.
 fn path(ctx: &StageContext, key: &str) -> Result<PathBuf, StageError> {
+    if let Some(input) = ctx.inputs.get(key) {
+        return Ok(input.clone());
+    }
     let p = ctx.p();
     Ok(p.require(key, p.path(key))?)
 }

@@ -1,7 +1,8 @@
 //! `eval.sentiment`: accuracy (argmax over the vocabulary is the label token), two-way
 //! accuracy, label loss and confusion matrix of a model on a classification dataset split.
 //! To score a labelled file (e.g. sentiment140's official test set), make it a dataset with
-//! `data.sentiment140` (`val: 0`, `test: 0`) and evaluate its `train` split.
+//! `data.sentiment140` (`val: 0`, `test: 0`) and evaluate its `train` split. With `prompt`,
+//! the model reads each text followed by the prompt, as `train.internalize`'s teacher does.
 
 use kiln_core::{ParamSpec, ParamType, Stage, StageContext, StageResult};
 use kiln_model::burn::tensor::backend::Backend;
@@ -23,6 +24,11 @@ const PARAMS: &[ParamSpec] = &[
         "cut rows to N tokens, counted as rows_truncated (default: the model's context; more is an error)",
     )
     .at_least(1),
+    ParamSpec::optional(
+        "prompt",
+        ParamType::String,
+        "text the model reads after each row before it is scored, e.g. \" I feel\": a prompted teacher's accuracy (default: none)",
+    ),
     super::DEVICE,
     super::PRECISION,
 ];
@@ -54,13 +60,20 @@ impl super::OnDevice for EvalSentiment {
         let limit = kiln_model::CausalLm::max_positions(&model);
         let data = path(ctx, "data")?;
         let split = ctx.param_str("split").unwrap_or_else(|| "val".into());
+        let tok = kiln_data::tokenizer::Tok::load(&data)?;
         let pad = kiln_model::config_token_id(&dir, "eos_token_id")
-            .or_else(|| {
-                kiln_data::tokenizer::Tok::load(&data)
-                    .ok()
-                    .and_then(|t| t.eos_id())
-            })
+            .or_else(|| tok.eos_id())
             .unwrap_or(0);
+        let prompt = match ctx.param_str("prompt") {
+            Some(p) => {
+                let ids = tok.encode(&p)?;
+                if ids.is_empty() {
+                    return Err("with.prompt: encodes to no tokens".into());
+                }
+                ids
+            }
+            None => Vec::new(),
+        };
         let max_length = match (ctx.p().count("max_length")?, limit) {
             (Some(m), Some(n)) if m > n => {
                 return Err(format!(
@@ -78,6 +91,7 @@ impl super::OnDevice for EvalSentiment {
             ctx.p().count("batch_size")?.unwrap_or(32),
             max_length,
             pad,
+            &prompt,
         )?;
         for (name, value) in [
             ("accuracy", report.accuracy),

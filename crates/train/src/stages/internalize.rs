@@ -52,7 +52,8 @@ impl Stage for TrainInternalize {
         // rows_truncated recorded. 3: the loss in f64 and accurate softmax row sums.
         // 4: an embedding grown for added tokens is trained (before, it never moved).
         // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
-        5
+        // 6: the model keeps its data's special-token files (special_tokens_map.json).
+        6
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"

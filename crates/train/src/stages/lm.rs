@@ -21,7 +21,8 @@ impl Stage for TrainLm {
         // rows_truncated recorded. 3: accurate softmax row sums (attention, cross-entropy).
         // 4: an embedding grown for added tokens is trained (before, it never moved).
         // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
-        5
+        // 6: the model keeps its data's special-token files (special_tokens_map.json).
+        6
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"

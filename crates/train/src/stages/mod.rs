@@ -328,15 +328,26 @@ impl Observer for StageObserver<'_> {
     }
 }
 
-/// Copies a dataset's or model's `tokenizer.json` into `model_dir`, when there is one.
+/// Copies a dataset's or model's `tokenizer.json` into `model_dir`, when there is one, with
+/// the files beside it that name its special tokens and chat template (so a trained model
+/// keeps the BOS/EOS its data was rendered with).
 pub(crate) fn copy_tokenizer(from_dirs: &[&Path], model_dir: &Path) -> Result<(), StageError> {
     for dir in from_dirs {
-        let t = dir.join("tokenizer.json");
-        if t.is_file() {
-            std::fs::copy(&t, model_dir.join("tokenizer.json"))
-                .map_err(|e| format!("cannot copy {}: {e}", t.display()))?;
-            return Ok(());
+        if !dir.join("tokenizer.json").is_file() {
+            continue;
         }
+        for name in [
+            "tokenizer.json",
+            kiln_data::specials::FILES[0],
+            kiln_data::specials::FILES[1],
+        ] {
+            let t = dir.join(name);
+            if t.is_file() {
+                std::fs::copy(&t, model_dir.join(name))
+                    .map_err(|e| format!("cannot copy {}: {e}", t.display()))?;
+            }
+        }
+        return Ok(());
     }
     Ok(())
 }
