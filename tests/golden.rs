@@ -31,6 +31,9 @@ stages:
   alpaca:
     uses: data.alpaca
     with: {source: alpaca.json, tokenizer: "${stages.tok.dir}", val: 0.2, seed: 3, max_length: 256}
+  instruct:
+    uses: data.instruct
+    with: {source: alpaca.json, tokenizer: "${stages.tok.dir}", template: human-assistant, val: 0.2, seed: 3, max_length: 256}
   init:
     uses: model.init
     with: {tokenizer: "${stages.tweets.dir}", n_positions: 512, n_embd: 16, n_layer: 1, n_head: 2, seed: 5}
@@ -61,6 +64,9 @@ stages:
   generate:
     uses: eval.generate
     with: {model: "${stages.sft.dir}/model", source: alpaca.json, max_new_tokens: 4, limit: 3}
+  iterate:
+    uses: eval.iterate
+    with: {model: "${stages.sft.dir}/model", texts: ["the day was good"]}
 "#;
 
 /// Artifacts compared by exact content; every other file is left to the metrics and the
@@ -69,6 +75,7 @@ fn exact(path: &str) -> bool {
     path.ends_with(".arrow")
         || path.ends_with("tokenizer.json")
         || path.ends_with("generations.jsonl")
+        || path.ends_with("iterative.jsonl")
         || path.ends_with("scores.csv")
         || path.ends_with(".csv") && path.contains("trace-")
 }
@@ -212,7 +219,7 @@ fn every_numeric_kind_matches_its_golden_or_bumped_its_version() {
         }
     }
     let kinds: Vec<&String> = by_kind.keys().collect();
-    assert_eq!(kinds.len(), 12, "every numeric kind ran: {kinds:?}");
+    assert_eq!(kinds.len(), 14, "every numeric kind ran: {kinds:?}");
     let mut failures = Vec::new();
     for (kind, (version, fingerprints, values)) in &by_kind {
         let path = golden_dir().join(format!("{kind}.json"));

@@ -9,6 +9,7 @@ mod eval;
 mod executor;
 mod gc;
 mod golden;
+mod instruct;
 mod model;
 mod robust;
 mod store;

@@ -325,7 +325,9 @@ impl Template {
                             "template chat_template needs the tokenizer's directory".into(),
                         )
                     })?;
-                    Ok(Self::Chat(Box::new(ChatTemplate::from_tokenizer_config(at)?)))
+                    Ok(Self::Chat(Box::new(ChatTemplate::from_tokenizer_config(
+                        at,
+                    )?)))
                 }
                 other => Err(Error::Config(format!(
                     "template {other:?} is not one of {} (or a custom template: a map with segments and/or turns)",
