@@ -15,6 +15,7 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind, Value, context};
 
 use crate::alpaca::Segment;
 use crate::error::{Error, Result, io};
+use crate::template::push;
 
 /// One message, with Hugging Face's role names (`system`, `user`, `assistant`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -176,19 +177,6 @@ impl ChatTemplate {
             "{}: the chat template does not render the conversation before turn {turn} as a prefix of the whole, so its answers cannot be located for masking (use labels: full or another template)",
             self.origin
         ))
-    }
-}
-
-fn push(out: &mut Vec<Segment>, text: &str, trained: bool) {
-    if text.is_empty() {
-        return;
-    }
-    match out.last_mut() {
-        Some(last) if last.trained == trained => last.text.push_str(text),
-        _ => out.push(Segment {
-            text: text.to_owned(),
-            trained,
-        }),
     }
 }
 

@@ -350,16 +350,24 @@ pub fn build_alpaca(
         }
         rows.push(t);
     }
+    finish_lm(rows, &tok, manifest, opts, out)
+}
+
+/// Splits tokenized LM rows, writes their shards, the tokenizer and the manifest.
+fn finish_lm(
+    mut rows: Vec<alpaca::Tokenized>,
+    tok: &Tok,
+    mut manifest: Manifest,
+    opts: &BuildOptions,
+    out: &Path,
+) -> Result<Manifest> {
     for (name, part) in split_indices(rows.len(), opts.fractions, opts.seed)? {
         let examples: Vec<Example> = part
             .iter()
-            .map(|&i| {
-                let t = &mut rows[i];
-                Example {
-                    input_ids: std::mem::take(&mut t.input_ids),
-                    label: None,
-                    labels: Some(std::mem::take(&mut t.labels)),
-                }
+            .map(|&i| Example {
+                input_ids: std::mem::take(&mut rows[i].input_ids),
+                label: None,
+                labels: Some(std::mem::take(&mut rows[i].labels)),
             })
             .collect();
         manifest.splits.insert(
@@ -390,9 +398,10 @@ pub struct InstructOptions {
     pub columns: BTreeMap<String, String>,
     /// Full or completion labels.
     pub labels: Labels,
-    /// Raw text: the response marker and the optional instruction marker (as text; they are
-    /// tokenized on their own and searched for in each record's ids). `None`: the
-    /// template's own ([`Template::markers`]).
+    /// Raw text: the response marker and the optional instruction marker (as text, where
+    /// `{bos}` and `{eos}` stand for the tokens records are rendered with; they are tokenized
+    /// on their own and searched for in each record's ids). `None`: the template's own
+    /// ([`Template::markers`]).
     pub markers: Option<(String, Option<String>)>,
     /// Records without the response marker.
     pub on_missing_marker: OnMissingMarker,
@@ -420,15 +429,15 @@ pub fn build_instruct(
 ) -> Result<Manifest> {
     let mut added = tok.add_special_tokens(&opts.special_tokens);
     added += tok.set_bos_eos(io.bos.as_deref(), io.eos.as_deref());
-    let eos = alpaca::eos(&tok)?;
-    let bos = tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
+    let (bos, eos) = instruct::bos_eos(&tok)?;
     let rows = instruct::read_rows(source)?;
     let mut manifest = manifest_base(Kind::Lm, &tok, added, source, opts)?;
     manifest.rows_read = rows.len();
+    let fill = |m: &str| tok.encode(&m.replace("{bos}", &bos).replace("{eos}", &eos));
     let markers = match io.markers.clone().or_else(|| io.template.markers(&bos)) {
         Some((response, instruction)) => Some((
-            tok.encode(&response)?,
-            instruction.map(|i| tok.encode(&i)).transpose()?,
+            fill(&response)?,
+            instruction.as_deref().map(fill).transpose()?,
         )),
         None => None,
     };
@@ -479,23 +488,7 @@ pub fn build_instruct(
             .rejected
             .insert(NO_RESPONSE_MARKER.to_owned(), missing.len());
     }
-    for (name, part) in split_indices(kept.len(), opts.fractions, opts.seed)? {
-        let examples: Vec<Example> = part
-            .iter()
-            .map(|&i| Example {
-                input_ids: std::mem::take(&mut kept[i].input_ids),
-                label: None,
-                labels: Some(std::mem::take(&mut kept[i].labels)),
-            })
-            .collect();
-        manifest.splits.insert(
-            name.to_owned(),
-            write_split(out, name, Kind::Lm, opts.rows_per_shard, &examples)?,
-        );
-    }
-    manifest.tokenizer_hash = tok.save(&out.join("tokenizer.json"))?;
-    manifest.save(out)?;
-    Ok(manifest)
+    finish_lm(kept, &tok, manifest, opts, out)
 }
 
 /// Tokenizes raw text and labels it by marker search; `None` when completion labels were

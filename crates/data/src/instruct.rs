@@ -365,6 +365,17 @@ impl Template {
     }
 }
 
+/// The BOS and EOS text records are rendered with: the tokenizer's configured tokens (BOS
+/// falling back to EOS, as GPT-2 uses `<|endoftext|>` for both).
+///
+/// # Errors
+/// A tokenizer that names no EOS and has no `<|endoftext|>`.
+pub fn bos_eos(tok: &crate::tokenizer::Tok) -> Result<(String, String)> {
+    let eos = alpaca::eos(tok)?;
+    let bos = tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
+    Ok((bos, eos))
+}
+
 /// A record rendered: segments (labels by character span) or raw text with markers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rendered {

@@ -66,8 +66,12 @@ pub fn chatml(turns: &[Turn]) -> Vec<Segment> {
     out
 }
 
-/// Appends `text`, merged into the last segment when that one is trained alike.
-fn push(out: &mut Vec<Segment>, text: &str, trained: bool) {
+/// Appends `text` (nothing when empty), merged into the last segment when that one is
+/// trained alike.
+pub(crate) fn push(out: &mut Vec<Segment>, text: &str, trained: bool) {
+    if text.is_empty() {
+        return;
+    }
     match out.last_mut() {
         Some(last) if last.trained == trained => last.text.push_str(text),
         _ => out.push(Segment {

@@ -257,11 +257,6 @@ fn trace<B: Backend>(
 
 fn iterate<B: Backend>(lm: &Lm<B>, text: &str, format: TableFormat) -> Result<()> {
     let steps = lm.iterate(text)?;
-    // Special tokens (</s>) decode to nothing: show their vocabulary entry.
-    let shown = |id: u32| match lm.tok.decode(&[id]) {
-        Ok(s) if !s.is_empty() => s,
-        _ => lm.tok.id_token(id).unwrap_or_else(|| format!("<{id}>")),
-    };
     let table = QueryResult {
         columns: vec![
             "position".into(),
@@ -276,10 +271,10 @@ fn iterate<B: Backend>(lm: &Lm<B>, text: &str, format: TableFormat) -> Result<()
             .map(|s| {
                 vec![
                     Cell::Int(s.position as i64),
-                    Cell::Text(shown(s.token)),
-                    Cell::Text(shown(s.greedy)),
+                    Cell::Text(lm.token_text(s.token)),
+                    Cell::Text(lm.token_text(s.greedy)),
                     Cell::Real(f64::from(s.greedy_prob)),
-                    s.next.map_or(Cell::Null, |n| Cell::Text(shown(n))),
+                    s.next.map_or(Cell::Null, |n| Cell::Text(lm.token_text(n))),
                     s.next_prob.map_or(Cell::Null, |p| Cell::Real(f64::from(p))),
                 ]
             })

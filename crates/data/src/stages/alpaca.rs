@@ -17,11 +17,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Path,
         "JSON list or JSONL: path, URL or hf:// file (or declare inputs.source)",
     ),
-    ParamSpec::optional(
-        "source_blake3",
-        ParamType::String,
-        "expected blake3 of a downloaded source",
-    ),
+    super::SOURCE_BLAKE3,
     ParamSpec::optional(
         "tokenizer",
         ParamType::Path,
@@ -44,25 +40,11 @@ const PARAMS: &[ParamSpec] = &[
         "cut records to this many tokens (default 1024)",
     )
     .at_least(1),
-    ParamSpec::optional(
-        "val",
-        ParamType::Float,
-        "validation fraction (default 0.05)",
-    )
-    .range_open(0.0, 1.0),
+    super::VAL,
     ParamSpec::optional("test", ParamType::Float, "test fraction (default 0)").range_open(0.0, 1.0),
-    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0),
-    ParamSpec::optional(
-        "shard_rows",
-        ParamType::Int,
-        "rows per shard (default 10000)",
-    )
-    .at_least(1),
-    ParamSpec::optional(
-        "special_tokens",
-        ParamType::List,
-        "more tokens to add to the tokenizer (default none)",
-    ),
+    super::SEED,
+    super::SHARD_ROWS,
+    super::SPECIAL_TOKENS,
     super::ADD_PREFIX_SPACE,
 ];
 

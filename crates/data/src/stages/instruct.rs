@@ -20,11 +20,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Path,
         "records: .json list, .jsonl, .csv/.tsv or .parquet (path, URL or hf:// file; or declare inputs.source)",
     ),
-    ParamSpec::optional(
-        "source_blake3",
-        ParamType::String,
-        "expected blake3 of a downloaded source",
-    ),
+    super::SOURCE_BLAKE3,
     ParamSpec::optional(
         "tokenizer",
         ParamType::Path,
@@ -78,25 +74,11 @@ const PARAMS: &[ParamSpec] = &[
         "cut records to this many tokens, counted (default 1024)",
     )
     .at_least(1),
-    ParamSpec::optional(
-        "val",
-        ParamType::Float,
-        "validation fraction (default 0.05)",
-    )
-    .range_open(0.0, 1.0),
+    super::VAL,
     ParamSpec::optional("test", ParamType::Float, "test fraction (default 0)").range_open(0.0, 1.0),
-    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0),
-    ParamSpec::optional(
-        "shard_rows",
-        ParamType::Int,
-        "rows per shard (default 10000)",
-    )
-    .at_least(1),
-    ParamSpec::optional(
-        "special_tokens",
-        ParamType::List,
-        "more tokens to add to the tokenizer (default none)",
-    ),
+    super::SEED,
+    super::SHARD_ROWS,
+    super::SPECIAL_TOKENS,
     super::ADD_PREFIX_SPACE,
 ];
 
@@ -167,25 +149,10 @@ impl Stage for Instruct {
                 .unwrap_or_default()
         };
         let template = Template::parse(&template_value, Some(&config_dir))?;
-        let bos_token = p.string("bos_token")?;
-        let eos_token = p.string("eos_token")?;
-        // Marker text may name the BOS/EOS the records are rendered with.
-        let fill = |m: String| -> String {
-            let bos = bos_token
-                .clone()
-                .or_else(|| tok.specials().bos.clone())
-                .or_else(|| tok.eos_token().map(str::to_owned))
-                .unwrap_or_default();
-            let eos = eos_token
-                .clone()
-                .or_else(|| tok.eos_token().map(str::to_owned))
-                .unwrap_or_default();
-            m.replace("{bos}", &bos).replace("{eos}", &eos)
-        };
         let markers = p
             .string("response_marker")?
             .map(|r| -> Result<_, kiln_core::ParamError> {
-                Ok((fill(r), p.string("instruction_marker")?.map(fill)))
+                Ok((r, p.string("instruction_marker")?))
             })
             .transpose()?;
         let io = InstructOptions {
@@ -202,8 +169,8 @@ impl Stage for Instruct {
             } else {
                 OnMissingMarker::Error
             },
-            bos: bos_token,
-            eos: eos_token,
+            bos: p.string("bos_token")?,
+            eos: p.string("eos_token")?,
         };
         let manifest = dataset::build_instruct(&source, tok, &io, &opts, &ctx.out_dir)?;
         super::sentiment140::record(ctx, &manifest);

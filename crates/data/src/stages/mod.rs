@@ -67,6 +67,37 @@ fn source_and_options(
     Ok((source, opts))
 }
 
+/// The params [`source_and_options`] reads that every dataset kind shares (their defaults are
+/// its defaults); `source`, `test` and `max_length` differ by kind and are each kind's own.
+pub const SOURCE_BLAKE3: ParamSpec = ParamSpec::optional(
+    "source_blake3",
+    ParamType::String,
+    "expected blake3 of a downloaded source",
+);
+/// See [`SOURCE_BLAKE3`].
+pub const VAL: ParamSpec = ParamSpec::optional(
+    "val",
+    ParamType::Float,
+    "validation fraction (default 0.05)",
+)
+.range_open(0.0, 1.0);
+/// See [`SOURCE_BLAKE3`].
+pub const SEED: ParamSpec =
+    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0);
+/// See [`SOURCE_BLAKE3`].
+pub const SHARD_ROWS: ParamSpec = ParamSpec::optional(
+    "shard_rows",
+    ParamType::Int,
+    "rows per shard (default 10000)",
+)
+.at_least(1);
+/// See [`SOURCE_BLAKE3`].
+pub const SPECIAL_TOKENS: ParamSpec = ParamSpec::optional(
+    "special_tokens",
+    ParamType::List,
+    "tokens to add to the tokenizer as special tokens (default none)",
+);
+
 /// The `add_prefix_space` param every stage that loads a tokenizer takes.
 pub const ADD_PREFIX_SPACE: ParamSpec = ParamSpec::optional(
     "add_prefix_space",

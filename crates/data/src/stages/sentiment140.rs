@@ -21,11 +21,7 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Path,
         "path, http(s):// URL or hf://OWNER/NAME/FILE (or declare inputs.source)",
     ),
-    ParamSpec::optional(
-        "source_blake3",
-        ParamType::String,
-        "expected blake3 of a downloaded source",
-    ),
+    super::SOURCE_BLAKE3,
     ParamSpec::optional(
         "tokenizer",
         ParamType::Path,
@@ -79,32 +75,18 @@ const PARAMS: &[ParamSpec] = &[
         ParamType::Map,
         "polarity -> label token (default negative: bad, positive: good)",
     ),
-    ParamSpec::optional(
-        "val",
-        ParamType::Float,
-        "validation fraction (default 0.05)",
-    )
-    .range_open(0.0, 1.0),
+    super::VAL,
     ParamSpec::optional("test", ParamType::Float, "test fraction (default 0.05)")
         .range_open(0.0, 1.0),
-    ParamSpec::optional("seed", ParamType::Int, "split seed (default 0)").at_least(0),
-    ParamSpec::optional(
-        "shard_rows",
-        ParamType::Int,
-        "rows per shard (default 10000)",
-    )
-    .at_least(1),
+    super::SEED,
+    super::SHARD_ROWS,
     ParamSpec::optional(
         "max_length",
         ParamType::Int,
         "cut texts to this many tokens (default: no cut)",
     )
     .at_least(1),
-    ParamSpec::optional(
-        "special_tokens",
-        ParamType::List,
-        "tokens to add to the tokenizer (default none)",
-    ),
+    super::SPECIAL_TOKENS,
     ParamSpec::optional(
         "template",
         ParamType::String,

@@ -107,8 +107,7 @@ impl super::OnDevice for EvalGenerate {
         let columns: BTreeMap<String, String> = ctx.p().string_map("columns")?.unwrap_or_default();
         let source = path(ctx, "source")?;
         let rows = instruct::read_rows(&source)?;
-        let eos = kiln_data::alpaca::eos(&lm.tok)?;
-        let bos = lm.tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
+        let (bos, eos) = instruct::bos_eos(&lm.tok)?;
         let opts = GenerateOptions {
             max_new_tokens: ctx.p().count("max_new_tokens")?.unwrap_or(64),
             temperature: ctx.p().f64("temperature")?.unwrap_or(0.0),

@@ -114,8 +114,7 @@ fn items<B: Backend>(
     let columns = ctx.p().string_map("columns")?.unwrap_or_default();
     let source = path(ctx, "source")
         .map_err(|_| "give `texts`, or `source` (with.source or inputs.source)")?;
-    let eos = kiln_data::alpaca::eos(&lm.tok)?;
-    let bos = lm.tok.specials().bos.clone().unwrap_or_else(|| eos.clone());
+    let (bos, eos) = instruct::bos_eos(&lm.tok)?;
     let limit = ctx.p().count("limit")?.unwrap_or(usize::MAX);
     let mut out = Vec::new();
     for (index, row) in instruct::read_rows(&source)?.iter().enumerate().take(limit) {
@@ -132,15 +131,6 @@ fn items<B: Backend>(
         });
     }
     Ok(out)
-}
-
-/// A token as readable text: its decoded text, or its vocabulary entry when decoding drops it
-/// (special tokens such as `</s>`).
-fn shown<B: Backend>(lm: &Lm<B>, id: u32) -> String {
-    match lm.tok.decode(&[id]) {
-        Ok(s) if !s.is_empty() => s,
-        _ => lm.tok.id_token(id).unwrap_or_else(|| format!("<{id}>")),
-    }
 }
 
 impl super::OnDevice for EvalIterate {
@@ -162,13 +152,13 @@ impl super::OnDevice for EvalIterate {
                 item.text
             );
             for s in &steps {
-                let next = s.next.map(|n| shown(&lm, n)).unwrap_or_default();
+                let next = s.next.map(|n| lm.token_text(n)).unwrap_or_default();
                 let _ = writeln!(
                     md,
                     "| {} | {:?} | {:?} | {:.3} | {next:?} | {} |",
                     s.position,
-                    shown(&lm, s.token),
-                    shown(&lm, s.greedy),
+                    lm.token_text(s.token),
+                    lm.token_text(s.greedy),
                     s.greedy_prob,
                     s.next_prob.map(|p| format!("{p:.3}")).unwrap_or_default()
                 );
@@ -180,8 +170,8 @@ impl super::OnDevice for EvalIterate {
                 }
             }
             md.push('\n');
-            let tokens: Vec<String> = steps.iter().map(|s| shown(&lm, s.token)).collect();
-            let greedy: Vec<String> = steps.iter().map(|s| shown(&lm, s.greedy)).collect();
+            let tokens: Vec<String> = steps.iter().map(|s| lm.token_text(s.token)).collect();
+            let greedy: Vec<String> = steps.iter().map(|s| lm.token_text(s.greedy)).collect();
             lines.push_str(&serde_json::to_string(&serde_json::json!({
                 "text": item.text, "tokens": tokens, "greedy": greedy, "steps": steps,
             }))?);
