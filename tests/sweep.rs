@@ -220,6 +220,21 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
         "{}",
         report.stdout
     );
+    // The experiment's own `metric:` ranks the trials; on it the heatmap is not flat.
+    assert!(
+        report.stdout.contains("Ranked by `accuracy.loss`"),
+        "{}",
+        report.stdout
+    );
+    let losses: std::collections::BTreeSet<String> = p
+        .query("SELECT value FROM last_metrics WHERE stage = 'accuracy' AND metric = 'loss'")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    assert!(
+        losses.len() > 1,
+        "every trial's test loss is the same: {losses:?}"
+    );
     let html_path = p
         .path()
         .join(format!("results/reports/quickstart-{id}.html"));

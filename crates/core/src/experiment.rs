@@ -80,6 +80,9 @@ pub struct Experiment {
     pub seed_param: (String, Pos),
     /// Trials running at once.
     pub lanes: usize,
+    /// The metric that ranks the trials and colours the report's heatmap (`stage.metric`;
+    /// none: the report's default).
+    pub metric: Option<String>,
     /// blake3 of the file.
     pub spec_hash: String,
 }
@@ -100,6 +103,7 @@ const TOP: &[&str] = &[
     "params",
     "sweep",
     "lanes",
+    "metric",
 ];
 const SWEEP: &[&str] = &["method", "params", "samples", "seed", "seeds", "seed_param"];
 const RANGE: &[&str] = &["min", "max", "log", "int"];
@@ -225,6 +229,10 @@ pub fn parse(path: &Path, source: &str) -> Result<Experiment, Error> {
             _ => say(*pos, "params must be a mapping of param: value".into()),
         }
     }
+    let metric = match tree.get("metric") {
+        None => None,
+        Some((_, _)) => text("metric", &mut say),
+    };
     let lanes = match tree.get("lanes") {
         None => 1,
         Some((pos, node)) => match to_value(node).as_i64() {
@@ -388,6 +396,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Experiment, Error> {
         seeds,
         seed_param,
         lanes,
+        metric,
         spec_hash: blake3::hash(source.as_bytes()).to_hex().to_string(),
     })
 }

@@ -90,22 +90,29 @@ fn num(c: &Cell) -> Option<f64> {
 }
 
 /// Reads experiment `experiment_id`'s trials. `metric` (`stage.metric` or a metric name)
-/// picks the ranking metric; by default the first recorded metric whose name holds
-/// `accuracy`, else the first holding `loss`. Which way it ranks comes from its name
+/// picks the ranking metric; by default the one the experiment's file names (`metric:`),
+/// else the first recorded metric whose name holds `accuracy`, else the first holding
+/// `loss`. Which way it ranks comes from its name
 /// ([`MetricDirection`]).
 ///
 /// # Errors
 /// An unreadable store, an unknown experiment, or one without a succeeded trial.
 pub async fn gather(store: &Store, experiment_id: i64, metric: Option<&str>) -> Result<Report> {
     let q = |sql: String| async move { store.query_read_only(&sql).await };
-    let name = q(format!(
-        "SELECT name FROM experiments WHERE id = {experiment_id}"
+    let row = q(format!(
+        "SELECT name, metric FROM experiments WHERE id = {experiment_id}"
     ))
     .await?
     .rows
-    .first()
-    .map(|r| text(&r[0]))
+    .into_iter()
+    .next()
     .ok_or_else(|| Error::Empty(format!("no experiment {experiment_id} in the store")))?;
+    let name = text(&row[0]);
+    let named = match &row[1] {
+        Cell::Text(m) => Some(m.clone()),
+        _ => None,
+    };
+    let metric = metric.or(named.as_deref());
     let runs = q(format!(
         "SELECT trial, max(id) FROM runs WHERE experiment_id = {experiment_id} AND status = 'succeeded'
          GROUP BY trial ORDER BY trial"

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0003_file_hashes.sql"),
     ),
     (4, "run_pid", include_str!("../migrations/0004_run_pid.sql")),
+    (
+        5,
+        "experiment metric",
+        include_str!("../migrations/0005_experiment_metric.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -201,6 +206,21 @@ impl Store {
     /// When a statement fails.
     pub async fn experiment_id(&self, name: &str, path: &str, spec_hash: &str) -> Result<i64> {
         self.spec_row("experiments", name, path, spec_hash).await
+    }
+
+    /// Records the metric an experiment's file names for ranking its trials (the row is the
+    /// file's version, so this is set once per version).
+    ///
+    /// # Errors
+    /// When the statement fails.
+    pub async fn set_experiment_metric(&self, id: i64, metric: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE experiments SET metric = ? WHERE id = ?")
+            .bind(metric)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(sql("set experiment metric"))?;
+        Ok(())
     }
 
     /// The id of the row for (name, path, spec hash) in `table` (`pipelines` or

@@ -115,6 +115,9 @@ pub async fn run(
             &experiment.spec_hash,
         )
         .await?;
+    store
+        .set_experiment_metric(experiment_id, experiment.metric.as_deref())
+        .await?;
     let done = store.succeeded_trials(experiment_id).await?;
     let cancel = CancelToken::new();
     let on_signal = cancel.clone();
