@@ -379,6 +379,16 @@ fn the_chat_masking_experiment_runs() {
         md.contains("| position | token | greedy next |") && md.contains("\"</s>\""),
         "{md}"
     );
+    let id = p.scalar("SELECT max(id) FROM experiments");
+    let report = std::fs::read_to_string(
+        p.path()
+            .join(format!("results/reports/chat-masking-{id}.md")),
+    )
+    .expect("the sweep's report");
+    assert!(
+        report.contains("Ranked by `answers.exact_match`"),
+        "{report}"
+    );
 }
 
 /// What rendering a record gives, for the unit of the custom template reached through a stage.
