@@ -131,3 +131,61 @@ impl Project {
         out
     }
 }
+
+/// A store for a test: a SQLite file in a temp dir, or a fresh PostgreSQL database.
+pub struct TestStore {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// What `--store` takes.
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A fresh SQLite store, and a fresh PostgreSQL database named after `tag` on the server
+/// `KILN_TEST_POSTGRES` names (`.ci/postgres-test-server` starts one). Without that
+/// variable the PostgreSQL store is left out with a note, unless `KILN_REQUIRE_POSTGRES=1`
+/// (CI), when the test fails.
+pub async fn test_stores(tag: &str) -> Vec<TestStore> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut out = vec![TestStore {
+        backend: "sqlite",
+        url: dir.path().join("s.sqlite").to_string_lossy().into_owned(),
+        _dir: Some(dir),
+    }];
+    if let Some(url) = fresh_postgres(tag).await {
+        out.push(TestStore {
+            backend: "postgres",
+            url,
+            _dir: None,
+        });
+    }
+    out
+}
+
+/// A fresh, empty PostgreSQL database (see [`test_stores`]).
+pub async fn fresh_postgres(tag: &str) -> Option<String> {
+    use sqlx::Connection;
+    let Ok(server) = std::env::var("KILN_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("KILN_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "KILN_REQUIRE_POSTGRES=1 but KILN_TEST_POSTGRES is not set (start one with .ci/postgres-test-server)"
+        );
+        eprintln!("note: KILN_TEST_POSTGRES is not set: {tag} runs on SQLite only");
+        return None;
+    };
+    let name = format!("kiln_{tag}_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to KILN_TEST_POSTGRES={server}: {e}"));
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .expect("drop the old test database");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    conn.close().await.ok();
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about, long_about = None)]
 pub struct Cli {
-    /// The results store: a SQLite file path or sqlite:// URL.
+    /// The results store: a SQLite file path, a sqlite:// URL, or a postgres:// URL (a
+    /// PostgreSQL database every machine of a cluster writes to).
     #[arg(long, global = true, env = "KILN_STORE", default_value = kiln_store::DEFAULT_STORE)]
     pub store: String,
     /// The results directory (stage cache, failed stages).
@@ -413,6 +414,30 @@ pub enum Command {
         /// Where the training and decoding benchmarks run.
         #[command(flatten)]
         on: DeviceArgs,
+        /// Run the ingest and last-value benchmarks against this store (e.g. a
+        /// postgres:// URL) instead of a scratch SQLite file. Its rows stay there.
+        #[arg(long, value_name = "URL")]
+        ingest_into: Option<String>,
+    },
+    /// Manage the results store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `kiln store …` commands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Create the store if needed and apply any pending schema migrations (`--store`).
+    Migrate,
+    /// Copy every table of one store into a new, empty one (e.g. SQLite → PostgreSQL), ids
+    /// preserved, verified by row counts and checksums before it commits.
+    Copy {
+        /// The store to read (path, sqlite:// or postgres:// URL).
+        #[arg(long)]
+        from: String,
+        /// The store to write: created and migrated if needed; it must hold no rows.
+        #[arg(long)]
+        to: String,
     },
 }
 

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use kiln_core::MetricDirection;
-use kiln_store::{Cell, Store};
+use kiln_store::Store;
 
 use crate::{Error, Result};
 
@@ -71,24 +71,6 @@ impl Report {
     }
 }
 
-fn text(c: &Cell) -> String {
-    match c {
-        Cell::Null => String::new(),
-        Cell::Int(i) => i.to_string(),
-        Cell::Real(v) => v.to_string(),
-        Cell::Text(s) => s.clone(),
-        Cell::Blob(n) => format!("<{n} bytes>"),
-    }
-}
-
-fn num(c: &Cell) -> Option<f64> {
-    match c {
-        Cell::Int(i) => Some(*i as f64),
-        Cell::Real(v) => Some(*v),
-        _ => None,
-    }
-}
-
 /// Reads experiment `experiment_id`'s trials. `metric` (`stage.metric` or a metric name)
 /// picks the ranking metric; by default the one the experiment's file names (`metric:`),
 /// else the first recorded metric whose name holds `accuracy`, else the first holding
@@ -98,71 +80,36 @@ fn num(c: &Cell) -> Option<f64> {
 /// # Errors
 /// An unreadable store, an unknown experiment, or one without a succeeded trial.
 pub async fn gather(store: &Store, experiment_id: i64, metric: Option<&str>) -> Result<Report> {
-    let q = |sql: String| async move { store.query_read_only(&sql).await };
-    let row = q(format!(
-        "SELECT name, metric FROM experiments WHERE id = {experiment_id}"
-    ))
-    .await?
-    .rows
-    .into_iter()
-    .next()
-    .ok_or_else(|| Error::Empty(format!("no experiment {experiment_id} in the store")))?;
-    let name = text(&row[0]);
-    let named = match &row[1] {
-        Cell::Text(m) => Some(m.clone()),
-        _ => None,
-    };
-    let metric = metric.or(named.as_deref());
-    let runs = q(format!(
-        "SELECT trial, max(id) FROM runs WHERE experiment_id = {experiment_id} AND status = 'succeeded'
-         GROUP BY trial ORDER BY trial"
-    ))
-    .await?;
+    let experiment = store
+        .experiment(experiment_id)
+        .await?
+        .ok_or_else(|| Error::Empty(format!("no experiment {experiment_id} in the store")))?;
+    let name = experiment.name;
+    let metric = metric.or(experiment.metric.as_deref());
     let mut trials = Vec::new();
-    for r in &runs.rows {
-        let (Some(trial), Some(run_id)) = (num(&r[0]), num(&r[1])) else {
-            continue;
-        };
-        let (trial, run_id) = (trial as i64, run_id as i64);
-        let params = q(format!(
-            "SELECT key, value FROM params WHERE run_id = {run_id}"
-        ))
-        .await?
-        .rows
-        .iter()
-        .map(|r| (text(&r[0]), text(&r[1])))
-        .collect();
-        let metrics = q(format!(
-            "SELECT stage || '.' || metric, value FROM last_metrics WHERE run_id = {run_id}"
-        ))
-        .await?
-        .rows
-        .iter()
-        .filter_map(|r| num(&r[1]).map(|v| (text(&r[0]), v)))
-        .collect();
+    for (trial, run_id) in store.succeeded_trial_runs(experiment_id).await? {
+        let params = store.params(run_id).await?;
+        let metrics = store
+            .final_metrics(run_id)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.value.map(|v| (m.key(), v)))
+            .collect();
         let mut curves: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
-        for row in q(format!(
-            "SELECT stage || '.' || name, step, value FROM metrics
-             WHERE run_id = {run_id} AND name IN ('loss', 'val_loss') ORDER BY id"
-        ))
-        .await?
-        .rows
-        {
-            if let (Some(step), Some(v)) = (num(&row[1]), num(&row[2])) {
+        for point in store.metrics(run_id).await? {
+            if matches!(point.name.as_str(), "loss" | "val_loss") && !point.value.is_nan() {
                 curves
-                    .entry(text(&row[0]))
+                    .entry(format!("{}.{}", point.stage, point.name))
                     .or_default()
-                    .push((step as i64, v));
+                    .push((point.step, point.value));
             }
         }
-        let artifacts = q(format!(
-            "SELECT stage, path FROM artifacts WHERE run_id = {run_id}"
-        ))
-        .await?
-        .rows
-        .iter()
-        .map(|r| (text(&r[0]), PathBuf::from(text(&r[1]))))
-        .collect();
+        let artifacts = store
+            .artifacts(run_id)
+            .await?
+            .into_iter()
+            .map(|(stage, a)| (stage, PathBuf::from(a.path)))
+            .collect();
         trials.push(Trial {
             trial,
             run_id,

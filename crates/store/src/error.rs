@@ -6,8 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The store URL is neither a path nor a `sqlite:` URL.
-    #[error("unsupported store URL {url:?}: give a file path or a sqlite:// URL")]
+    /// The store URL is neither a path, a `sqlite:` URL nor a `postgres://` URL.
+    #[error(
+        "unsupported store URL {url:?}: give a file path, a sqlite:// URL or a postgres:// URL"
+    )]
     UnsupportedUrl {
         /// The URL as given.
         url: String,
@@ -59,8 +61,40 @@ pub enum Error {
     /// A user query failed.
     #[error("query failed: {message}")]
     Query {
-        /// SQLite's message.
+        /// The database's message.
         message: String,
+    },
+    /// `kiln store copy` found rows in the target.
+    #[error(
+        "the target store already has rows in {table}: copy only into a new, empty store (nothing was written)"
+    )]
+    CopyTarget {
+        /// The first table holding rows.
+        table: String,
+    },
+    /// A store's tables are not the ones this kiln knows.
+    #[error(
+        "store {store}: table {table}: {detail} (run `kiln store migrate` with the same kiln on both stores)"
+    )]
+    CopySchema {
+        /// The store.
+        store: String,
+        /// The table.
+        table: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A copied table read back differently; the copy was rolled back.
+    #[error(
+        "table {table} did not copy faithfully ({source_rows} rows in the source, {target_rows} in the target, or their checksums differ); nothing was committed"
+    )]
+    CopyMismatch {
+        /// The table.
+        table: String,
+        /// Rows in the source.
+        source_rows: u64,
+        /// Rows in the target.
+        target_rows: u64,
     },
     /// The batched metric writer stopped before it could take more rows.
     #[error("the metric writer has stopped")]

@@ -2,15 +2,17 @@
 //! references, and when each fingerprint was last used.
 //!
 //! gc reads a [`GcSnapshot`] twice: once freely to work out what it could remove, then again
-//! under a [`GcLock`] (SQLite's write lock) while it moves what it removes out of the way. A
+//! under a [`GcLock`] (SQLite's write lock; on PostgreSQL a lock on `runs` that blocks
+//! inserts) while it moves what it removes out of the way. A
 //! run inserts its row ([`crate::Store::begin_run`]) before it looks anything up in the
 //! cache, and that insert waits for the lock; so every run that could use an entry either
 //! shows up in the locked snapshot or starts after the entry is gone (and executes the stage
 //! again).
 
-use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
+use sqlx::Row;
 
 use crate::Store;
+use crate::backend::{Tx, on_tx};
 use crate::error::{Result, sql};
 
 /// A run, as gc weighs it.
@@ -60,7 +62,7 @@ pub struct GcSnapshot {
 /// lock too.
 #[derive(Debug)]
 pub struct GcLock {
-    tx: Transaction<'static, Sqlite>,
+    tx: Tx,
 }
 
 impl GcLock {
@@ -77,7 +79,7 @@ impl GcLock {
     /// # Errors
     /// When the transaction cannot end.
     pub async fn release(self) -> Result<()> {
-        self.tx.commit().await.map_err(sql("release the gc lock"))
+        self.tx.commit("release the gc lock").await
     }
 }
 
@@ -87,9 +89,9 @@ impl Store {
     /// # Errors
     /// When a query fails.
     pub async fn gc_snapshot(&self) -> Result<GcSnapshot> {
-        let mut tx = self.pool.begin().await.map_err(sql("begin gc read"))?;
+        let mut tx = self.pool.begin_read("begin gc read").await?;
         let snapshot = read_snapshot(&mut tx).await?;
-        tx.commit().await.map_err(sql("end gc read"))?;
+        tx.commit("end gc read").await?;
         Ok(snapshot)
     }
 
@@ -98,61 +100,66 @@ impl Store {
     /// # Errors
     /// When the lock cannot be had within the busy timeout.
     pub async fn gc_lock(&self) -> Result<GcLock> {
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(sql("take the gc lock"))?;
+        let mut tx = self.pool.begin_write("take the gc lock").await?;
+        if let Tx::Postgres(t) = &mut tx {
+            // Conflicts with the row lock every INSERT takes: runs cannot begin meanwhile.
+            sqlx::query("LOCK TABLE runs IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut **t)
+                .await
+                .map_err(sql("take the gc lock"))?;
+        }
         Ok(GcLock { tx })
     }
 }
 
-async fn read_snapshot(conn: &mut SqliteConnection) -> Result<GcSnapshot> {
-    let runs = sqlx::query(
-        "SELECT r.id, p.name, r.config_hash, r.status, r.host, r.pid,
-                CASE WHEN r.status = 'running' THEN r.config END
-         FROM runs r JOIN pipelines p ON p.id = r.pipeline_id
-         ORDER BY r.id",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(sql("read runs for gc"))?
-    .into_iter()
-    .map(|r| GcRun {
-        id: r.get(0),
-        pipeline: r.get(1),
-        config_hash: r.get(2),
-        status: r.get(3),
-        host: r.get(4),
-        pid: r.get(5),
-        config: r.get(6),
-    })
-    .collect();
-    let stages = sqlx::query("SELECT DISTINCT run_id, fingerprint, log_path FROM stage_runs")
-        .fetch_all(&mut *conn)
+async fn read_snapshot(tx: &mut Tx) -> Result<GcSnapshot> {
+    on_tx!(tx, t => {
+        let runs = sqlx::query(
+            "SELECT r.id, p.name, r.config_hash, r.status, r.host, r.pid,
+                    CASE WHEN r.status = 'running' THEN r.config END
+             FROM runs r JOIN pipelines p ON p.id = r.pipeline_id
+             ORDER BY r.id",
+        )
+        .fetch_all(&mut **t)
         .await
-        .map_err(sql("read stage fingerprints for gc"))?
+        .map_err(sql("read runs for gc"))?
         .into_iter()
-        .map(|r| GcStageRef {
-            run_id: r.get(0),
-            fingerprint: r.get(1),
-            log_path: r.get(2),
+        .map(|r| GcRun {
+            id: r.get(0),
+            pipeline: r.get(1),
+            config_hash: r.get(2),
+            status: r.get(3),
+            host: r.get(4),
+            pid: r.get(5),
+            config: r.get(6),
         })
         .collect();
-    let last_used = sqlx::query(
-        "SELECT fingerprint, max(coalesce(ended_at, started_at)) FROM stage_runs
-         WHERE coalesce(ended_at, started_at) IS NOT NULL GROUP BY fingerprint",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(sql("read last uses for gc"))?
-    .into_iter()
-    .map(|r| (r.get(0), r.get(1)))
-    .collect();
-    Ok(GcSnapshot {
-        runs,
-        stages,
-        last_used,
+        let stages = sqlx::query("SELECT DISTINCT run_id, fingerprint, log_path FROM stage_runs")
+            .fetch_all(&mut **t)
+            .await
+            .map_err(sql("read stage fingerprints for gc"))?
+            .into_iter()
+            .map(|r| GcStageRef {
+                run_id: r.get(0),
+                fingerprint: r.get(1),
+                log_path: r.get(2),
+            })
+            .collect();
+        let last_used = sqlx::query(
+            "SELECT fingerprint, max(coalesce(ended_at, started_at)) FROM stage_runs
+             WHERE coalesce(ended_at, started_at) IS NOT NULL GROUP BY fingerprint",
+        )
+        .fetch_all(&mut **t)
+        .await
+        .map_err(sql("read last uses for gc"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        Ok(GcSnapshot {
+            runs,
+            stages,
+            last_used,
+        })
     })
 }
 

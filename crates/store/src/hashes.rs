@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use crate::Store;
+use crate::backend::{on_pool, on_tx};
 use crate::error::{Result, sql};
 
 /// A file's content hash and the `stat` facts it was computed under.
@@ -26,20 +27,20 @@ impl Store {
     /// # Errors
     /// When the query fails.
     pub async fn file_hashes(&self) -> Result<Vec<FileHash>> {
-        let rows = sqlx::query("SELECT path, size, mtime_ns, inode, hash FROM file_hashes")
-            .fetch_all(&self.pool)
+        on_pool!(&self.pool, p => sqlx::query("SELECT path, size, mtime_ns, inode, hash FROM file_hashes")
+            .fetch_all(p)
             .await
-            .map_err(sql("read file hashes"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FileHash {
-                path: r.get(0),
-                size: r.get(1),
-                mtime_ns: r.get(2),
-                inode: r.get(3),
-                hash: r.get(4),
-            })
-            .collect())
+            .map_err(sql("read file hashes"))
+            .map(|rows| rows
+                .into_iter()
+                .map(|r| FileHash {
+                    path: r.get(0),
+                    size: r.get(1),
+                    mtime_ns: r.get(2),
+                    inode: r.get(3),
+                    hash: r.get(4),
+                })
+                .collect()))
     }
 
     /// Records file hashes (replacing older rows for the same paths) and directory manifests
@@ -55,34 +56,37 @@ impl Store {
         if files.is_empty() && manifests.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(sql("begin hashes"))?;
-        for f in files {
-            sqlx::query(
-                "INSERT INTO file_hashes (path, size, mtime_ns, inode, hash) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (path) DO UPDATE SET size = excluded.size,
-                   mtime_ns = excluded.mtime_ns, inode = excluded.inode, hash = excluded.hash",
-            )
-            .bind(&f.path)
-            .bind(f.size)
-            .bind(f.mtime_ns)
-            .bind(f.inode)
-            .bind(&f.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("save a file hash"))?;
-        }
-        for (hash, manifest) in manifests {
-            sqlx::query(
-                "INSERT INTO dir_manifests (hash, manifest) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING",
-            )
-            .bind(hash)
-            .bind(manifest)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("save a directory manifest"))?;
-        }
-        tx.commit().await.map_err(sql("commit hashes"))?;
-        Ok(())
+        let mut tx = self.pool.begin_write("begin hashes").await?;
+        on_tx!(&mut tx, t => {
+            for f in files {
+                sqlx::query(
+                    "INSERT INTO file_hashes (path, size, mtime_ns, inode, hash)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (path) DO UPDATE SET size = excluded.size,
+                       mtime_ns = excluded.mtime_ns, inode = excluded.inode, hash = excluded.hash",
+                )
+                .bind(&f.path)
+                .bind(f.size)
+                .bind(f.mtime_ns)
+                .bind(f.inode)
+                .bind(&f.hash)
+                .execute(&mut **t)
+                .await
+                .map_err(sql("save a file hash"))?;
+            }
+            for (hash, manifest) in manifests {
+                sqlx::query(
+                    "INSERT INTO dir_manifests (hash, manifest) VALUES ($1, $2)
+                     ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(hash)
+                .bind(manifest)
+                .execute(&mut **t)
+                .await
+                .map_err(sql("save a directory manifest"))?;
+            }
+        });
+        tx.commit("commit hashes").await
     }
 
     /// The manifest (JSON) of the directory whose hash is `hash`, if recorded.
@@ -90,11 +94,11 @@ impl Store {
     /// # Errors
     /// When the query fails.
     pub async fn dir_manifest(&self, hash: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT manifest FROM dir_manifests WHERE hash = ?")
+        on_pool!(&self.pool, p => sqlx::query("SELECT manifest FROM dir_manifests WHERE hash = $1")
             .bind(hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(p)
             .await
-            .map_err(sql("read a directory manifest"))?;
-        Ok(row.map(|r| r.get(0)))
+            .map_err(sql("read a directory manifest"))
+            .map(|row| row.map(|r| r.get::<String, _>(0))))
     }
 }

@@ -1,10 +1,17 @@
-//! kiln's results store: every run, parameter, metric, artifact and stage status, in SQLite.
+//! kiln's results store: every run, parameter, metric, artifact and stage status, in SQLite
+//! (one machine) or PostgreSQL (a cluster whose nodes all write at once).
 //!
-//! - [`Store`] opens (and migrates) a store from a path or `sqlite://` URL, with WAL and a
-//!   busy timeout so several processes can write at once.
+//! - [`Store`] opens (and migrates) a store from a path, a `sqlite://` URL or a
+//!   `postgres://` URL. SQLite runs with WAL and a busy timeout so several processes can
+//!   write at once. Both run the same migrations and statements ([`backend`] holds the few
+//!   places where they differ).
 //! - [`MetricWriter`] is the one way metrics go in: rows are queued on a channel and written
 //!   in batches, one transaction per batch, never one per metric.
 //! - [`Store::query_read_only`] runs a user's SQL on a read-only connection (`kiln query`).
+//! - Typed reads ([`reads`]) answer every question the CLI and the report ask: no SQL
+//!   outside this crate.
+//! - [`Store::copy_to`] moves a whole store (e.g. SQLite → PostgreSQL), ids preserved,
+//!   verified by row counts and checksums.
 //!
 //! ```no_run
 //! # async fn demo() -> kiln_store::Result<()> {
@@ -15,33 +22,45 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
+mod copy;
 mod error;
 mod gc;
 mod hashes;
+mod jobs;
+mod locks;
 mod query;
+pub mod reads;
 mod records;
+mod schema;
 mod writer;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 
+pub use backend::Location;
+pub use copy::{CopyReport, TableCopy};
 pub use error::{Error, Result};
 pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
 pub use hashes::FileHash;
+pub use jobs::ExecutorJob;
+pub use locks::{LockAttempt, LockHolder};
 pub use query::{Cell, QueryResult};
+pub use reads::{ExperimentInfo, MetricValue, TrialRun};
 pub use records::{
     ArtifactRecord, MetricPoint, NewRun, NewStageRun, RecordedRun, RunRow, RunStatus,
     StageExecution, StageStatus,
 };
 pub use writer::MetricWriter;
 
+use backend::{Pool, on_pool, on_tx, postgres_ddl};
 use error::sql;
 
 /// The default location of the store, relative to the project root.
@@ -50,7 +69,8 @@ pub const DEFAULT_STORE: &str = "results/kiln.sqlite";
 /// How long a connection waits for another writer before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The schema migrations, embedded at compile time and applied in order on open.
+/// The schema migrations, embedded at compile time and applied in order on open. They are
+/// written for SQLite; PostgreSQL gets [`postgres_ddl`]'s translation.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "trials", include_str!("../migrations/0002_trials.sql")),
@@ -65,17 +85,27 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "experiment metric",
         include_str!("../migrations/0005_experiment_metric.sql"),
     ),
+    (
+        6,
+        "stage locks and executor jobs",
+        include_str!("../migrations/0006_locks_and_jobs.sql"),
+    ),
 ];
 
-fn migrator() -> Migrator {
+fn migrator(postgres: bool) -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
         .iter()
         .map(|(version, description, sql)| {
+            let text = if postgres {
+                Cow::Owned(postgres_ddl(sql))
+            } else {
+                Cow::Borrowed(*sql)
+            };
             Migration::new(
                 *version,
                 Cow::Borrowed(*description),
                 MigrationType::Simple,
-                Cow::Borrowed(*sql),
+                text,
                 false,
             )
         })
@@ -88,103 +118,138 @@ fn migrator() -> Migrator {
     }
 }
 
+/// Applies pending migrations. PostgreSQL serializes concurrent migrators with an advisory
+/// lock; SQLite's migrator takes none, so two processes opening a new file at once can both
+/// try a migration: the loser fails on "already exists" and, retried, finds it applied.
+async fn migrate(pool: &Pool) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        let result = match pool {
+            Pool::Sqlite(p) => migrator(false).run(p).await,
+            Pool::Postgres(p) => migrator(true).run(p).await,
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(_) if attempt < 5 && matches!(pool, Pool::Sqlite(_)) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(Error::Migrate(e)),
+        }
+    }
+}
+
 /// A handle on the results store. Cheap to clone (it wraps a connection pool).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
-    path: PathBuf,
+    pool: Pool,
+    location: Location,
 }
 
-/// Turns a `--store` argument (a path, or a `sqlite:` URL) into a file path.
+/// Turns a `--store` argument into where the store lives.
 ///
 /// # Errors
-/// [`Error::UnsupportedUrl`] for other URL schemes (a Postgres backend is not built yet).
-pub fn store_path(url: &str) -> Result<PathBuf> {
-    if let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        let rest = rest.split('?').next().unwrap_or(rest);
-        return Ok(PathBuf::from(rest));
-    }
-    if url.contains("://") {
-        return Err(Error::UnsupportedUrl {
-            url: url.to_owned(),
-        });
-    }
-    Ok(PathBuf::from(url))
+/// [`Error::UnsupportedUrl`] for URL schemes other than `sqlite:` and `postgres://`.
+pub fn location(url: &str) -> Result<Location> {
+    Location::parse(url)
 }
 
 impl Store {
-    /// Opens the store at `url` for reading and writing, creating it and applying migrations
-    /// as needed.
+    /// Opens the store at `url` for reading and writing, creating it (a SQLite file) and
+    /// applying migrations as needed.
     ///
     /// # Errors
-    /// When the directory cannot be created, the file cannot be opened, or migrations fail.
+    /// When the directory cannot be created, the database cannot be reached, or migrations
+    /// fail.
     pub async fn open(url: &str) -> Result<Self> {
-        let path = store_path(url)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        let options = Self::options(&path)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| Error::Open {
-                url: url.to_owned(),
-                source,
-            })?;
-        migrator().run(&pool).await.map_err(Error::Migrate)?;
-        Ok(Self { pool, path })
+        let location = Location::parse(url)?;
+        let open_error = |source| Error::Open {
+            url: location.display(),
+            source,
+        };
+        let pool = match &location {
+            Location::Sqlite(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                let options = sqlite_options(path)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal);
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .connect_with(options)
+                        .await
+                        .map_err(open_error)?,
+                )
+            }
+            Location::Postgres(url) => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(BUSY_TIMEOUT)
+                    .connect_with(pg_options(url, &location)?)
+                    .await
+                    .map_err(open_error)?,
+            ),
+        };
+        migrate(&pool).await?;
+        Ok(Self { pool, location })
     }
 
-    /// Opens an existing store read-only: every statement that would write fails.
+    /// Opens an existing store read-only: every statement that would write fails (SQLite
+    /// opens the file read-only; PostgreSQL sessions default to read-only transactions).
     ///
     /// # Errors
-    /// [`Error::Missing`] when there is no store file yet.
+    /// [`Error::Missing`] when there is no SQLite file yet; [`Error::Open`] when the server
+    /// cannot be reached.
     pub async fn open_read_only(url: &str) -> Result<Self> {
-        let path = store_path(url)?;
-        if !path.exists() {
-            return Err(Error::Missing { path });
-        }
-        let options = Self::options(&path)?
-            .read_only(true)
-            .pragma("query_only", "ON");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|source| Error::Open {
-                url: url.to_owned(),
-                source,
-            })?;
-        Ok(Self { pool, path })
+        let location = Location::parse(url)?;
+        let open_error = |source| Error::Open {
+            url: location.display(),
+            source,
+        };
+        let pool = match &location {
+            Location::Sqlite(path) => {
+                if !path.exists() {
+                    return Err(Error::Missing { path: path.clone() });
+                }
+                let options = sqlite_options(path)?
+                    .read_only(true)
+                    .pragma("query_only", "ON");
+                Pool::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(options)
+                        .await
+                        .map_err(open_error)?,
+                )
+            }
+            Location::Postgres(url) => Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(
+                        pg_options(url, &location)?
+                            .options([("default_transaction_read_only", "on")]),
+                    )
+                    .await
+                    .map_err(open_error)?,
+            ),
+        };
+        Ok(Self { pool, location })
     }
 
-    fn options(path: &Path) -> Result<SqliteConnectOptions> {
-        let url = format!("sqlite://{}", path.display());
-        Ok(SqliteConnectOptions::from_str(&url)
-            .map_err(|source| Error::Open { url, source })?
-            .filename(path)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true))
+    /// Where the store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
-    /// The store's file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The underlying pool, for crates that add their own tables in later migrations.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.pool.kind()
     }
 
     /// Starts the batched metric writer for this store.
@@ -214,12 +279,13 @@ impl Store {
     /// # Errors
     /// When the statement fails.
     pub async fn set_experiment_metric(&self, id: i64, metric: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE experiments SET metric = ? WHERE id = ?")
+        on_pool!(&self.pool, p => sqlx::query("UPDATE experiments SET metric = $1 WHERE id = $2")
             .bind(metric)
             .bind(id)
-            .execute(&self.pool)
+            .execute(p)
             .await
-            .map_err(sql("set experiment metric"))?;
+            .map_err(sql("set experiment metric"))
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -232,27 +298,30 @@ impl Store {
         path: &str,
         spec_hash: &str,
     ) -> Result<i64> {
-        sqlx::query(&format!(
-            "INSERT INTO {table} (name, path, spec_hash, created_at) VALUES (?, ?, ?, ?)
+        let insert = format!(
+            "INSERT INTO {table} (name, path, spec_hash, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (name, path, spec_hash) DO NOTHING"
-        ))
-        .bind(name)
-        .bind(path)
-        .bind(spec_hash)
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(sql("insert spec row"))?;
-        let row = sqlx::query(&format!(
-            "SELECT id FROM {table} WHERE name = ? AND path = ? AND spec_hash = ?"
-        ))
-        .bind(name)
-        .bind(path)
-        .bind(spec_hash)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(sql("find spec row"))?;
-        Ok(row.get(0))
+        );
+        let select =
+            format!("SELECT id FROM {table} WHERE name = $1 AND path = $2 AND spec_hash = $3");
+        on_pool!(&self.pool, p => {
+            sqlx::query(&insert)
+                .bind(name)
+                .bind(path)
+                .bind(spec_hash)
+                .bind(now())
+                .execute(p)
+                .await
+                .map_err(sql("insert spec row"))?;
+            sqlx::query(&select)
+                .bind(name)
+                .bind(path)
+                .bind(spec_hash)
+                .fetch_one(p)
+                .await
+                .map_err(sql("find spec row"))
+                .map(|row| row.get::<i64, _>(0))
+        })
     }
 
     /// The experiment's trials that have a succeeded run: trial number → (config hash, run id).
@@ -263,16 +332,16 @@ impl Store {
         &self,
         experiment_id: i64,
     ) -> Result<BTreeMap<i64, (String, i64)>> {
-        let rows = sqlx::query(
+        on_pool!(&self.pool, p => sqlx::query(
             "SELECT trial, config_hash, max(id) FROM runs
-             WHERE experiment_id = ? AND status = 'succeeded' AND trial IS NOT NULL
+             WHERE experiment_id = $1 AND status = 'succeeded' AND trial IS NOT NULL
              GROUP BY trial, config_hash",
         )
         .bind(experiment_id)
-        .fetch_all(&self.pool)
+        .fetch_all(p)
         .await
-        .map_err(sql("find finished trials"))?;
-        Ok(rows
+        .map_err(sql("find finished trials"))
+        .map(|rows| rows
             .iter()
             .map(|r| {
                 (
@@ -280,7 +349,7 @@ impl Store {
                     (r.get::<String, _>(1), r.get::<i64, _>(2)),
                 )
             })
-            .collect())
+            .collect()))
     }
 
     /// Inserts a run (status `running`, with this process's id in `pid`) with its parameters
@@ -289,47 +358,49 @@ impl Store {
     /// # Errors
     /// When a statement fails.
     pub async fn begin_run(&self, run: &NewRun) -> Result<i64> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = self.pool.begin_write("begin run").await?;
+        let id: i64 = on_tx!(&mut tx, t => {
+            let id: i64 = sqlx::query(
+                "INSERT INTO runs (pipeline_id, experiment_id, trial, cargo_lock_hash, config_hash,
+                                   config, git_commit, git_dirty, kiln_version, seed, host, pid,
+                                   started_at, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'running')
+                 RETURNING id",
+            )
+            .bind(run.pipeline_id)
+            .bind(run.experiment_id)
+            .bind(run.trial)
+            .bind(&run.cargo_lock_hash)
+            .bind(&run.config_hash)
+            .bind(&run.config)
+            .bind(&run.git_commit)
+            .bind(run.git_dirty.map(i64::from))
+            .bind(&run.kiln_version)
+            .bind(run.seed)
+            .bind(&run.host)
+            // The process that inserts the run is the one that executes it.
+            .bind(i64::from(std::process::id()))
+            .bind(now())
+            .fetch_one(&mut **t)
             .await
-            .map_err(sql("begin run"))?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO runs (pipeline_id, experiment_id, trial, cargo_lock_hash, config_hash,
-                               config, git_commit, git_dirty, kiln_version, seed, host, pid,
-                               started_at, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running') RETURNING id",
-        )
-        .bind(run.pipeline_id)
-        .bind(run.experiment_id)
-        .bind(run.trial)
-        .bind(&run.cargo_lock_hash)
-        .bind(&run.config_hash)
-        .bind(&run.config)
-        .bind(&run.git_commit)
-        .bind(run.git_dirty)
-        .bind(&run.kiln_version)
-        .bind(run.seed)
-        .bind(&run.host)
-        // The process that inserts the run is the one that executes it.
-        .bind(i64::from(std::process::id()))
-        .bind(now())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(sql("insert run"))?
-        .get(0);
-        for (key, value) in &run.params {
-            let (text, num) = param_columns(value);
-            sqlx::query("INSERT INTO params (run_id, key, value, value_num) VALUES (?, ?, ?, ?)")
+            .map_err(sql("insert run"))?
+            .get(0);
+            for (key, value) in &run.params {
+                let (text, num) = param_columns(value);
+                sqlx::query(
+                    "INSERT INTO params (run_id, key, value, value_num) VALUES ($1, $2, $3, $4)",
+                )
                 .bind(id)
                 .bind(key)
                 .bind(text)
                 .bind(num)
-                .execute(&mut *tx)
+                .execute(&mut **t)
                 .await
                 .map_err(sql("insert param"))?;
-        }
-        tx.commit().await.map_err(sql("commit run"))?;
+            }
+            id
+        });
+        tx.commit("commit run").await?;
         Ok(id)
     }
 
@@ -338,13 +409,14 @@ impl Store {
     /// # Errors
     /// When the statement fails.
     pub async fn finish_run(&self, run_id: i64, status: RunStatus) -> Result<()> {
-        sqlx::query("UPDATE runs SET status = ?, ended_at = ? WHERE id = ?")
+        on_pool!(&self.pool, p => sqlx::query("UPDATE runs SET status = $1, ended_at = $2 WHERE id = $3")
             .bind(status.as_str())
             .bind(now())
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(p)
             .await
-            .map_err(sql("finish run"))?;
+            .map_err(sql("finish run"))
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -353,10 +425,10 @@ impl Store {
     /// # Errors
     /// When the statement fails.
     pub async fn begin_stage(&self, stage: &NewStageRun) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO stage_runs (run_id, stage, kind, kind_version, fingerprint, fingerprint_input,
-                                     cache_hit, status, started_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        on_pool!(&self.pool, p => sqlx::query(
+            "INSERT INTO stage_runs (run_id, stage, kind, kind_version, fingerprint,
+                                     fingerprint_input, cache_hit, status, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(stage.run_id)
         .bind(&stage.stage)
@@ -364,13 +436,13 @@ impl Store {
         .bind(stage.kind_version)
         .bind(&stage.fingerprint)
         .bind(&stage.fingerprint_input)
-        .bind(stage.cache_hit)
+        .bind(i64::from(stage.cache_hit))
         .bind(stage.status.as_str())
         .bind(now())
-        .fetch_one(&self.pool)
+        .fetch_one(p)
         .await
-        .map_err(sql("insert stage run"))?;
-        Ok(row.get(0))
+        .map_err(sql("insert stage run"))
+        .map(|row| row.get::<i64, _>(0)))
     }
 
     /// Sets a stage's final status, duration, error and log.
@@ -385,19 +457,22 @@ impl Store {
         error: Option<&str>,
         log_path: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE stage_runs SET status = ?, ended_at = ?, duration_ms = ?, error = ?, log_path = ?
-             WHERE id = ?",
+        let ms = duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        on_pool!(&self.pool, p => sqlx::query(
+            "UPDATE stage_runs SET status = $1, ended_at = $2, duration_ms = $3, error = $4,
+                                   log_path = $5
+             WHERE id = $6",
         )
         .bind(status.as_str())
         .bind(now())
-        .bind(duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        .bind(ms)
         .bind(error)
         .bind(log_path)
         .bind(stage_run_id)
-        .execute(&self.pool)
+        .execute(p)
         .await
-        .map_err(sql("finish stage run"))?;
+        .map_err(sql("finish stage run"))
+            .map(|_| ()))?;
         Ok(())
     }
 
@@ -411,27 +486,25 @@ impl Store {
         stage: &str,
         artifacts: &[ArtifactRecord],
     ) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(sql("begin artifacts"))?;
-        for a in artifacts {
-            sqlx::query(
-                "INSERT INTO artifacts (run_id, stage, path, bytes, hash) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (run_id, stage, path) DO UPDATE SET bytes = excluded.bytes, hash = excluded.hash",
-            )
-            .bind(run_id)
-            .bind(stage)
-            .bind(&a.path)
-            .bind(i64::try_from(a.bytes).unwrap_or(i64::MAX))
-            .bind(&a.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql("insert artifact"))?;
-        }
-        tx.commit().await.map_err(sql("commit artifacts"))?;
-        Ok(())
+        let mut tx = self.pool.begin_write("begin artifacts").await?;
+        on_tx!(&mut tx, t => {
+            for a in artifacts {
+                sqlx::query(
+                    "INSERT INTO artifacts (run_id, stage, path, bytes, hash) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (run_id, stage, path) DO UPDATE
+                     SET bytes = excluded.bytes, hash = excluded.hash",
+                )
+                .bind(run_id)
+                .bind(stage)
+                .bind(&a.path)
+                .bind(i64::try_from(a.bytes).unwrap_or(i64::MAX))
+                .bind(&a.hash)
+                .execute(&mut **t)
+                .await
+                .map_err(sql("insert artifact"))?;
+            }
+        });
+        tx.commit("commit artifacts").await
     }
 
     /// The most recent successful execution of `stage` in pipeline `pipeline` (by name), if any:
@@ -444,23 +517,23 @@ impl Store {
         pipeline: &str,
         stage: &str,
     ) -> Result<Option<StageExecution>> {
-        let row = sqlx::query(
+        on_pool!(&self.pool, p => sqlx::query(
             "SELECT s.fingerprint, s.fingerprint_input, s.run_id, s.ended_at
              FROM stage_runs s JOIN runs r ON r.id = s.run_id JOIN pipelines p ON p.id = r.pipeline_id
-             WHERE p.name = ? AND s.stage = ? AND s.status IN ('succeeded', 'cached')
+             WHERE p.name = $1 AND s.stage = $2 AND s.status IN ('succeeded', 'cached')
              ORDER BY s.id DESC LIMIT 1",
         )
         .bind(pipeline)
         .bind(stage)
-        .fetch_optional(&self.pool)
+        .fetch_optional(p)
         .await
-        .map_err(sql("find last stage execution"))?;
-        Ok(row.map(|r| StageExecution {
+        .map_err(sql("find last stage execution"))
+        .map(|row| row.map(|r| StageExecution {
             fingerprint: r.get(0),
             fingerprint_input: r.get(1),
             run_id: r.get(2),
             ended_at: r.get(3),
-        }))
+        })))
     }
 
     /// What was recorded about run `run_id`, if it exists.
@@ -468,16 +541,16 @@ impl Store {
     /// # Errors
     /// When the query fails.
     pub async fn recorded_run(&self, run_id: i64) -> Result<Option<RecordedRun>> {
-        let row = sqlx::query(
+        on_pool!(&self.pool, p => sqlx::query(
             "SELECT p.path, p.spec_hash, r.config, r.config_hash, r.experiment_id, r.trial,
                     r.git_commit, r.kiln_version
-             FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = ?",
+             FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = $1",
         )
         .bind(run_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(p)
         .await
-        .map_err(sql("find run"))?;
-        Ok(row.map(|r| RecordedRun {
+        .map_err(sql("find run"))
+        .map(|row| row.map(|r| RecordedRun {
             pipeline_path: r.get(0),
             spec_hash: r.get(1),
             config: r.get(2),
@@ -486,7 +559,7 @@ impl Store {
             trial: r.get(5),
             git_commit: r.get(6),
             kiln_version: r.get(7),
-        }))
+        })))
     }
 
     /// The most recent runs, newest first.
@@ -494,16 +567,16 @@ impl Store {
     /// # Errors
     /// When the query fails.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
-        let rows = sqlx::query(
+        on_pool!(&self.pool, p => sqlx::query(
             "SELECT run_id, pipeline, status, started_at, ended_at, executed, cached, failed,
                     coalesce(params, ''), coalesce(final_metrics, '')
-             FROM run_summary ORDER BY run_id DESC LIMIT ?",
+             FROM run_summary ORDER BY run_id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(p)
         .await
-        .map_err(sql("list runs"))?;
-        Ok(rows
+        .map_err(sql("list runs"))
+        .map(|rows| rows
             .into_iter()
             .map(|r| RunRow {
                 id: r.get(0),
@@ -517,7 +590,7 @@ impl Store {
                 params: r.get(8),
                 final_metrics: r.get(9),
             })
-            .collect())
+            .collect()))
     }
 
     /// All metric points of a run, in insertion order.
@@ -525,14 +598,14 @@ impl Store {
     /// # Errors
     /// When the query fails.
     pub async fn metrics(&self, run_id: i64) -> Result<Vec<MetricPoint>> {
-        let rows = sqlx::query(
-            "SELECT run_id, stage, step, name, value, time FROM metrics WHERE run_id = ? ORDER BY id",
+        on_pool!(&self.pool, p => sqlx::query(
+            "SELECT run_id, stage, step, name, value, time FROM metrics WHERE run_id = $1 ORDER BY id",
         )
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(p)
         .await
-        .map_err(sql("read metrics"))?;
-        Ok(rows
+        .map_err(sql("read metrics"))
+        .map(|rows| rows
             .into_iter()
             .map(|r| MetricPoint {
                 run_id: r.get(0),
@@ -542,13 +615,31 @@ impl Store {
                 value: r.get::<Option<f64>, _>(4).unwrap_or(f64::NAN),
                 time: r.get(5),
             })
-            .collect())
+            .collect()))
     }
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// SQLite's options for the file at `path`: busy timeout and foreign keys.
+fn sqlite_options(path: &std::path::Path) -> Result<SqliteConnectOptions> {
+    let url = format!("sqlite://{}", path.display());
+    Ok(SqliteConnectOptions::from_str(&url)
+        .map_err(|source| Error::Open { url, source })?
+        .filename(path)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true))
+}
+
+/// PostgreSQL's options for `url`.
+fn pg_options(url: &str, location: &Location) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|source| Error::Open {
+        url: location.display(),
+        source,
+    })
 }
 
 /// The text and numeric columns of a parameter value.

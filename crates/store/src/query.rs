@@ -3,9 +3,10 @@
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use crate::Store;
+use crate::backend::Pool;
 use crate::error::{Error, Result};
 
-/// One cell of a query result, typed as SQLite stored it.
+/// One cell of a query result, typed as the database stored it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(untagged)]
 pub enum Cell {
@@ -43,7 +44,7 @@ pub struct QueryResult {
 }
 
 /// Statement keywords that change a database. A statement starting with one of these is
-/// refused before it reaches SQLite, with a message that says why; the read-only connection
+/// refused before it reaches the database, with a message that says why; the read-only connection
 /// is the backstop for anything that slips past (e.g. a `WITH … DELETE`).
 const WRITE_KEYWORDS: &[&str] = &[
     "INSERT",
@@ -102,55 +103,71 @@ impl Store {
     /// Runs `sql` and returns every row. Statements that would change the store are refused.
     ///
     /// Use it on a store opened with [`Store::open_read_only`]; on a writable store the
-    /// keyword check still refuses writes.
+    /// keyword check still refuses writes, and on PostgreSQL the statement runs inside a
+    /// read-only transaction whichever way the store was opened.
     ///
     /// # Errors
-    /// [`Error::ReadOnly`] for a write statement; [`Error::Query`] with SQLite's message when
-    /// the statement fails.
+    /// [`Error::ReadOnly`] for a write statement; [`Error::Query`] with the database's
+    /// message when the statement fails.
     pub async fn query_read_only(&self, sql: &str) -> Result<QueryResult> {
         if let Some(keyword) = refused_keyword(sql) {
             return Err(Error::ReadOnly { keyword });
         }
-        let rows = sqlx::query(sql)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.message().contains("readonly") => Error::ReadOnly {
-                    keyword: "this".to_owned(),
-                },
-                sqlx::Error::Database(db) => Error::Query {
-                    message: db.message().to_owned(),
-                },
-                _ => Error::Query {
-                    message: e.to_string(),
-                },
-            })?;
-        let mut result = QueryResult::default();
-        if let Some(first) = rows.first() {
-            result.columns = first
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
-        } else if let Ok(described) = sqlx::Executor::describe(&self.pool, sql).await {
-            result.columns = described
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
+        match &self.pool {
+            Pool::Sqlite(pool) => sqlite_query(pool, sql).await,
+            Pool::Postgres(pool) => postgres_query(pool, sql).await,
         }
-        for row in &rows {
-            let mut cells = Vec::with_capacity(row.len());
-            for i in 0..row.len() {
-                cells.push(cell(row, i));
-            }
-            result.rows.push(cells);
-        }
-        Ok(result)
     }
 }
 
-fn cell(row: &sqlx::sqlite::SqliteRow, i: usize) -> Cell {
+fn query_error(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(db)
+            if db.message().contains("readonly")
+                // PostgreSQL's read_only_sql_transaction
+                || db.code().as_deref() == Some("25006") =>
+        {
+            Error::ReadOnly {
+                keyword: "this".to_owned(),
+            }
+        }
+        sqlx::Error::Database(db) => Error::Query {
+            message: db.message().to_owned(),
+        },
+        _ => Error::Query {
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn sqlite_query(pool: &sqlx::SqlitePool, sql: &str) -> Result<QueryResult> {
+    let rows = sqlx::query(sql)
+        .fetch_all(pool)
+        .await
+        .map_err(query_error)?;
+    let mut result = QueryResult::default();
+    if let Some(first) = rows.first() {
+        result.columns = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+    } else if let Ok(described) = sqlx::Executor::describe(pool, sql).await {
+        result.columns = described
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+    }
+    for row in &rows {
+        result
+            .rows
+            .push((0..row.len()).map(|i| sqlite_cell(row, i)).collect());
+    }
+    Ok(result)
+}
+
+fn sqlite_cell(row: &sqlx::sqlite::SqliteRow, i: usize) -> Cell {
     let Ok(raw) = row.try_get_raw(i) else {
         return Cell::Null;
     };
@@ -165,6 +182,67 @@ fn cell(row: &sqlx::sqlite::SqliteRow, i: usize) -> Cell {
             .try_get::<Vec<u8>, _>(i)
             .map_or(Cell::Null, |b| Cell::Blob(b.len())),
         _ => row.try_get::<String, _>(i).map_or(Cell::Null, Cell::Text),
+    }
+}
+
+/// PostgreSQL: the statement goes through the simple query protocol, whose results are text
+/// whatever their type (so `numeric`, timestamps and arrays read as well as integers do),
+/// inside a read-only transaction.
+async fn postgres_query(pool: &sqlx::PgPool, sql: &str) -> Result<QueryResult> {
+    let mut tx = pool
+        .begin_with("BEGIN TRANSACTION READ ONLY")
+        .await
+        .map_err(query_error)?;
+    let rows = sqlx::raw_sql(sql)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_error)?;
+    let mut result = QueryResult::default();
+    if let Some(first) = rows.first() {
+        result.columns = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+    } else if let Ok(described) = sqlx::Executor::describe(&mut *tx, sql).await {
+        result.columns = described
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+    }
+    tx.rollback().await.map_err(query_error)?;
+    for row in &rows {
+        result
+            .rows
+            .push((0..row.len()).map(|i| postgres_cell(row, i)).collect());
+    }
+    Ok(result)
+}
+
+fn postgres_cell(row: &sqlx::postgres::PgRow, i: usize) -> Cell {
+    let Ok(raw) = row.try_get_raw(i) else {
+        return Cell::Null;
+    };
+    if raw.is_null() {
+        return Cell::Null;
+    }
+    let type_name = raw.type_info().name().to_ascii_uppercase();
+    // Text format: every value decodes as its text.
+    let Ok(text) = row.try_get_unchecked::<String, _>(i) else {
+        return Cell::Null;
+    };
+    match type_name.as_str() {
+        "INT2" | "INT4" | "INT8" => text.parse().map_or(Cell::Text(text), Cell::Int),
+        "FLOAT4" | "FLOAT8" => text.parse().map_or(Cell::Text(text), Cell::Real),
+        // sum() of integers is NUMERIC in PostgreSQL: whole numbers stay integers, as SQLite
+        // gives them.
+        "NUMERIC" => match text.parse::<i64>() {
+            Ok(i) => Cell::Int(i),
+            Err(_) => text.parse().map_or(Cell::Text(text), Cell::Real),
+        },
+        "BOOL" => Cell::Int(i64::from(text == "t")),
+        _ => Cell::Text(text),
     }
 }
 

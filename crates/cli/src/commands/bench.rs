@@ -59,6 +59,7 @@ pub async fn run(
     repeat: usize,
     train: &TrainArgs<'_>,
     on: &DeviceArgs,
+    ingest_into: Option<&str>,
 ) -> Result<()> {
     let mut results: Vec<(&str, f64, &str, &str)> = Vec::new();
     if which == BenchKind::Train {
@@ -104,7 +105,18 @@ pub async fn run(
         BenchKind::All | BenchKind::Ingest | BenchKind::LastMetric
     ) {
         let dir = tempfile::tempdir().context("creating a scratch directory")?;
-        let store = Store::open(&dir.path().join("bench.sqlite").to_string_lossy()).await?;
+        let url = match ingest_into {
+            Some(url) => url.to_owned(),
+            None => dir
+                .path()
+                .join("bench.sqlite")
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let store = Store::open(&url)
+            .await
+            .with_context(|| format!("opening the benchmark's store {url}"))?;
+        eprintln!("ingest: into a {} store", store.backend());
         let (ingest, last_ms) = store_benches(&store, rows).await?;
         if matches!(which, BenchKind::All | BenchKind::Ingest) {
             results.push(("ingest_rows_per_s", ingest, "rows/s", "≥ 100,000 rows/s"));
@@ -253,14 +265,12 @@ async fn store_benches(store: &Store, rows: usize) -> Result<(f64, f64)> {
     let mut times = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        let result = store
-            .query_read_only("SELECT run_id, stage, metric, step, value FROM last_metrics")
-            .await?;
+        let result = store.final_metrics_of(&run_ids).await?;
         times.push(start.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(
-            result.rows.len() == runs * names.len(),
-            "last_metrics returned {} rows",
-            result.rows.len()
+            result.len() == runs * names.len(),
+            "the last-value query returned {} rows",
+            result.len()
         );
     }
     times.sort_by(f64::total_cmp);

@@ -9,53 +9,39 @@ use kiln_store::{Cell, QueryResult, Store};
 use crate::Cli;
 use crate::args::TableFormat;
 
-fn text(c: &Cell) -> String {
-    match c {
-        Cell::Null => String::new(),
-        Cell::Int(i) => i.to_string(),
-        Cell::Real(v) => format!("{v}"),
-        Cell::Text(s) => s.clone(),
-        Cell::Blob(n) => format!("<{n} bytes>"),
-    }
-}
-
-async fn pairs(store: &Store, sql: &str) -> Result<Vec<(String, String)>> {
-    Ok(store
-        .query_read_only(sql)
-        .await?
-        .rows
-        .iter()
-        .map(|r| (text(&r[0]), text(&r[1])))
-        .collect())
-}
-
 pub async fn run(cli: &Cli, a: i64, b: i64, format: TableFormat) -> Result<()> {
     let store = Store::open_read_only(&cli.store)
         .await
         .with_context(|| format!("opening the results store {}", cli.store))?;
     for id in [a, b] {
-        if store
-            .query_read_only(&format!("SELECT id FROM runs WHERE id = {id}"))
-            .await?
-            .rows
-            .is_empty()
-        {
+        if !store.run_exists(id).await? {
             anyhow::bail!("no run {id} in {}", cli.store);
         }
     }
     let mut rows = Vec::new();
-    for (what, sql) in [
-        (
-            "param",
-            "SELECT key, value FROM params WHERE run_id = {} ORDER BY key",
-        ),
-        (
-            "metric",
-            "SELECT stage || '.' || metric, value FROM last_metrics WHERE run_id = {} ORDER BY stage, metric",
-        ),
-    ] {
-        let left = pairs(&store, &sql.replace("{}", &a.to_string())).await?;
-        let right = pairs(&store, &sql.replace("{}", &b.to_string())).await?;
+    let params = |run: i64| {
+        let store = &store;
+        async move { Ok::<_, anyhow::Error>(store.params(run).await?.into_iter().collect()) }
+    };
+    let metrics = |run: i64| {
+        let store = &store;
+        async move {
+            Ok::<_, anyhow::Error>(
+                store
+                    .final_metrics(run)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.key(), m.value.map(|v| v.to_string()).unwrap_or_default()))
+                    .collect(),
+            )
+        }
+    };
+    type Pairs = Vec<(String, String)>;
+    let sides: [(&str, Pairs, Pairs); 2] = [
+        ("param", params(a).await?, params(b).await?),
+        ("metric", metrics(a).await?, metrics(b).await?),
+    ];
+    for (what, left, right) in sides {
         let keys: BTreeSet<&String> = left.iter().chain(&right).map(|(k, _)| k).collect();
         for k in keys {
             let get = |side: &[(String, String)]| {

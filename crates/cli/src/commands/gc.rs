@@ -16,11 +16,11 @@ pub async fn run(
     older_than: Option<Duration>,
 ) -> Result<()> {
     // Without the store every entry would look unreferenced: never guess.
-    let path = kiln_store::store_path(&cli.store)?;
+    let location = kiln_store::location(&cli.store)?;
     anyhow::ensure!(
-        path.exists(),
+        location.may_exist(),
         "there is no results store at {}: kiln gc reads it to know which cache entries runs use (give --store)",
-        path.display()
+        location.display()
     );
     let store = Store::open(&cli.store)
         .await

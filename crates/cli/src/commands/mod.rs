@@ -13,6 +13,7 @@ mod run;
 mod runs;
 mod stages;
 mod status;
+mod store;
 mod sweep;
 mod tokenize;
 mod validate;
@@ -46,6 +47,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             keep_last,
             older_than,
         } => gc::run(&cli, *dry_run, *keep_last, *older_than).await,
+        Command::Store(command) => store::run(&cli, command).await,
         Command::Stages => {
             stages::run(&registry());
             Ok(())
@@ -65,6 +67,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
             seq,
             batch,
             on,
+            ingest_into,
         } => {
             let train = bench::TrainArgs {
                 steps: *steps,
@@ -72,7 +75,16 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 seq: *seq,
                 batch: *batch,
             };
-            bench::run(&cli, *which, *rows, *repeat, &train, on).await
+            bench::run(
+                &cli,
+                *which,
+                *rows,
+                *repeat,
+                &train,
+                on,
+                ingest_into.as_deref(),
+            )
+            .await
         }
         Command::Sweep {
             file,
@@ -150,8 +162,8 @@ pub(crate) fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
 
 /// The results store, opened for writing, when it exists already (none: it is not created).
 pub(crate) async fn existing_store(cli: &Cli) -> Result<Option<kiln_store::Store>> {
-    match kiln_store::store_path(&cli.store) {
-        Ok(p) if p.exists() => Ok(Some(
+    match kiln_store::location(&cli.store) {
+        Ok(l) if l.may_exist() => Ok(Some(
             kiln_store::Store::open(&cli.store)
                 .await
                 .with_context(|| format!("opening the results store {}", cli.store))?,

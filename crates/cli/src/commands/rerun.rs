@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use kiln_core::cache::{Cache, HashMemo};
 use kiln_core::fingerprint::FingerprintInput;
 use kiln_core::{CancelToken, ExecOptions, plan};
-use kiln_store::{Cell, RecordedRun, RunStatus, Store};
+use kiln_store::{RecordedRun, RunStatus, Store};
 
 use crate::{Cli, Exit};
 
@@ -25,31 +25,13 @@ pub fn is_timing(name: &str) -> bool {
 
 /// A run's metrics, timings left out: (stage, name, step) → value.
 pub async fn metrics(store: &Store, run: i64) -> Result<Metrics> {
-    let rows = store
-        .query_read_only(&format!(
-            "SELECT stage, name, step, value FROM metrics WHERE run_id = {run} ORDER BY id"
-        ))
-        .await?;
     let mut out = BTreeMap::new();
-    for r in rows.rows {
-        let text = |c: &Cell| match c {
-            Cell::Text(s) => s.clone(),
-            other => format!("{other:?}"),
-        };
-        let (stage, name) = (text(&r[0]), text(&r[1]));
-        if is_timing(&name) {
+    for point in store.metrics(run).await? {
+        if is_timing(&point.name) {
             continue;
         }
-        let step = match r[2] {
-            Cell::Int(i) => i,
-            _ => 0,
-        };
-        let value = match r[3] {
-            Cell::Real(v) => Some(v),
-            Cell::Int(i) => Some(i as f64),
-            _ => None,
-        };
-        out.insert((stage, name, step), value);
+        let value = (!point.value.is_nan()).then_some(point.value);
+        out.insert((point.stage, point.name, point.step), value);
     }
     Ok(out)
 }

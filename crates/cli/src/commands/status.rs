@@ -16,8 +16,8 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs) -> Result<()> {
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
     let workdir = std::env::current_dir()?;
-    let store = match kiln_store::store_path(&cli.store) {
-        Ok(p) if p.exists() => Some(Store::open_read_only(&cli.store).await?),
+    let store = match kiln_store::location(&cli.store) {
+        Ok(l) if l.may_exist() => Some(Store::open_read_only(&cli.store).await?),
         _ => None,
     };
     let mut memo = HashMemo::load(&cache, store.as_ref()).await?;

@@ -43,8 +43,8 @@ pub async fn run(
     let cache = Cache::new(&cli.results);
     // A dry run writes nothing: it reads the store's hash memo only if there is a store.
     let store = if dry_run {
-        match kiln_store::store_path(&cli.store) {
-            Ok(p) if p.exists() => Some(Store::open_read_only(&cli.store).await?),
+        match kiln_store::location(&cli.store) {
+            Ok(l) if l.may_exist() => Some(Store::open_read_only(&cli.store).await?),
             _ => None,
         }
     } else {
