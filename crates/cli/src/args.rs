@@ -50,6 +50,15 @@ pub enum TableFormat {
     Json,
 }
 
+/// Where `kiln sweep` runs the trials.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Here, in lanes.
+    Local,
+    /// On a Slurm cluster, as a job array.
+    Slurm,
+}
+
 /// Graph formats for `kiln dag`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DagFormat {
@@ -115,6 +124,30 @@ pub enum Command {
         /// GPUs the sweep may use, shared by its lanes.
         #[arg(long, default_value_t = 0)]
         gpus: u32,
+        /// Where the trials run (default: the experiment's `executor:`, else local). slurm
+        /// submits them as a job array and returns; the store should then be a
+        /// postgres:// URL every node reaches.
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorKind>,
+        /// Show each trial's state (the store's, merged with Slurm's) and exit.
+        #[arg(long, conflicts_with_all = ["dry_run", "cancel"])]
+        status: bool,
+        /// Cancel the sweep's queued and running Slurm jobs and exit.
+        #[arg(long, conflicts_with = "dry_run")]
+        cancel: bool,
+    },
+    /// Run one trial of a registered experiment (what a Slurm task of `kiln sweep --executor
+    /// slurm` runs). Done trials are not rerun; a killed one resumes from its checkpoints.
+    Trial {
+        /// The experiment's id in the store.
+        experiment: i64,
+        /// The trial's number.
+        trial: usize,
+        #[command(flatten)]
+        set: SetArgs,
+        /// Most stages executing at once.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
     },
     /// Execute a recorded run again (every stage) and compare the metrics.
     Rerun {

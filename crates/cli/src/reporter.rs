@@ -282,9 +282,8 @@ impl CliReporter {
     }
 }
 
-impl SweepDisplay {
-    /// Trial `trial` (described by `label`) starts on `lane`.
-    pub fn started(&self, lane: usize, trial: usize, label: &str) {
+impl kiln_core::sweep::LaneDisplay for SweepDisplay {
+    fn started(&self, lane: usize, trial: usize, label: &str) {
         match self.lanes.get(lane) {
             Some(bar) => {
                 bar.set_message(format!("trial {trial}: {label}"));
@@ -297,8 +296,7 @@ impl SweepDisplay {
         }
     }
 
-    /// Trial `trial` on `lane` ended with `status`.
-    pub fn finished(&self, lane: usize, trial: usize, status: &str) {
+    fn finished(&self, lane: usize, trial: usize, status: &str) {
         let done = {
             let mut d = self
                 .done
@@ -318,7 +316,9 @@ impl SweepDisplay {
             )),
         }
     }
+}
 
+impl SweepDisplay {
     /// Removes the bars.
     pub fn finish(&self) {
         if let Some(bar) = &self.overall {

@@ -133,10 +133,12 @@ impl Cache {
     /// When it cannot be created.
     pub fn begin(&self, fingerprint: &str) -> Result<PathBuf> {
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = self
-            .root
-            .join(".tmp")
-            .join(format!("{fingerprint}.{}.{n}", std::process::id()));
+        // The host too: on a cluster the cache is shared, and a pid means nothing elsewhere.
+        let dir = self.root.join(".tmp").join(format!(
+            "{fingerprint}.{}.{n}.{}",
+            std::process::id(),
+            this_host()
+        ));
         fs::create_dir_all(&dir).map_err(io("cannot create", &dir))?;
         Ok(dir)
     }
@@ -193,15 +195,15 @@ impl Cache {
         if moved { target } else { tmp.to_owned() }
     }
 
-    /// Removes temporary directories left by processes that no longer run (a killed run).
+    /// Removes temporary directories left by processes of this host that no longer run (a
+    /// killed run). Another host's directories are its own business.
     pub fn sweep_tmp(&self) {
         let Ok(entries) = fs::read_dir(self.root.join(".tmp")) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.split('.').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if let Some(pid) = pid
+            if let Some(pid) = local_tmp_pid(&name)
                 && pid != std::process::id()
                 && !process_alive(pid)
             {
@@ -232,6 +234,26 @@ impl Cache {
                 })
             })
             .collect()
+    }
+}
+
+/// This machine's name, as temporary directories and stage locks record it.
+pub fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
+
+/// The process that made temporary directory `name` (`F.PID.N.HOST`, `F.old.PID.N.HOST`, or
+/// without `.HOST` from older kilns), when it ran on this host.
+pub(crate) fn local_tmp_pid(name: &str) -> Option<u32> {
+    let rest = name.split_once('.')?.1;
+    let rest = rest.strip_prefix("old.").unwrap_or(rest);
+    let mut parts = rest.splitn(3, '.');
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?;
+    match parts.next() {
+        Some(host) if host != this_host() => None,
+        _ => Some(pid),
     }
 }
 
@@ -478,4 +500,23 @@ fn inode(meta: &fs::Metadata) -> i64 {
 #[cfg(not(unix))]
 fn inode(_meta: &fs::Metadata) -> i64 {
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_directories_name_their_process_and_host() {
+        let me = this_host();
+        assert_eq!(local_tmp_pid(&format!("abc.42.7.{me}")), Some(42));
+        assert_eq!(local_tmp_pid(&format!("abc.old.42.7.{me}")), Some(42));
+        assert_eq!(local_tmp_pid("abc.42.7"), Some(42), "older kilns' names");
+        assert_eq!(
+            local_tmp_pid("abc.42.7.node-b.cluster.example"),
+            None,
+            "another host's process is none of this host's business"
+        );
+        assert_eq!(local_tmp_pid("abc"), None);
+    }
 }

@@ -101,6 +101,28 @@ pub enum Error {
     /// The results store failed.
     #[error(transparent)]
     Store(#[from] kiln_store::Error),
+    /// A trial of a sweep cannot be planned.
+    #[error("trial {index} ({values})")]
+    Trial {
+        /// The trial's number.
+        index: usize,
+        /// Its parameter values.
+        values: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The cluster scheduler refused or failed a command.
+    #[error("slurm: {what}: {message}")]
+    Slurm {
+        /// What kiln asked of it (`sbatch`, `scancel`, …).
+        what: String,
+        /// Its message.
+        message: String,
+    },
+    /// A trial to run is not (or no longer) what was submitted.
+    #[error("{0}")]
+    TrialMismatch(String),
     /// A stage needs more GPUs than the run has.
     #[error("stage {stage:?} needs {needed} GPU(s) but this run has {available} (set --gpus)")]
     NotEnoughGpus {

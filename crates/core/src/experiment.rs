@@ -83,8 +83,94 @@ pub struct Experiment {
     /// The metric that ranks the trials and colours the report's heatmap (`stage.metric`;
     /// none: the report's default).
     pub metric: Option<String>,
+    /// Where `kiln sweep` runs the trials (`executor:`; none: here, in lanes).
+    pub executor: Option<ExecutorSpec>,
     /// blake3 of the file.
     pub spec_hash: String,
+}
+
+/// `executor:`: where a sweep's trials run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorSpec {
+    /// Here, `lanes` at a time (the default).
+    Local,
+    /// On a Slurm cluster, as a job array.
+    Slurm(crate::sweep::SlurmConfig),
+}
+
+/// Reads `executor:`: `local`, `slurm`, or a mapping with `kind: slurm` and job options.
+fn parse_executor(node: &Node, say: &mut dyn FnMut(Pos, String)) -> Option<ExecutorSpec> {
+    let kind = match &node.kind {
+        NodeKind::Scalar(s, _) => s.clone(),
+        NodeKind::Map(_) => node.get("kind").map_or_else(
+            || "slurm".to_owned(),
+            |(_, k)| crate::value::display(&to_value(k)),
+        ),
+        _ => {
+            say(
+                node.pos,
+                "executor must be local, slurm, or a mapping with kind: slurm".into(),
+            );
+            return None;
+        }
+    };
+    match kind.as_str() {
+        "local" => return Some(ExecutorSpec::Local),
+        "slurm" => {}
+        other => {
+            say(
+                node.pos,
+                format!("executor kind must be local or slurm, not {other:?}"),
+            );
+            return None;
+        }
+    }
+    let mut config = crate::sweep::SlurmConfig::default();
+    for (key, pos, value) in node.entries() {
+        if !EXECUTOR.contains(&key.as_str()) {
+            let hint = closest(key, EXECUTOR.iter().copied())
+                .map_or_else(String::new, |c| format!(" (did you mean {c:?}?)"));
+            say(*pos, format!("unknown key {key:?} under executor{hint}"));
+            continue;
+        }
+        let v = to_value(value);
+        let text = || match &v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let count = || v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let list = || match &v {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect(),
+            Value::String(s) => Some(vec![s.clone()]),
+            _ => None,
+        };
+        let ok = match key.as_str() {
+            "kind" => true,
+            "partition" => text().map(|t| config.partition = Some(t)).is_some(),
+            "mem" => text().map(|t| config.mem = Some(t)).is_some(),
+            "time" => text().map(|t| config.time = Some(t)).is_some(),
+            "account" => text().map(|t| config.account = Some(t)).is_some(),
+            "gpus" => count().map(|n| config.gpus = n).is_some(),
+            "cpus" => count()
+                .filter(|n| *n >= 1)
+                .map(|n| config.cpus = Some(n))
+                .is_some(),
+            "array_parallelism" => count()
+                .filter(|n| *n >= 1)
+                .map(|n| config.array_parallelism = Some(n))
+                .is_some(),
+            "sbatch_args" => list().map(|l| config.sbatch_args = l).is_some(),
+            _ => list().map(|l| config.setup = l).is_some(),
+        };
+        if !ok {
+            say(*pos, format!("executor.{key}: {} is not a valid value", v));
+        }
+    }
+    Some(ExecutorSpec::Slurm(config))
 }
 
 /// One trial: the overrides its run gets.
@@ -104,6 +190,19 @@ const TOP: &[&str] = &[
     "sweep",
     "lanes",
     "metric",
+    "executor",
+];
+const EXECUTOR: &[&str] = &[
+    "kind",
+    "partition",
+    "gpus",
+    "cpus",
+    "mem",
+    "time",
+    "account",
+    "array_parallelism",
+    "sbatch_args",
+    "setup",
 ];
 const SWEEP: &[&str] = &["method", "params", "samples", "seed", "seeds", "seed_param"];
 const RANGE: &[&str] = &["min", "max", "log", "int"];
@@ -246,6 +345,9 @@ pub fn parse(path: &Path, source: &str) -> Result<Experiment, Error> {
             }
         },
     };
+    let executor = tree
+        .get("executor")
+        .and_then(|(_, node)| parse_executor(node, &mut say));
     let mut method = Method::Grid;
     let mut sweep = Vec::new();
     let (mut samples, mut seed, mut seeds) = (0usize, 0u64, Vec::new());
@@ -397,6 +499,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Experiment, Error> {
         seed_param,
         lanes,
         metric,
+        executor,
         spec_hash: blake3::hash(source.as_bytes()).to_hex().to_string(),
     })
 }

@@ -399,7 +399,7 @@ fn keep_for(results: &Path, snapshot: &GcSnapshot, opts: &GcOptions) -> Keep {
     let tmp = Cache::new(results).root().join(".tmp");
     for (name, _) in list(&tmp).unwrap_or_default() {
         let fp = name.split('.').next().unwrap_or_default();
-        let live = tmp_pid(&name).is_none_or(|pid| ended(pid).is_none());
+        let live = crate::cache::local_tmp_pid(&name).is_none_or(|pid| ended(pid).is_none());
         if is_fingerprint(fp) && live {
             keep.in_use.insert(fp.to_owned());
             keep.fingerprints.insert(fp.to_owned());
@@ -597,11 +597,6 @@ fn ended(pid: u32) -> Option<String> {
         .then(|| format!("left by process {pid}, which has ended"))
 }
 
-/// The process of a temporary directory `F.PID.N` (also `F.old.PID.N`).
-fn tmp_pid(name: &str) -> Option<u32> {
-    name.rsplit('.').nth(1)?.parse().ok()
-}
-
 /// Everything gc weighs under `results` (see the module docs).
 fn scan(results: &Path) -> Result<Vec<Found>> {
     let cache = Cache::new(results);
@@ -618,7 +613,7 @@ fn scan(results: &Path) -> Result<Vec<Found>> {
     }
     for (name, path) in list(&cache.root().join(".tmp"))? {
         let mut f = Found::new(Kind::Tmp, path, name.clone());
-        f.pid = tmp_pid(&name);
+        f.pid = crate::cache::local_tmp_pid(&name);
         found.push(f);
     }
     for (name, path) in list(results)? {

@@ -37,6 +37,7 @@ pub mod plan;
 pub mod spec;
 pub mod stage;
 pub mod stages;
+pub mod sweep;
 pub mod value;
 pub mod yaml;
 

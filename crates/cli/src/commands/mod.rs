@@ -15,7 +15,9 @@ mod stages;
 mod status;
 mod store;
 mod sweep;
+mod sweep_view;
 mod tokenize;
+mod trial;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -93,7 +95,32 @@ pub async fn execute(cli: Cli) -> Result<()> {
             lanes,
             jobs,
             gpus,
-        } => sweep::run(&cli, file, set, *dry_run, *lanes, *jobs, *gpus).await,
+            executor,
+            status,
+            cancel,
+        } => {
+            let what = if *dry_run {
+                sweep::What::DryRun
+            } else if *status {
+                sweep::What::Status
+            } else if *cancel {
+                sweep::What::Cancel
+            } else {
+                sweep::What::Run(sweep::RunArgs {
+                    lanes: *lanes,
+                    jobs: *jobs,
+                    gpus: *gpus,
+                    executor: *executor,
+                })
+            };
+            sweep::run(&cli, file, set, what).await
+        }
+        Command::Trial {
+            experiment,
+            trial,
+            set,
+            jobs,
+        } => trial::run(&cli, *experiment, *trial, set, *jobs).await,
         Command::Rerun {
             run,
             jobs,
@@ -158,6 +185,56 @@ pub(crate) fn overrides(set: &SetArgs) -> Result<BTreeMap<String, Value>> {
         out.insert(key.trim().to_owned(), value);
     }
     Ok(out)
+}
+
+/// A token that is cancelled on Ctrl-C (SIGINT) or SIGTERM (what `scancel` and `kill`
+/// send): running stages see it and stop, the run ends `interrupted`, and training stages
+/// leave a checkpoint to resume from.
+pub(crate) fn cancel_on_signals(what: &'static str) -> kiln_core::CancelToken {
+    let cancel = kiln_core::CancelToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        #[cfg(unix)]
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminated = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
+        eprintln!("kiln: interrupting {what}: waiting for running stages to stop");
+        on_signal.cancel();
+    });
+    cancel
+}
+
+/// The results store, opened for writing (created and migrated as needed).
+pub(crate) async fn open_store(cli: &Cli) -> Result<kiln_store::Store> {
+    kiln_store::Store::open(&cli.store)
+        .await
+        .with_context(|| format!("opening the results store {}", cli.store))
+}
+
+/// The results store, opened read-only, when it exists (none: nothing is created).
+pub(crate) async fn readable_store(cli: &Cli) -> Result<Option<kiln_store::Store>> {
+    match kiln_store::location(&cli.store) {
+        Ok(l) if l.may_exist() => Ok(Some(
+            kiln_store::Store::open_read_only(&cli.store)
+                .await
+                .with_context(|| format!("opening the results store {}", cli.store))?,
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// The results store, opened for writing, when it exists already (none: it is not created).

@@ -6,7 +6,7 @@ use std::process::Command as Process;
 
 use anyhow::{Context, Result};
 use kiln_core::cache::{Cache, HashMemo};
-use kiln_core::{CancelToken, ExecOptions, RunMeta, plan};
+use kiln_core::{ExecOptions, RunMeta, plan};
 use kiln_store::{RunStatus, StageStatus, Store};
 
 use crate::args::SetArgs;
@@ -48,14 +48,7 @@ pub async fn run(
             .into());
         }
     }
-    let cancel = CancelToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("kiln: interrupting: waiting for running stages to stop");
-            on_signal.cancel();
-        }
-    });
+    let cancel = super::cancel_on_signals("the run");
     let reporter = crate::reporter::for_cli(cli);
     let opts = ExecOptions {
         jobs,
