@@ -163,39 +163,15 @@ impl Store {
     /// fail.
     pub async fn open(url: &str) -> Result<Self> {
         let location = Location::parse(url)?;
-        let open_error = |source| Error::Open {
-            url: location.display(),
-            source,
-        };
-        let pool = match &location {
-            Location::Sqlite(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-                        path: dir.to_owned(),
-                        source,
-                    })?;
-                }
-                let options = sqlite_options(path)?
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal);
-                Pool::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(4)
-                        .connect_with(options)
-                        .await
-                        .map_err(open_error)?,
-                )
-            }
-            Location::Postgres(url) => Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(BUSY_TIMEOUT)
-                    .connect_with(pg_options(url, &location)?)
-                    .await
-                    .map_err(open_error)?,
-            ),
-        };
+        if let Location::Sqlite(path) = &location
+            && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let pool = connect(&location, false).await?;
         migrate(&pool).await?;
         Ok(Self { pool, location })
     }
@@ -208,37 +184,12 @@ impl Store {
     /// cannot be reached.
     pub async fn open_read_only(url: &str) -> Result<Self> {
         let location = Location::parse(url)?;
-        let open_error = |source| Error::Open {
-            url: location.display(),
-            source,
-        };
-        let pool = match &location {
-            Location::Sqlite(path) => {
-                if !path.exists() {
-                    return Err(Error::Missing { path: path.clone() });
-                }
-                let options = sqlite_options(path)?
-                    .read_only(true)
-                    .pragma("query_only", "ON");
-                Pool::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(1)
-                        .connect_with(options)
-                        .await
-                        .map_err(open_error)?,
-                )
-            }
-            Location::Postgres(url) => Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(
-                        pg_options(url, &location)?
-                            .options([("default_transaction_read_only", "on")]),
-                    )
-                    .await
-                    .map_err(open_error)?,
-            ),
-        };
+        if let Location::Sqlite(path) = &location
+            && !path.exists()
+        {
+            return Err(Error::Missing { path: path.clone() });
+        }
+        let pool = connect(&location, true).await?;
         Ok(Self { pool, location })
     }
 
@@ -622,6 +573,51 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A pool on `location`: read-write (WAL, up to 4 connections) or read-only (one).
+async fn connect(location: &Location, read_only: bool) -> Result<Pool> {
+    let open_error = |source| Error::Open {
+        url: location.display(),
+        source,
+    };
+    let connections = if read_only { 1 } else { 4 };
+    Ok(match location {
+        Location::Sqlite(path) => {
+            let options = sqlite_options(path)?;
+            let options = if read_only {
+                options.read_only(true).pragma("query_only", "ON")
+            } else {
+                options
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+            };
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(connections)
+                    .connect_with(options)
+                    .await
+                    .map_err(open_error)?,
+            )
+        }
+        Location::Postgres(url) => {
+            let options = pg_options(url, location)?;
+            let options = if read_only {
+                options.options([("default_transaction_read_only", "on")])
+            } else {
+                options
+            };
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(connections)
+                    .acquire_timeout(BUSY_TIMEOUT)
+                    .connect_with(options)
+                    .await
+                    .map_err(open_error)?,
+            )
+        }
+    })
 }
 
 /// SQLite's options for the file at `path`: busy timeout and foreign keys.

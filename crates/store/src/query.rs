@@ -140,25 +140,25 @@ fn query_error(e: sqlx::Error) -> Error {
     }
 }
 
+/// The names of result columns (from a row, or from a description of the statement when it
+/// returned none).
+fn names<C: Column>(columns: &[C]) -> Vec<String> {
+    columns.iter().map(|c| c.name().to_owned()).collect()
+}
+
 async fn sqlite_query(pool: &sqlx::SqlitePool, sql: &str) -> Result<QueryResult> {
     let rows = sqlx::query(sql)
         .fetch_all(pool)
         .await
         .map_err(query_error)?;
     let mut result = QueryResult::default();
-    if let Some(first) = rows.first() {
-        result.columns = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-    } else if let Ok(described) = sqlx::Executor::describe(pool, sql).await {
-        result.columns = described
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-    }
+    result.columns = match rows.first() {
+        Some(first) => names(first.columns()),
+        None => sqlx::Executor::describe(pool, sql)
+            .await
+            .map(|d| names(d.columns()))
+            .unwrap_or_default(),
+    };
     for row in &rows {
         result
             .rows
@@ -198,19 +198,13 @@ async fn postgres_query(pool: &sqlx::PgPool, sql: &str) -> Result<QueryResult> {
         .await
         .map_err(query_error)?;
     let mut result = QueryResult::default();
-    if let Some(first) = rows.first() {
-        result.columns = first
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-    } else if let Ok(described) = sqlx::Executor::describe(&mut *tx, sql).await {
-        result.columns = described
-            .columns()
-            .iter()
-            .map(|c| c.name().to_owned())
-            .collect();
-    }
+    result.columns = match rows.first() {
+        Some(first) => names(first.columns()),
+        None => sqlx::Executor::describe(&mut *tx, sql)
+            .await
+            .map(|d| names(d.columns()))
+            .unwrap_or_default(),
+    };
     tx.rollback().await.map_err(query_error)?;
     for row in &rows {
         result
