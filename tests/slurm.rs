@@ -222,6 +222,11 @@ fn a_quickstart_sweep_on_slurm_survives_a_cancelled_task_and_reports_like_a_loca
         status.stdout
     );
     assert!(status.stdout.contains("CANCELLED"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("tweets 1/3") && status.stdout.contains("teacher 1/3"),
+        "shared stages executed once, cache hits for the other trials: {}",
+        status.stdout
+    );
     let killed_run_status = scalar(&format!(
         "SELECT count(*) FROM runs WHERE experiment_id = {id} AND trial = 1 AND status = 'interrupted'"
     ));

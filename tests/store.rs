@@ -615,3 +615,46 @@ fn store_copy_command_moves_a_project_store() {
         again.stderr
     );
 }
+
+/// `kiln runs`, `compare`, `rerun`, `status`, `query` and `gc` on a PostgreSQL store, as on
+/// SQLite.
+#[test]
+fn the_commands_that_read_the_store_work_on_postgres() {
+    let rt = runtime();
+    let Some(pg) = rt.block_on(crate::support::fresh_postgres("commands")) else {
+        return;
+    };
+    let p = crate::support::Project::new();
+    std::fs::copy(
+        crate::support::repo_root().join("pipelines/demo.yaml"),
+        p.path().join("demo.yaml"),
+    )
+    .expect("copy the demo");
+    let kiln = |args: &[&str]| {
+        let mut all = vec!["--store", pg.as_str()];
+        all.extend_from_slice(args);
+        p.kiln(&all).ok()
+    };
+    kiln(&["--quiet", "run", "demo.yaml"]);
+    kiln(&["--quiet", "run", "demo.yaml", "--set", "scale=3"]);
+    assert!(
+        !p.path().join("results/kiln.sqlite").exists(),
+        "nothing went to a SQLite file"
+    );
+    let runs = kiln(&["runs", "--format", "csv"]).stdout;
+    assert_eq!(runs.lines().count(), 3, "a header and two runs:\n{runs}");
+    let compared = kiln(&["compare", "1", "2"]).stdout;
+    assert!(
+        compared
+            .lines()
+            .any(|l| l.contains("scale") && l.contains('≠')),
+        "{compared}"
+    );
+    let rerun = kiln(&["rerun", "1", "--expect-identical"]).stdout;
+    assert!(rerun.contains("all identical"), "{rerun}");
+    let status = kiln(&["status", "demo.yaml"]).stdout;
+    assert!(status.contains("cached"), "{status}");
+    let count = kiln(&["query", "--format", "csv", "SELECT count(*) AS n FROM runs"]).stdout;
+    assert_eq!(count, "n\n3\n");
+    kiln(&["gc", "--dry-run"]);
+}

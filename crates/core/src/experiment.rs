@@ -629,3 +629,67 @@ impl Experiment {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Experiment, Error> {
+        parse(Path::new("e.yaml"), text)
+    }
+
+    const BASE: &str = "name: e\npipeline: p.yaml\nsweep:\n  params:\n    a: [1, 2]\n";
+
+    #[test]
+    fn executor_takes_slurm_job_options() {
+        let e = parse_text(&format!(
+            "{BASE}executor:\n  kind: slurm\n  partition: gpu\n  gpus: 2\n  cpus: 8\n  mem: 32G\n  time: \"12:00:00\"\n  account: lab\n  array_parallelism: 4\n  sbatch_args: [--qos=normal]\n  setup: [module load cuda]\n"
+        ))
+        .expect("valid");
+        let Some(ExecutorSpec::Slurm(c)) = e.executor else {
+            panic!("not slurm: {:?}", e.executor)
+        };
+        assert_eq!(c.partition.as_deref(), Some("gpu"));
+        assert_eq!((c.gpus, c.cpus, c.array_parallelism), (2, Some(8), Some(4)));
+        assert_eq!(
+            (c.mem.as_deref(), c.time.as_deref()),
+            (Some("32G"), Some("12:00:00"))
+        );
+        assert_eq!(c.account.as_deref(), Some("lab"));
+        assert_eq!(c.sbatch_args, ["--qos=normal"]);
+        assert_eq!(c.setup, ["module load cuda"]);
+        let e = parse_text(&format!("{BASE}executor: local\n")).expect("valid");
+        assert_eq!(e.executor, Some(ExecutorSpec::Local));
+        assert_eq!(parse_text(BASE).expect("valid").executor, None);
+    }
+
+    #[test]
+    fn executor_mistakes_are_named_where_written() {
+        let err = parse_text(&format!(
+            "{BASE}executor:\n  kind: slurm\n  partiton: gpu\n  cpus: 0\n  gpus: two\n"
+        ))
+        .expect_err("invalid")
+        .to_string();
+        assert!(
+            err.contains(
+                "e.yaml:8:3: unknown key \"partiton\" under executor (did you mean \"partition\"?)"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("e.yaml:9:3: executor.cpus: 0 is not a valid value"),
+            "{err}"
+        );
+        assert!(
+            err.contains("e.yaml:10:3: executor.gpus: \"two\" is not a valid value"),
+            "{err}"
+        );
+        let err = parse_text(&format!("{BASE}executor: kubernetes\n"))
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            err.contains("executor kind must be local or slurm"),
+            "{err}"
+        );
+    }
+}

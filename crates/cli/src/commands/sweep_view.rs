@@ -244,7 +244,16 @@ pub async fn status(store: &Store, experiment: &Experiment, sweep: &Sweep) -> Re
         sweep.done.len(),
         sweep.trials.len()
     );
-    crate::output::print(&table, TableFormat::Table)
+    crate::output::print(&table, TableFormat::Table)?;
+    let counts = store.stage_counts(sweep.experiment_id).await?;
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(stage, (executed, cached))| format!("{stage} {executed}/{cached}"))
+        .collect();
+    if !counts.is_empty() {
+        println!("stages executed/cached: {}", counts.join(", "));
+    }
+    Ok(())
 }
 
 /// `kiln sweep --cancel`.

@@ -446,17 +446,21 @@ pub async fn cancel(store: &Store, experiment_id: i64) -> Result<Vec<String>> {
 /// The GPUs a Slurm task was given, as device indices from 0 (Slurm sets
 /// `CUDA_VISIBLE_DEVICES` to them, so the task sees them as 0..n).
 pub fn task_gpus() -> Vec<u32> {
-    let count = |var: &str| {
-        std::env::var(var).ok().map(|v| {
-            v.split(',')
-                .filter(|d| !d.trim().is_empty() && *d != "NoDevFiles")
-                .count() as u32
-        })
-    };
-    let n = count("CUDA_VISIBLE_DEVICES")
-        .or_else(|| count("SLURM_JOB_GPUS"))
-        .or_else(|| count("SLURM_STEP_GPUS"))
-        .unwrap_or(0);
+    let var = |name: &str| std::env::var(name).ok();
+    gpus_from(&[
+        var("CUDA_VISIBLE_DEVICES"),
+        var("SLURM_JOB_GPUS"),
+        var("SLURM_STEP_GPUS"),
+    ])
+}
+
+/// The first of these device lists that is set, as indices 0..n.
+fn gpus_from(lists: &[Option<String>]) -> Vec<u32> {
+    let n = lists.iter().flatten().next().map_or(0, |v| {
+        v.split(',')
+            .filter(|d| !d.trim().is_empty() && *d != "NoDevFiles")
+            .count() as u32
+    });
     (0..n).collect()
 }
 
@@ -545,6 +549,20 @@ mod tests {
         assert_eq!(states.get("13_1").map(String::as_str), Some("RUNNING"));
         assert_eq!(states.get("13_3").map(String::as_str), Some("CANCELLED"));
         assert_eq!(states.len(), 4);
+    }
+
+    #[test]
+    fn a_task_uses_the_gpus_slurm_gave_it() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(gpus_from(&[some("2,3"), some("2,3"), None]), vec![0, 1]);
+        assert_eq!(gpus_from(&[None, some("5"), None]), vec![0]);
+        assert_eq!(
+            gpus_from(&[some(""), some("1,2")]),
+            Vec::<u32>::new(),
+            "hidden: none"
+        );
+        assert_eq!(gpus_from(&[some("NoDevFiles")]), Vec::<u32>::new());
+        assert_eq!(gpus_from(&[None, None, None]), Vec::<u32>::new());
     }
 
     #[test]
