@@ -127,3 +127,49 @@ fn a_killed_holders_lock_is_reclaimed_and_sigterm_interrupts() {
         3
     );
 }
+
+#[test]
+fn a_run_waiting_for_another_runs_lock_stops_at_once_when_interrupted() {
+    let p = Project::new();
+    p.write("slow.yaml", &SLOW.replace("sleep 3", "sleep 20"));
+    p.write("noop.yaml", "name: noop\nstages:\n  a:\n    uses: echo\n");
+    p.run("noop.yaml", &[]).ok();
+    let mut holder = p
+        .cmd(&["--quiet", "run", "slow.yaml"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let executions = p.path().join("executions.txt");
+    wait_until(Duration::from_secs(20), "the first run's stage", || {
+        executions.exists()
+    });
+    let mut waiter = p
+        .cmd(&["--quiet", "run", "slow.yaml"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    std::process::Command::new("kill")
+        .args(["-INT", &waiter.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let interrupted = Instant::now();
+    while waiter.try_wait().expect("wait").is_none() {
+        if interrupted.elapsed() > Duration::from_secs(10) {
+            let _ = waiter.kill();
+            let _ = holder.kill();
+            panic!("a run waiting for a lock did not stop within 10 s of Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = waiter.wait_with_output().expect("ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("is executing the same stage"), "{stderr}");
+    holder.kill().expect("kill");
+    holder.wait().expect("reaped");
+    assert_eq!(
+        p.scalar("SELECT status FROM stage_runs WHERE run_id = 3 AND stage = 'count'"),
+        "skipped"
+    );
+}

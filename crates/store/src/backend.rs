@@ -149,12 +149,13 @@ impl Pool {
         })
     }
 
-    /// Begins a transaction that only reads.
+    /// Begins a transaction that only reads, from one consistent state of the store.
     pub(crate) async fn begin_read(&self, what: &'static str) -> Result<Tx> {
         Ok(match self {
             Self::Sqlite(p) => Tx::Sqlite(p.begin().await.map_err(sql(what))?),
             Self::Postgres(p) => Tx::Postgres(
-                p.begin_with("BEGIN TRANSACTION READ ONLY")
+                // One snapshot for every statement of the transaction.
+                p.begin_with("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
                     .map_err(sql(what))?,
             ),

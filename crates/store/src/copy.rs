@@ -94,6 +94,8 @@ impl Store {
             check_schema(store).await?;
         }
         let mut tx = target.pool.begin_write("begin the copy").await?;
+        // One read transaction: every table from the same state of the source.
+        let mut source = self.pool.begin_read("begin reading the source").await?;
         let mut report = CopyReport::default();
         for table in TABLES {
             if !read_table(&mut tx, table, Some(1)).await?.is_empty() {
@@ -101,12 +103,7 @@ impl Store {
                     table: table.name.to_owned(),
                 });
             }
-            let rows = {
-                let mut source = self.pool.begin_read("begin reading the source").await?;
-                let rows = read_table(&mut source, table, None).await?;
-                source.commit("end reading the source").await?;
-                rows
-            };
+            let rows = read_table(&mut source, table, None).await?;
             insert_rows(&mut tx, table, &rows).await?;
             if table.serial
                 && let Tx::Postgres(t) = &mut tx
@@ -134,6 +131,7 @@ impl Store {
                 checksum: want,
             });
         }
+        source.commit("end reading the source").await?;
         tx.commit("commit the copy").await?;
         Ok(report)
     }

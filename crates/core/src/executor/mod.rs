@@ -165,6 +165,10 @@ pub async fn execute(plan: &Plan, opts: &ExecOptions) -> Result<RunSummary> {
     };
     loop {
         run.advance(&mut recorder, &locks).await?;
+        if opts.cancel.is_cancelled() {
+            // A stage waiting for another run's lock will not start now.
+            run.waiting_on.clear();
+        }
         if run.sched.running() == 0 && run.waiting_on.is_empty() {
             break;
         }

@@ -130,6 +130,15 @@ impl Executor for SlurmExecutor {
         let first_job = sbatch(&[], &script)?;
         submission.scripts.push(script);
         submission.jobs.push((first.trial.index, first_job.clone()));
+        // Recorded at once: whatever fails next, --status and --cancel find this job.
+        runner
+            .store
+            .record_jobs(
+                sweep.experiment_id,
+                "slurm",
+                &[(first.trial.index as i64, first_job.clone())],
+            )
+            .await?;
         if !rest.is_empty() {
             let indices: Vec<String> = rest.iter().map(|t| t.trial.index.to_string()).collect();
             let mut array = indices.join(",");
@@ -152,23 +161,25 @@ impl Executor for SlurmExecutor {
                 &script,
             )?;
             submission.scripts.push(script);
-            for t in rest {
-                submission
-                    .jobs
-                    .push((t.trial.index, format!("{array_job}_{}", t.trial.index)));
-            }
+            let tasks: Vec<(i64, String)> = rest
+                .iter()
+                .map(|t| {
+                    (
+                        t.trial.index as i64,
+                        format!("{array_job}_{}", t.trial.index),
+                    )
+                })
+                .collect();
+            runner
+                .store
+                .record_jobs(sweep.experiment_id, "slurm", &tasks)
+                .await?;
+            submission
+                .jobs
+                .extend(tasks.into_iter().map(|(t, j)| (t as usize, j)));
             submission.array = Some(array_job);
         }
         submission.first = Some(first_job);
-        let jobs: Vec<(i64, String)> = submission
-            .jobs
-            .iter()
-            .map(|(t, j)| (*t as i64, j.clone()))
-            .collect();
-        runner
-            .store
-            .record_jobs(sweep.experiment_id, "slurm", &jobs)
-            .await?;
         Ok(Outcome::Submitted(submission))
     }
 }
@@ -251,7 +262,8 @@ impl SlurmExecutor {
         } else {
             format!("trial-{trial}-job-%j.out")
         });
-        let path = dir.join(format!("{which}-{}.sbatch", kiln_store::unix_now() as u64));
+        let stamp = (kiln_store::unix_now() * 1000.0) as u64;
+        let path = dir.join(format!("{which}-{stamp}.sbatch"));
         std::fs::write(&path, self.script(experiment_id, trial, &log)).map_err(|source| {
             Error::Cache {
                 what: "cannot write the job script",
