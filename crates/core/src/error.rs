@@ -101,6 +101,20 @@ pub enum Error {
     /// The results store failed.
     #[error(transparent)]
     Store(#[from] kiln_store::Error),
+    /// A file kiln writes for itself (e.g. a job script) could not be written.
+    #[error("{what} {path}")]
+    Write {
+        /// What kiln was doing.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task kiln started (a sweep lane) ended abnormally.
+    #[error("a trial's task ended abnormally: {0}")]
+    Task(String),
     /// A trial of a sweep cannot be planned.
     #[error("trial {index} ({values})")]
     Trial {

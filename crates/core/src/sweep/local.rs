@@ -116,11 +116,7 @@ impl LocalExecutor {
         free: &mut Vec<usize>,
         results: &mut BTreeMap<usize, (RunStatus, Option<i64>)>,
     ) -> Result<()> {
-        let (lane, trial, summary) = joined.map_err(|e| Error::Cache {
-            what: "a trial task ended abnormally in",
-            path: std::path::PathBuf::from("(sweep)"),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let (lane, trial, summary) = joined.map_err(|e| Error::Task(e.to_string()))?;
         free.push(lane);
         let summary = summary?;
         self.display.finished(lane, trial, summary.status.as_str());

@@ -116,7 +116,7 @@ impl Executor for SlurmExecutor {
             return Ok(Outcome::Submitted(submission));
         };
         let dir = self.scripts_dir(sweep.experiment_id);
-        std::fs::create_dir_all(&dir).map_err(|source| Error::Cache {
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Write {
             what: "cannot create the job script directory",
             path: dir.clone(),
             source,
@@ -265,7 +265,7 @@ impl SlurmExecutor {
         let stamp = (kiln_store::unix_now() * 1000.0) as u64;
         let path = dir.join(format!("{which}-{stamp}.sbatch"));
         std::fs::write(&path, self.script(experiment_id, trial, &log)).map_err(|source| {
-            Error::Cache {
+            Error::Write {
                 what: "cannot write the job script",
                 path: path.clone(),
                 source,
