@@ -622,3 +622,33 @@ stages:
         "4"
     );
 }
+
+#[test]
+fn status_reads_a_local_sweep_and_refuses_one_never_run_without_writing() {
+    let p = project(GRID);
+    let never = p.kiln(&["sweep", "experiments/exp.yaml", "--status"]);
+    assert_eq!(never.status, 1, "{}", never.stderr);
+    assert!(
+        never.stderr.contains("has not been swept"),
+        "{}",
+        never.stderr
+    );
+    assert!(
+        !p.path().join("results/kiln.sqlite").exists(),
+        "--status created no store"
+    );
+    p.kiln(&["--quiet", "sweep", "experiments/exp.yaml"]).ok();
+    let status = p.kiln(&["sweep", "experiments/exp.yaml", "--status"]).ok();
+    assert!(
+        status.stdout.contains("9 of 9 trial(s) done"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("prep 1/8"), "{}", status.stdout);
+    let cancel = p.kiln(&["sweep", "experiments/exp.yaml", "--cancel"]).ok();
+    assert!(
+        cancel.stdout.contains("no queued or running job"),
+        "{}",
+        cancel.stdout
+    );
+}

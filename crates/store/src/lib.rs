@@ -513,14 +513,16 @@ impl Store {
         })))
     }
 
-    /// The most recent runs, newest first.
+    /// The most recent runs, newest first. `final_metrics` is built here rather than taken
+    /// from `run_summary`, whose text of a float is each database's own (`1.0` in SQLite,
+    /// `1` in PostgreSQL): `kiln runs` reads the same from both.
     ///
     /// # Errors
-    /// When the query fails.
+    /// When a query fails.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunRow>> {
-        on_pool!(&self.pool, p => sqlx::query(
+        let mut runs: Vec<RunRow> = on_pool!(&self.pool, p => sqlx::query(
             "SELECT run_id, pipeline, status, started_at, ended_at, executed, cached, failed,
-                    coalesce(params, ''), coalesce(final_metrics, '')
+                    coalesce(params, '')
              FROM run_summary ORDER BY run_id DESC LIMIT $1",
         )
         .bind(limit)
@@ -539,9 +541,24 @@ impl Store {
                 cached: r.get(6),
                 failed: r.get(7),
                 params: r.get(8),
-                final_metrics: r.get(9),
+                final_metrics: String::new(),
             })
-            .collect()))
+            .collect()))?;
+        let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+        let mut finals: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for (run, m) in self.final_metrics_of(&ids).await? {
+            let value = m
+                .value
+                .map_or_else(|| "NaN".to_owned(), |v| format!("{v:?}"));
+            finals
+                .entry(run)
+                .or_default()
+                .push(format!("{}={value}", m.key()));
+        }
+        for run in &mut runs {
+            run.final_metrics = finals.remove(&run.id).unwrap_or_default().join(" ");
+        }
+        Ok(runs)
     }
 
     /// All metric points of a run, in insertion order.

@@ -81,6 +81,28 @@ impl Store {
         })))
     }
 
+    /// The id of the experiment row for (name, path, spec hash), if recorded.
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn find_experiment(
+        &self,
+        name: &str,
+        path: &str,
+        spec_hash: &str,
+    ) -> Result<Option<i64>> {
+        on_pool!(&self.pool, p => sqlx::query(
+            "SELECT id FROM experiments WHERE name = $1 AND path = $2 AND spec_hash = $3",
+        )
+        .bind(name)
+        .bind(path)
+        .bind(spec_hash)
+        .fetch_optional(p)
+        .await
+        .map_err(sql("find an experiment"))
+        .map(|row| row.map(|r| r.get::<i64, _>(0))))
+    }
+
     /// Whether run `id` exists.
     ///
     /// # Errors

@@ -20,11 +20,10 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs, what: What) -> Result<()
     let pipeline = super::load(&workdir.join(&experiment.pipeline))?;
     experiment.check(&pipeline)?;
     let registry = super::registry();
-    // A dry run writes nothing: it reads the store's hash memo only if there is a store.
-    let dry_run = matches!(what, What::DryRun);
-    let store = match dry_run {
-        true => super::readable_store(cli).await?,
-        false => Some(super::open_store(cli).await?),
+    // Only running writes: a dry run, --status and --cancel read the store if there is one.
+    let store = match what {
+        What::Run(_) => Some(super::open_store(cli).await?),
+        _ => super::readable_store(cli).await?,
     };
     let mut memo = HashMemo::load(&Cache::new(&cli.results), store.as_ref()).await?;
     let extra = super::overrides(set)?;
@@ -36,28 +35,22 @@ pub async fn run(cli: &Cli, file: &Path, set: &SetArgs, what: What) -> Result<()
         &workdir,
         &mut memo,
     )?;
-    let (Some(store), false) = (store, dry_run) else {
-        return view::dry_run(cli, &experiment, &pipeline, &trials);
+    let (What::Run(args), Some(store)) = (&what, &store) else {
+        return view::inspect(cli, &what, store.as_ref(), &experiment, &pipeline, trials).await;
     };
-    memo.save(&store).await?;
-    let sweep = Sweep::register(&store, &experiment, trials).await?;
-    let What::Run(RunArgs {
+    memo.save(store).await?;
+    let sweep = Sweep::register(store, &experiment, trials).await?;
+    let RunArgs {
         lanes,
         jobs,
         gpus,
         executor,
-    }) = what
-    else {
-        return match what {
-            What::Status => view::status(&store, &experiment, &sweep).await,
-            _ => view::cancel(&store, &sweep).await,
-        };
-    };
-    let (runner, reporter) = view::runner(cli, &store, registry, jobs, &workdir);
+    } = *args;
+    let (runner, reporter) = view::runner(cli, store, registry, jobs, &workdir);
     view::announce(&experiment, &sweep);
     let outcome = match view::executor_spec(executor, &experiment) {
         ExecutorSpec::Slurm(config) => {
-            let slurm = view::slurm(cli, &store, config, &experiment, set, &workdir)?;
+            let slurm = view::slurm(cli, store, config, &experiment, set, &workdir)?;
             slurm.execute(&sweep, &runner).await?
         }
         ExecutorSpec::Local => {

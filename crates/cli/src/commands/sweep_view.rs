@@ -31,6 +31,7 @@ pub enum What {
 }
 
 /// How to run the pending trials.
+#[derive(Clone, Copy)]
 pub struct RunArgs {
     /// Trials at once (local).
     pub lanes: Option<usize>,
@@ -148,11 +149,45 @@ pub fn slurm(
     })
 }
 
+/// What `kiln sweep` does without running anything: the dry run's table, `--status`,
+/// `--cancel`. It writes nothing to the store.
+///
+/// # Errors
+/// `--status` or `--cancel` on a sweep the store has no record of.
+pub async fn inspect(
+    cli: &Cli,
+    what: &What,
+    store: Option<&Store>,
+    experiment: &Experiment,
+    pipeline: &Pipeline,
+    trials: Vec<PlannedTrial>,
+) -> Result<()> {
+    if matches!(what, What::DryRun) {
+        return dry_run(cli, experiment, pipeline, &trials);
+    }
+    let never = || {
+        anyhow::anyhow!(
+            "{} has not been swept in this version (no record in {}): run kiln sweep {} first",
+            experiment.path.display(),
+            cli.store,
+            experiment.path.display()
+        )
+    };
+    let store = store.ok_or_else(never)?;
+    let sweep = Sweep::find(store, experiment, trials)
+        .await?
+        .ok_or_else(never)?;
+    match what {
+        What::Status => status(store, experiment, &sweep).await,
+        _ => cancel(store, &sweep).await,
+    }
+}
+
 /// `kiln sweep --dry-run`: the trial table.
 ///
 /// # Errors
 /// When the table cannot be printed.
-pub fn dry_run(
+fn dry_run(
     cli: &Cli,
     experiment: &Experiment,
     pipeline: &Pipeline,
@@ -216,7 +251,7 @@ pub fn announce(experiment: &Experiment, sweep: &Sweep) {
 ///
 /// # Errors
 /// Store failures.
-pub async fn status(store: &Store, experiment: &Experiment, sweep: &Sweep) -> Result<()> {
+async fn status(store: &Store, experiment: &Experiment, sweep: &Sweep) -> Result<()> {
     let rows = slurm::status(store, sweep.experiment_id, &sweep.trials).await?;
     let text = |s: Option<String>| Cell::Text(s.unwrap_or_else(|| "-".into()));
     let table = QueryResult {
@@ -260,7 +295,7 @@ pub async fn status(store: &Store, experiment: &Experiment, sweep: &Sweep) -> Re
 ///
 /// # Errors
 /// Store failures, or `scancel` failing.
-pub async fn cancel(store: &Store, sweep: &Sweep) -> Result<()> {
+async fn cancel(store: &Store, sweep: &Sweep) -> Result<()> {
     let cancelled = slurm::cancel(store, sweep.experiment_id).await?;
     if cancelled.is_empty() {
         println!(

@@ -132,6 +132,33 @@ impl Sweep {
         store
             .set_experiment_metric(experiment_id, experiment.metric.as_deref())
             .await?;
+        Self::with_id(store, experiment_id, trials).await
+    }
+
+    /// The sweep of this version of the experiment file, if the store has it (writes
+    /// nothing).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn find(
+        store: &Store,
+        experiment: &Experiment,
+        trials: Vec<PlannedTrial>,
+    ) -> Result<Option<Self>> {
+        let id = store
+            .find_experiment(
+                &experiment.name,
+                &experiment.path.to_string_lossy(),
+                &experiment.spec_hash,
+            )
+            .await?;
+        match id {
+            Some(id) => Ok(Some(Self::with_id(store, id, trials).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn with_id(store: &Store, experiment_id: i64, trials: Vec<PlannedTrial>) -> Result<Self> {
         let succeeded = store.succeeded_trials(experiment_id).await?;
         let done = trials
             .iter()
