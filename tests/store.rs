@@ -648,3 +648,34 @@ fn the_commands_that_read_the_store_work_on_postgres() {
     assert_eq!(count, "n\n3\n");
     kiln(&["gc", "--dry-run"]);
 }
+
+/// An unreachable server fails at once, saying why, and no message shows the password.
+#[test]
+fn an_unreachable_postgres_store_is_a_clear_error_without_its_password() {
+    let p = crate::support::Project::new();
+    let ran = p.kiln(&["--store", "postgres://kiln:s3cret@127.0.0.1:1/kiln", "runs"]);
+    assert_eq!(ran.status, 1);
+    assert!(ran.stderr.contains("Connection refused"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("postgres://kiln:***@127.0.0.1:1/kiln"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!ran.stderr.contains("s3cret"), "{}", ran.stderr);
+    assert!(
+        ran.elapsed < std::time::Duration::from_secs(10),
+        "{:?}",
+        ran.elapsed
+    );
+    let copy = p.kiln(&[
+        "store",
+        "copy",
+        "--from",
+        "missing.sqlite",
+        "--to",
+        "postgres://kiln:s3cret@127.0.0.1:1/kiln",
+    ]);
+    assert_eq!(copy.status, 1);
+    assert!(copy.stderr.contains("missing.sqlite"), "{}", copy.stderr);
+    assert!(!copy.stderr.contains("s3cret"), "{}", copy.stderr);
+}

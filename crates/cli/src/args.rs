@@ -30,6 +30,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// `--store` as messages show it (a PostgreSQL URL without its password).
+    pub fn store_label(&self) -> String {
+        kiln_store::display_url(&self.store)
+    }
+}
+
 /// Log formats.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {

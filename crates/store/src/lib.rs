@@ -154,6 +154,11 @@ pub fn location(url: &str) -> Result<Location> {
     Location::parse(url)
 }
 
+/// `url` as messages show it: a PostgreSQL URL without its password.
+pub fn display_url(url: &str) -> String {
+    Location::parse(url).map_or_else(|_| url.to_owned(), |l| l.display())
+}
+
 impl Store {
     /// Opens the store at `url` for reading and writing, creating it (a SQLite file) and
     /// applying migrations as needed.
@@ -625,6 +630,15 @@ async fn connect(location: &Location, read_only: bool) -> Result<Pool> {
             } else {
                 options
             };
+            // One connection first: its error says why (refused, unknown host, bad password);
+            // a pool's first connect would only time out.
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&options)
+                .await
+                .map_err(open_error)?
+                .close()
+                .await
+                .map_err(open_error)?;
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(connections)

@@ -169,7 +169,7 @@ pub async fn run(
     }
     writer.close().await?;
     store.finish_run(run_id, RunStatus::Succeeded).await?;
-    println!("recorded as run {run_id} in {}", cli.store);
+    println!("recorded as run {run_id} in {}", cli.store_label());
     Ok(())
 }
 

@@ -12,10 +12,10 @@ use crate::args::TableFormat;
 pub async fn run(cli: &Cli, a: i64, b: i64, format: TableFormat) -> Result<()> {
     let store = Store::open_read_only(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     for id in [a, b] {
         if !store.run_exists(id).await? {
-            anyhow::bail!("no run {id} in {}", cli.store);
+            anyhow::bail!("no run {id} in {}", cli.store_label());
         }
     }
     let mut rows = Vec::new();

@@ -24,7 +24,7 @@ pub async fn run(
     );
     let store = Store::open(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     let opts = GcOptions {
         keep_last,
         older_than,

@@ -222,7 +222,7 @@ pub(crate) fn cancel_on_signals(what: &'static str) -> kiln_core::CancelToken {
 pub(crate) async fn open_store(cli: &Cli) -> Result<kiln_store::Store> {
     kiln_store::Store::open(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))
+        .with_context(|| format!("opening the results store {}", cli.store_label()))
 }
 
 /// The results store, opened read-only, when it exists (none: nothing is created).
@@ -231,7 +231,7 @@ pub(crate) async fn readable_store(cli: &Cli) -> Result<Option<kiln_store::Store
         Ok(l) if l.may_exist() => Ok(Some(
             kiln_store::Store::open_read_only(&cli.store)
                 .await
-                .with_context(|| format!("opening the results store {}", cli.store))?,
+                .with_context(|| format!("opening the results store {}", cli.store_label()))?,
         )),
         _ => Ok(None),
     }
@@ -243,7 +243,7 @@ pub(crate) async fn existing_store(cli: &Cli) -> Result<Option<kiln_store::Store
         Ok(l) if l.may_exist() => Ok(Some(
             kiln_store::Store::open(&cli.store)
                 .await
-                .with_context(|| format!("opening the results store {}", cli.store))?,
+                .with_context(|| format!("opening the results store {}", cli.store_label()))?,
         )),
         _ => Ok(None),
     }

@@ -10,7 +10,7 @@ use crate::args::TableFormat;
 pub async fn run(cli: &Cli, sql: &str, format: TableFormat) -> Result<()> {
     let store = Store::open_read_only(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     match store.query_read_only(sql).await {
         Ok(result) => crate::output::print(&result, format),
         Err(e @ (kiln_store::Error::ReadOnly { .. } | kiln_store::Error::Query { .. })) => {

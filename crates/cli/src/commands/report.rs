@@ -23,7 +23,7 @@ pub async fn run(
 ) -> Result<()> {
     let store = Store::open_read_only(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     let mut report = kiln_report::gather(&store, experiment, metric).await?;
     store.close().await;
     // The best trial's model: the last model directory its run wrote.

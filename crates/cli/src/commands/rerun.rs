@@ -51,9 +51,9 @@ pub struct RerunOptions {
 pub async fn run(cli: &Cli, run_id: i64, options: &RerunOptions) -> Result<()> {
     let store = Store::open(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     let Some(recorded) = store.recorded_run(run_id).await? else {
-        bail!("no run {run_id} in {}", cli.store);
+        bail!("no run {run_id} in {}", cli.store_label());
     };
     let config: serde_json::Value = serde_json::from_str(&recorded.config)
         .with_context(|| format!("run {run_id}: its recorded configuration"))?;

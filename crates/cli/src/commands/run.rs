@@ -33,7 +33,7 @@ pub async fn run(
         Some(store) => store,
         None => Store::open(&cli.store)
             .await
-            .with_context(|| format!("opening the results store {}", cli.store))?,
+            .with_context(|| format!("opening the results store {}", cli.store_label()))?,
     };
     memo.save(&store).await?;
     for name in force {

@@ -9,7 +9,7 @@ use crate::args::TableFormat;
 pub async fn run(cli: &Cli, limit: i64, format: TableFormat) -> Result<()> {
     let store = Store::open_read_only(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     let runs = store.recent_runs(limit).await?;
     let result = QueryResult {
         columns: [

@@ -11,7 +11,7 @@ pub async fn run(cli: &Cli, command: &StoreCommand) -> Result<()> {
         StoreCommand::Migrate => {
             let store = Store::open(&cli.store)
                 .await
-                .with_context(|| format!("migrating the results store {}", cli.store))?;
+                .with_context(|| format!("migrating the results store {}", cli.store_label()))?;
             println!(
                 "{} ({}): schema up to date",
                 store.location().display(),
@@ -27,10 +27,10 @@ pub async fn run(cli: &Cli, command: &StoreCommand) -> Result<()> {
 async fn copy(from: &str, to: &str) -> Result<()> {
     let source = Store::open_read_only(from)
         .await
-        .with_context(|| format!("opening the source store {from}"))?;
+        .with_context(|| format!("opening the source store {}", kiln_store::display_url(from)))?;
     let target = Store::open(to)
         .await
-        .with_context(|| format!("opening the target store {to}"))?;
+        .with_context(|| format!("opening the target store {}", kiln_store::display_url(to)))?;
     let report = source.copy_to(&target).await.with_context(|| {
         format!(
             "copying {} into {}",

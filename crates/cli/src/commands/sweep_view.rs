@@ -169,7 +169,7 @@ pub async fn inspect(
         anyhow::anyhow!(
             "{} has not been swept in this version (no record in {}): run kiln sweep {} first",
             experiment.path.display(),
-            cli.store,
+            cli.store_label(),
             experiment.path.display()
         )
     };

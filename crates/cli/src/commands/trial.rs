@@ -19,7 +19,7 @@ pub async fn run(
 ) -> Result<()> {
     let store = Store::open(&cli.store)
         .await
-        .with_context(|| format!("opening the results store {}", cli.store))?;
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
     let Some(info) = store.experiment(experiment_id).await? else {
         bail!(
             "no experiment {experiment_id} in {}",
