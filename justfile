@@ -21,6 +21,11 @@ lint:
 bench:
     cargo run --release -- bench
 
+# Every benchmark, recorded with this machine's fingerprint and compared with its history
+# (exit 1 on a regression): run it nightly.
+nightly:
+    cargo run --release -- bench suite
+
 # Training tokens/s on the CPU, kiln against PyTorch eager (sets up .venv-fixtures).
 bench-train:
     benches/train/run.sh

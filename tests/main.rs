@@ -3,6 +3,7 @@
 mod support;
 
 mod archs;
+mod bench;
 mod cli;
 mod data;
 mod eval;

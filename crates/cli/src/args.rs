@@ -458,6 +458,15 @@ pub enum Command {
         /// postgres:// URL) instead of a scratch SQLite file. Its rows stay there.
         #[arg(long, value_name = "URL")]
         ingest_into: Option<String>,
+        /// suite: times each benchmark runs (the median and spread are recorded).
+        #[arg(long, default_value_t = 3)]
+        times: usize,
+        /// suite: only these groups (noop, ingest, train, generate), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<SuiteGroup>,
+        /// suite: the slowdown beyond noise that counts as a regression (exit 1).
+        #[arg(long, default_value_t = 0.10)]
+        threshold: f64,
     },
     /// Manage the results store itself.
     #[command(subcommand)]
@@ -553,5 +562,22 @@ pub enum BenchKind {
     Train,
     /// Greedy decoding tokens/s of a DistilGPT-2-shaped model with and without the KV cache
     /// (32-token prompt, 64 new tokens); not part of `all`.
+    Generate,
+    /// Every benchmark above, `--times` times each, into the store's `bench_results` with
+    /// the machine's fingerprint, each figure compared with that machine's history (exit 1
+    /// when one is slower beyond noise and `--threshold`).
+    Suite,
+}
+
+/// The groups of `kiln bench suite --only`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SuiteGroup {
+    /// The no-op `kiln run`.
+    Noop,
+    /// Metric ingest and the last-value query.
+    Ingest,
+    /// Training tokens/s of the small GPT-2.
+    Train,
+    /// Decoding tokens/s with and without the KV cache.
     Generate,
 }

@@ -34,6 +34,7 @@ pub mod interp;
 pub mod metric;
 pub mod param;
 pub mod plan;
+pub mod regression;
 pub mod spec;
 pub mod stage;
 pub mod stages;

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod bench;
 mod copy;
 mod error;
 mod gc;
@@ -46,6 +47,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use backend::Location;
+pub use bench::{BenchFigure, Machine};
 pub use copy::{CopyReport, TableCopy};
 pub use error::{Error, Result};
 pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
@@ -89,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "stage locks and executor jobs",
         include_str!("../migrations/0006_locks_and_jobs.sql"),
+    ),
+    (
+        7,
+        "benchmarks",
+        include_str!("../migrations/0007_benchmarks.sql"),
     ),
 ];
 

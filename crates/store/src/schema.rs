@@ -192,6 +192,40 @@ pub(crate) const TABLES: &[Table] = &[
             ("submitted_at", Text),
         ],
     },
+    Table {
+        name: "machines",
+        key: "id",
+        serial: true,
+        columns: &[
+            ("id", Int),
+            ("fingerprint", Text),
+            ("cpu_model", Text),
+            ("cpu_flags", Text),
+            ("cores", Int),
+            ("memory_gib", Int),
+            ("gpu", Text),
+            ("created_at", Text),
+        ],
+    },
+    Table {
+        name: "bench_results",
+        key: "id",
+        serial: true,
+        columns: &[
+            ("id", Int),
+            ("suite", Text),
+            ("machine_id", Int),
+            ("name", Text),
+            ("value", Real),
+            ("unit", Text),
+            ("spread", Real),
+            ("repeats", Int),
+            ("higher_is_better", Int),
+            ("kiln_version", Text),
+            ("git_commit", Text),
+            ("at", Text),
+        ],
+    },
 ];
 
 /// The column type a database reports, as [`Col`] (`None`: a type kiln does not write).

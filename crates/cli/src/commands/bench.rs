@@ -21,7 +21,7 @@ pub struct TrainArgs<'a> {
     pub batch: usize,
 }
 
-struct TrainJob<'a>(TrainArgs<'a>);
+pub(crate) struct TrainJob<'a>(pub(crate) TrainArgs<'a>);
 
 impl Job for TrainJob<'_> {
     type Output = kiln_train::Result<kiln_train::bench::Throughput>;
@@ -39,7 +39,7 @@ impl Job for TrainJob<'_> {
 }
 
 /// Decoding tokens/s with and without the KV cache.
-struct GenerateJob;
+pub(crate) struct GenerateJob;
 
 impl InferJob for GenerateJob {
     type Output = kiln_eval::Result<(f64, f64)>;
@@ -174,7 +174,7 @@ pub async fn run(
 }
 
 /// Median wall time (ms) of `kiln run` as a whole process on an up-to-date 10-stage pipeline.
-fn noop_run(repeat: usize) -> Result<f64> {
+pub(crate) fn noop_run(repeat: usize) -> Result<f64> {
     let dir = tempfile::tempdir()?;
     let mut yaml = String::from("name: bench-noop\nparams:\n  n: 1\nstages:\n");
     for i in 0..10 {
@@ -212,7 +212,7 @@ fn noop_run(repeat: usize) -> Result<f64> {
 
 /// Ingest `rows` metric rows through the batched writer (rows/s), then time the
 /// last-value-per-(run, metric) query (ms, median of 5).
-async fn store_benches(store: &Store, rows: usize) -> Result<(f64, f64)> {
+pub(crate) async fn store_benches(store: &Store, rows: usize) -> Result<(f64, f64)> {
     let pipeline_id = store.pipeline_id("bench", "bench", "x").await?;
     let runs = 100;
     let mut run_ids = Vec::new();

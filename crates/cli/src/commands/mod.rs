@@ -1,6 +1,7 @@
 //! One file per command; each maps arguments to library calls and prints the result.
 
 mod bench;
+mod bench_suite;
 mod compare;
 mod dag;
 mod data;
@@ -70,7 +71,20 @@ pub async fn execute(cli: Cli) -> Result<()> {
             batch,
             on,
             ingest_into,
+            times,
+            only,
+            threshold,
         } => {
+            if *which == crate::args::BenchKind::Suite {
+                let suite = bench_suite::Options {
+                    times: *times,
+                    only: only.clone(),
+                    threshold: *threshold,
+                    rows: *rows,
+                    steps: *steps,
+                };
+                return bench_suite::run(&cli, &suite, on).await;
+            }
             let train = bench::TrainArgs {
                 steps: *steps,
                 model: model.as_deref(),

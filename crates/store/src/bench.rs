@@ -1,0 +1,141 @@
+//! Benchmark figures (`kiln bench suite`) and the machines they were measured on
+//! (migration 7).
+
+use sqlx::Row;
+
+use crate::backend::on_pool;
+use crate::error::{Result, sql};
+use crate::{Store, now};
+
+/// What identifies a machine for benchmarks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// blake3 of the other fields.
+    pub fingerprint: String,
+    /// The CPU's model name.
+    pub cpu_model: String,
+    /// The SIMD flags kernels choose by, space-separated.
+    pub cpu_flags: String,
+    /// Cores kiln may use.
+    pub cores: i64,
+    /// Memory, GiB.
+    pub memory_gib: i64,
+    /// GPU names, or `none`.
+    pub gpu: String,
+}
+
+/// One figure to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchFigure {
+    /// The benchmark.
+    pub name: String,
+    /// The median of the repeats.
+    pub value: f64,
+    /// `tok/s`, `ms`, …
+    pub unit: String,
+    /// The median absolute deviation of the repeats.
+    pub spread: f64,
+    /// How many repeats.
+    pub repeats: i64,
+    /// Whether more is better (rates) or less (times).
+    pub higher_is_better: bool,
+}
+
+impl Store {
+    /// The id of `machine`'s row, inserting it if new.
+    ///
+    /// # Errors
+    /// When a statement fails.
+    pub async fn machine_id(&self, machine: &Machine) -> Result<i64> {
+        on_pool!(&self.pool, p => {
+            sqlx::query(
+                "INSERT INTO machines (fingerprint, cpu_model, cpu_flags, cores, memory_gib, gpu, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(&machine.fingerprint)
+            .bind(&machine.cpu_model)
+            .bind(&machine.cpu_flags)
+            .bind(machine.cores)
+            .bind(machine.memory_gib)
+            .bind(&machine.gpu)
+            .bind(now())
+            .execute(p)
+            .await
+            .map_err(sql("record a machine"))?;
+            sqlx::query("SELECT id FROM machines WHERE fingerprint = $1")
+                .bind(&machine.fingerprint)
+                .fetch_one(p)
+                .await
+                .map_err(sql("find a machine"))
+                .map(|r| r.get::<i64, _>(0))
+        })
+    }
+
+    /// Records one suite run's figures.
+    ///
+    /// # Errors
+    /// When a statement fails.
+    pub async fn record_bench(
+        &self,
+        suite: &str,
+        machine_id: i64,
+        kiln_version: &str,
+        git_commit: Option<&str>,
+        figures: &[BenchFigure],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_write("begin recording benchmarks").await?;
+        let at = now();
+        crate::backend::on_tx!(&mut tx, t => {
+            for f in figures {
+                sqlx::query(
+                    "INSERT INTO bench_results (suite, machine_id, name, value, unit, spread, repeats,
+                                                higher_is_better, kiln_version, git_commit, at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(suite)
+                .bind(machine_id)
+                .bind(&f.name)
+                .bind(f.value)
+                .bind(&f.unit)
+                .bind(f.spread)
+                .bind(f.repeats)
+                .bind(i64::from(f.higher_is_better))
+                .bind(kiln_version)
+                .bind(git_commit)
+                .bind(&at)
+                .execute(&mut **t)
+                .await
+                .map_err(sql("record a benchmark figure"))?;
+            }
+        });
+        tx.commit("commit benchmark figures").await
+    }
+
+    /// The latest `limit` figures of benchmark `name` on machine `machine_id`, oldest first:
+    /// (value, spread).
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn bench_history(
+        &self,
+        machine_id: i64,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<(f64, f64)>> {
+        on_pool!(&self.pool, p => sqlx::query(
+            "SELECT value, spread FROM bench_results WHERE machine_id = $1 AND name = $2
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(machine_id)
+        .bind(name)
+        .bind(limit)
+        .fetch_all(p)
+        .await
+        .map_err(sql("read a benchmark's history"))
+        .map(|rows| rows
+            .into_iter()
+            .rev()
+            .map(|r| (r.get::<f64, _>(0), r.get::<f64, _>(1)))
+            .collect()))
+    }
+}
