@@ -467,6 +467,9 @@ pub enum Command {
         /// suite: the slowdown beyond noise that counts as a regression (exit 1).
         #[arg(long, default_value_t = 0.10)]
         threshold: f64,
+        /// report: the directory for `bench.html` (default `results/reports`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Manage the results store itself.
     #[command(subcommand)]
@@ -567,6 +570,8 @@ pub enum BenchKind {
     /// the machine's fingerprint, each figure compared with that machine's history (exit 1
     /// when one is slower beyond noise and `--threshold`).
     Suite,
+    /// An HTML page of every suite figure's history, per machine (`bench.html`).
+    Report,
 }
 
 /// The groups of `kiln bench suite --only`.

@@ -8,9 +8,11 @@
 //!   next-token tables and greedy samples from its model.
 #![deny(missing_docs)]
 
+mod bench;
 mod gather;
 mod render;
 
+pub use bench::bench_html;
 pub use gather::{Report, Trial, gather};
 pub use render::{html, markdown};
 

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::Report;
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

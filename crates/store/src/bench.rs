@@ -41,7 +41,64 @@ pub struct BenchFigure {
     pub higher_is_better: bool,
 }
 
+/// One recorded figure with its machine, as the history page shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRow {
+    /// `cpu_model, N cores, M GiB, gpu` and the fingerprint's first 8 digits.
+    pub machine: String,
+    /// The benchmark.
+    pub name: String,
+    /// The median.
+    pub value: f64,
+    /// The spread.
+    pub spread: f64,
+    /// Its unit.
+    pub unit: String,
+    /// Whether more is better.
+    pub higher_is_better: bool,
+    /// When (UTC).
+    pub at: String,
+    /// The commit measured.
+    pub git_commit: Option<String>,
+}
+
 impl Store {
+    /// Every recorded figure, by machine and benchmark, oldest first.
+    ///
+    /// # Errors
+    /// When the query fails.
+    pub async fn bench_rows(&self) -> Result<Vec<BenchRow>> {
+        on_pool!(&self.pool, p => sqlx::query(
+            "SELECT m.cpu_model, m.cores, m.memory_gib, m.gpu, m.fingerprint, b.name, b.value,
+                    b.spread, b.unit, b.higher_is_better, b.at, b.git_commit
+             FROM bench_results b JOIN machines m ON m.id = b.machine_id
+             ORDER BY m.id, b.name, b.id",
+        )
+        .fetch_all(p)
+        .await
+        .map_err(sql("read benchmark figures"))
+        .map(|rows| rows.into_iter().map(|r| {
+            let fingerprint: String = r.get(4);
+            BenchRow {
+                machine: format!(
+                    "{}, {} cores, {} GiB, GPU {} ({})",
+                    r.get::<String, _>(0),
+                    r.get::<i64, _>(1),
+                    r.get::<i64, _>(2),
+                    r.get::<String, _>(3),
+                    &fingerprint[..fingerprint.len().min(8)]
+                ),
+                name: r.get(5),
+                value: r.get(6),
+                spread: r.get(7),
+                unit: r.get(8),
+                higher_is_better: r.get::<i64, _>(9) != 0,
+                at: r.get(10),
+                git_commit: r.get(11),
+            }
+        }).collect()))
+    }
+
     /// The id of `machine`'s row, inserting it if new.
     ///
     /// # Errors

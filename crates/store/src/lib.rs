@@ -47,7 +47,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use backend::Location;
-pub use bench::{BenchFigure, Machine};
+pub use bench::{BenchFigure, BenchRow, Machine};
 pub use copy::{CopyReport, TableCopy};
 pub use error::{Error, Result};
 pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};

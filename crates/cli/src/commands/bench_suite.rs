@@ -125,6 +125,25 @@ pub async fn run(cli: &Cli, options: &Options, on: &DeviceArgs) -> Result<()> {
     .into())
 }
 
+/// `kiln bench report`: `bench.html` in `out` (default `results/reports`).
+///
+/// # Errors
+/// An unreadable store or an unwritable directory.
+pub async fn report(cli: &Cli, out: Option<&std::path::Path>) -> Result<()> {
+    let store = Store::open_read_only(&cli.store)
+        .await
+        .with_context(|| format!("opening the results store {}", cli.store_label()))?;
+    let rows = store.bench_rows().await?;
+    store.close().await;
+    let dir = out.map_or_else(|| cli.results.join("reports"), std::path::Path::to_path_buf);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("bench.html");
+    std::fs::write(&path, kiln_report::bench_html(&rows))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{} figure(s): {}", rows.len(), path.display());
+    Ok(())
+}
+
 /// Each benchmark's median and spread. `KILN_BENCH_SLOWDOWN=F` (for tests of the
 /// regression check only) makes every figure F times worse.
 fn figures(samples: Samples) -> Vec<BenchFigure> {

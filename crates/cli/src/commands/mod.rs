@@ -74,7 +74,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
             times,
             only,
             threshold,
+            out,
         } => {
+            if *which == crate::args::BenchKind::Report {
+                return bench_suite::report(&cli, out.as_deref()).await;
+            }
             if *which == crate::args::BenchKind::Suite {
                 let suite = bench_suite::Options {
                     times: *times,
