@@ -33,10 +33,6 @@ pub struct TrialRun {
     pub run_id: i64,
     /// `running`, `succeeded`, `failed` or `interrupted`.
     pub status: String,
-    /// The host that executes (or executed) it.
-    pub host: String,
-    /// The process that executes (or executed) it.
-    pub pid: Option<i64>,
 }
 
 /// The last value of one metric of one run's stage.
@@ -122,7 +118,7 @@ impl Store {
     /// When the query fails.
     pub async fn trial_runs(&self, experiment_id: i64) -> Result<Vec<TrialRun>> {
         on_pool!(&self.pool, p => sqlx::query(
-            "SELECT r.trial, r.id, r.status, r.host, r.pid FROM runs r
+            "SELECT r.trial, r.id, r.status FROM runs r
              WHERE r.experiment_id = $1 AND r.trial IS NOT NULL
                AND r.id = (SELECT max(x.id) FROM runs x
                            WHERE x.experiment_id = r.experiment_id AND x.trial = r.trial)
@@ -136,8 +132,6 @@ impl Store {
             trial: r.get(0),
             run_id: r.get(1),
             status: r.get(2),
-            host: r.get(3),
-            pid: r.get(4),
         }).collect()))
     }
 

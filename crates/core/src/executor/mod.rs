@@ -1,7 +1,7 @@
 //! Runs a [`Plan`]: stages in dependency order, independent ones in parallel. The parts:
-//! [`schedule`] decides what may start now, [`lifecycle`] executes one stage (cache entry
-//! committed or kept as failed), [`recorder`] records what happened in the store and tells
-//! the [`Reporter`], and [`locks`] keeps two runs from executing one fingerprint at once.
+//! `schedule` decides what may start now, `lifecycle` executes one stage (cache entry
+//! committed or kept as failed), `recorder` records what happened in the store and tells
+//! the [`Reporter`], and `locks` keeps two runs from executing one fingerprint at once.
 //!
 //! - At most `jobs` stages execute at once, and the stages holding GPUs never hold more than
 //!   the run's GPUs together. A stage learns which GPUs it holds (`StageContext::gpus`, the
