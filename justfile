@@ -6,7 +6,7 @@ test:
 
 # Run an experiment's sweep (default: the quickstart on the sample tweets).
 sweep EXP="experiments/quickstart.yaml":
-    cargo run --release -- sweep {{EXP}}
+    cargo run -- sweep {{EXP}}
 
 # Format the code.
 fmt:
@@ -26,6 +26,8 @@ bench:
 nightly:
     cargo run --release -- bench suite
 
-# Training tokens/s on the CPU, kiln against PyTorch eager (sets up .venv-fixtures).
-bench-train:
-    benches/train/run.sh
+# The nightly suite with each benchmark's peer in the same rounds (PyTorch eager, transformers
+# `generate`, the `datasets.map` path, `dvc repro`; pinned in .venv-bench, made here).
+bench-peers:
+    benches/peers/setup.sh
+    cargo run --release -- bench suite --peers

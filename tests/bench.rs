@@ -3,14 +3,16 @@
 
 use crate::support::Project;
 
+/// (benchmark, verdict) of each row of the suite's table.
 fn verdicts(stdout: &str) -> Vec<(String, String)> {
+    let verdict = ["new", "same", "faster", "slower"];
     stdout
         .lines()
         .skip(1)
         .filter_map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            (words.len() >= 2 && !l.starts_with('('))
-                .then(|| (words[0].to_owned(), words[words.len() - 1].to_owned()))
+            let v = words.iter().find(|w| verdict.contains(w))?;
+            Some((words[0].to_owned(), (*v).to_owned()))
         })
         .collect()
 }
@@ -72,4 +74,89 @@ fn the_suite_compares_each_figure_with_this_machines_history() {
         p.scalar("SELECT count(*) FROM machines WHERE cores >= 1 AND memory_gib >= 1"),
         "1"
     );
+}
+
+/// `--peers` runs each benchmark's peer in the same rounds and stores it beside kiln's figure
+/// with the ratio. A stand-in `.venv-bench/bin/python` answers as the PyTorch script would, so
+/// the test needs no Python; the training benchmark itself is kiln's, in a process of its own
+/// that reports its peak memory.
+#[test]
+fn peers_are_stored_beside_kilns_figures() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let python = p.write(
+        ".venv-bench/bin/python",
+        "#!/bin/sh\ncase \"$1\" in\n  *torch_train.py) echo 'torch says hi'; echo '{\"tokens_per_s\": 100.0, \"peak_rss_mib\": 8000.0}' ;;\n  *) exit 3 ;;\nesac\n",
+    );
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p.write("benches/peers/torch_train.py", "# stand-in\n");
+    let ran = p.kiln(&[
+        "bench", "suite", "--peers", "--only", "train", "--steps", "1", "--times", "1",
+    ]);
+    assert_eq!(ran.status, 0, "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stdout.contains("pytorch-eager 100.0"), "{}", ran.stdout);
+    let rows =
+        p.query("SELECT name, value, peer, peer_value, ratio FROM bench_results ORDER BY name");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no {name} in {rows:?}"))
+            .clone()
+    };
+    let num = |s: &str| s.parse::<f64>().expect("a number");
+    let tokens = row("train_small_tokens_per_s");
+    assert_eq!(
+        (tokens[2].as_str(), num(&tokens[3])),
+        ("pytorch-eager", 100.0)
+    );
+    assert!(num(&tokens[1]) > 0.0);
+    assert!((num(&tokens[4]) - num(&tokens[1]) / 100.0).abs() < 1e-6 * num(&tokens[4]));
+    let memory = row("train_small_peak_mib");
+    // The training process's own peak: more than a small model's weights, far below 8 GB.
+    assert!((10.0..4000.0).contains(&num(&memory[1])), "{memory:?}");
+    assert!((num(&memory[4]) - 8000.0 / num(&memory[1])).abs() < 1e-6 * num(&memory[4]));
+}
+
+/// What the suite cannot run is refused with the reason, before anything runs.
+#[test]
+fn the_suite_says_what_is_missing() {
+    let p = Project::new();
+    let ran = p.kiln(&["bench", "suite", "--peers", "--only", "noop"]);
+    assert_ne!(ran.status, 0);
+    assert!(
+        ran.stderr.contains("benches/peers/setup.sh"),
+        "{}",
+        ran.stderr
+    );
+    let ran = p.kiln(&["bench", "suite", "--only", "data", "--data", "no-such-dir"]);
+    assert_ne!(ran.status, 0);
+    assert!(
+        ran.stderr
+            .contains("no-such-dir/sentiment140/training.sample.csv"),
+        "{}",
+        ran.stderr
+    );
+}
+
+/// Shared data: the data benchmark runs `kiln run` on the real sentiment140 sample as a whole
+/// process and records rows read per second.
+#[test]
+fn the_data_benchmark_runs_on_the_real_sample() {
+    let Some(data) = crate::data::shared_data() else {
+        return;
+    };
+    let p = Project::new();
+    let data = data.to_string_lossy().into_owned();
+    let ran = p.kiln(&[
+        "bench", "suite", "--only", "data", "--times", "1", "--data", &data,
+    ]);
+    assert_eq!(ran.status, 0, "{}{}", ran.stdout, ran.stderr);
+    let rate: f64 = p
+        .scalar(
+            "SELECT value FROM bench_results WHERE name = 'data_rows_per_s' AND unit = 'rows/s'",
+        )
+        .parse()
+        .expect("a number");
+    // 53,820 rows in well under a minute, even in a debug build on a loaded machine.
+    assert!(rate > 1000.0, "{rate}");
 }

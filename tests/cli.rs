@@ -182,3 +182,41 @@ fn readme_queries_run() {
         );
     }
 }
+
+/// The README's two first commands (the quickstart and the tests) build with one cargo profile,
+/// so that a new user's machine compiles the dependencies once, not once per profile.
+#[test]
+fn readme_quick_start_builds_dependencies_once() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let start = readme
+        .find("## Quick start")
+        .expect("a Quick start section");
+    let block = readme[start..]
+        .split("```sh")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block in the Quick start");
+    let commands: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cargo "))
+        .collect();
+    assert_eq!(commands.len(), 2, "{block}");
+    let profile = |c: &str| {
+        let words: Vec<&str> = c.split_whitespace().take_while(|w| *w != "--").collect();
+        if words.contains(&"--release") {
+            "release".to_owned()
+        } else {
+            words
+                .iter()
+                .position(|w| *w == "--profile")
+                .and_then(|i| words.get(i + 1))
+                .map_or_else(|| "dev".to_owned(), |p| (*p).to_owned())
+        }
+    };
+    assert_eq!(
+        profile(commands[0]),
+        profile(commands[1]),
+        "the Quick start's commands build with different profiles: {commands:?}"
+    );
+}

@@ -679,3 +679,62 @@ fn an_unreachable_postgres_store_is_a_clear_error_without_its_password() {
     assert!(copy.stderr.contains("missing.sqlite"), "{}", copy.stderr);
     assert!(!copy.stderr.contains("s3cret"), "{}", copy.stderr);
 }
+
+/// A suite's figures keep their peer beside them, with kiln's ratio to it (above 1: kiln
+/// better, for rates and for memory alike).
+#[test]
+fn bench_figures_keep_their_peer_and_ratio() {
+    use kiln_store::{BenchFigure, Machine, PeerFigure};
+    on_each_store("bench_peers", |t| async move {
+        let store = Store::open(&t.url).await.expect("open");
+        let machine = Machine {
+            fingerprint: "f".into(),
+            cpu_model: "cpu".into(),
+            cpu_flags: "avx2".into(),
+            cores: 2,
+            memory_gib: 24,
+            gpu: "none".into(),
+        };
+        let id = store.machine_id(&machine).await.expect("machine");
+        let figure = |name: &str, value: f64, higher: bool, peer: Option<f64>| BenchFigure {
+            name: name.into(),
+            value,
+            unit: "u".into(),
+            spread: 1.0,
+            repeats: 3,
+            higher_is_better: higher,
+            peer: peer.map(|value| PeerFigure {
+                name: "pytorch-eager".into(),
+                value,
+                spread: 0.5,
+            }),
+        };
+        let figures = [
+            figure("rate", 150.0, true, Some(100.0)),
+            figure("memory", 3000.0, false, Some(4500.0)),
+            figure("alone", 7.0, true, None),
+        ];
+        store
+            .record_bench("s1", id, "0.1.0", Some("abc"), &figures)
+            .await
+            .expect("record");
+        let rows = store.bench_rows().await.expect("rows");
+        let peer = |name: &str| {
+            rows.iter()
+                .find(|r| r.name == name)
+                .expect("the figure")
+                .peer
+                .clone()
+        };
+        let (p, ratio) = peer("rate").expect("a peer");
+        assert_eq!(
+            (p.name.as_str(), p.value, p.spread),
+            ("pytorch-eager", 100.0, 0.5)
+        );
+        assert!((ratio - 1.5).abs() < 1e-12, "{ratio}");
+        let (_, ratio) = peer("memory").expect("a peer");
+        assert!((ratio - 1.5).abs() < 1e-12, "{ratio}");
+        assert_eq!(peer("alone"), None);
+        store.close().await;
+    });
+}

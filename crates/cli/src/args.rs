@@ -461,7 +461,7 @@ pub enum Command {
         /// suite: times each benchmark runs (the median and spread are recorded).
         #[arg(long, default_value_t = 3)]
         times: usize,
-        /// suite: only these groups (noop, ingest, train, generate), comma-separated.
+        /// suite: only these groups (noop, ingest, data, train, gpt2, smollm2, generate), comma-separated.
         #[arg(long, value_delimiter = ',')]
         only: Vec<SuiteGroup>,
         /// suite: the slowdown beyond noise that counts as a regression (exit 1).
@@ -470,6 +470,22 @@ pub enum Command {
         /// report: the directory for `bench.html` (default `results/reports`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// train: print the figures and the process's peak memory as one JSON line, and
+        /// record nothing (the suite runs each training benchmark this way, in a process of its own).
+        #[arg(long)]
+        json: bool,
+        /// suite: the shared data directory (the sentiment140 sample and the GPT-2 tokenizer)
+        /// for the data benchmark; without it that benchmark is left out.
+        #[arg(long, env = "KILN_SHARED_DATA", default_value = "../shared/data")]
+        data: PathBuf,
+        /// suite: also run each benchmark's peer in the same rounds (PyTorch eager, transformers
+        /// `generate`, the `datasets.map` path, `dvc repro`; from `.venv-bench`, which
+        /// `benches/peers/setup.sh` makes) and store kiln's ratio to it.
+        #[arg(long)]
+        peers: bool,
+        /// suite: timed steps of the GPT-2 124M and SmolLM2-135M training benchmarks (batch 16 × seq 64).
+        #[arg(long, default_value_t = 2)]
+        gpt2_steps: usize,
     },
     /// Manage the results store itself.
     #[command(subcommand)]
@@ -581,8 +597,14 @@ pub enum SuiteGroup {
     Noop,
     /// Metric ingest and the last-value query.
     Ingest,
-    /// Training tokens/s of the small GPT-2.
+    /// Data rows/s: the sentiment140 sample into tokenized shards, whole process.
+    Data,
+    /// Training tokens/s and peak memory of the small GPT-2.
     Train,
+    /// Training tokens/s, achieved FLOP/s and peak memory of GPT-2 124M (batch 16 × seq 64).
+    Gpt2,
+    /// Training tokens/s and peak memory of SmolLM2-135M's shape (the Llama family), as GPT-2.
+    Smollm2,
     /// Decoding tokens/s with and without the KV cache.
     Generate,
 }

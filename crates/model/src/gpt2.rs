@@ -39,6 +39,18 @@ pub struct Gpt2Config {
 }
 
 impl Gpt2Config {
+    /// The number of parameters (the LM head is tied to the token embeddings, so it is not
+    /// counted twice): 124,439,808 for GPT-2, as `transformers` counts it.
+    #[must_use]
+    pub fn parameters(&self) -> u64 {
+        let d = self.n_embd as u64;
+        let embeddings = (self.vocab_size + self.n_positions) as u64 * d;
+        // Two LayerNorms, attention (qkv and projection) and the MLP, with biases.
+        let block =
+            4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d);
+        embeddings + self.n_layer as u64 * block + 2 * d
+    }
+
     /// The largest tensor a model of this configuration holds, and, given `rows × positions`
     /// of a training batch, computes (attention scores, the MLP's hidden layer): what it is
     /// and how many elements it has.
@@ -535,5 +547,17 @@ impl<B: Backend> Attention<B> {
             None => self.c_proj.forward(out),
         };
         (out, (k, v))
+    }
+}
+
+#[cfg(test)]
+mod parameter_tests {
+    use super::Gpt2Config;
+
+    #[test]
+    fn parameters_match_the_published_counts() {
+        // transformers' `GPT2LMHeadModel(config).num_parameters()`.
+        assert_eq!(Gpt2Config::gpt2().parameters(), 124_439_808);
+        assert_eq!(Gpt2Config::distilgpt2().parameters(), 81_912_576);
     }
 }

@@ -30,11 +30,17 @@ pub fn bench_html(rows: &[BenchRow]) -> String {
         out.push_str("<p>No figures yet: run <code>kiln bench suite</code>.</p>");
     }
     for (machine, figures) in &by_machine {
-        out.push_str(&format!("<h2>{}</h2><table><tr><th>benchmark</th><th>latest</th><th>unit</th><th>runs</th><th>commit</th></tr>", esc(machine)));
+        out.push_str(&format!("<h2>{}</h2><table><tr><th>benchmark</th><th>latest</th><th>unit</th><th>peer, same run</th><th>kiln ÷ peer</th><th>runs</th><th>commit</th></tr>", esc(machine)));
         for (name, history) in figures {
             if let Some(last) = history.last() {
+                let (peer, ratio) = last.peer.as_ref().map_or_else(Default::default, |(p, r)| {
+                    (
+                        format!("{} {:.1} ± {:.1}", esc(&p.name), p.value, p.spread),
+                        format!("{r:.2}×"),
+                    )
+                });
                 out.push_str(&format!(
-                    "<tr><td>{}</td><td>{:.1} ± {:.1}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{:.1} ± {:.1}</td><td>{}</td><td>{peer}</td><td>{ratio}</td><td>{}</td><td>{}</td></tr>",
                     esc(name),
                     last.value,
                     last.spread,
@@ -59,18 +65,30 @@ pub fn bench_html(rows: &[BenchRow]) -> String {
     out
 }
 
-/// The median per suite run with a bar of ± its spread.
+/// The median per suite run with a bar of ± its spread (blue), and the peer's (red).
 fn plot(name: &str, history: &[&BenchRow]) -> Option<String> {
     let first = history.first()?;
     let lo = history
         .iter()
         .map(|r| r.value - r.spread)
         .fold(f64::INFINITY, f64::min)
-        .min(0.0_f64.max(first.value * 0.5));
+        .min(0.0_f64.max(first.value * 0.5))
+        .min(
+            history
+                .iter()
+                .filter_map(|r| r.peer.as_ref().map(|(p, _)| p.value))
+                .fold(f64::INFINITY, f64::min),
+        );
     let hi = history
         .iter()
         .map(|r| r.value + r.spread)
         .fold(f64::NEG_INFINITY, f64::max)
+        .max(
+            history
+                .iter()
+                .filter_map(|r| r.peer.as_ref().map(|(p, _)| p.value))
+                .fold(f64::NEG_INFINITY, f64::max),
+        )
         * 1.05;
     let n = history.len();
     let mut svg = String::new();
@@ -124,6 +142,13 @@ fn plot(name: &str, history: &[&BenchRow]) -> Option<String> {
                 history.iter().enumerate().map(|(i, r)| (i as f64, r.value)),
                 BLUE,
             ))
+            .ok()?;
+        // The peer of the same run, where one was measured.
+        chart
+            .draw_series(history.iter().enumerate().filter_map(|(i, r)| {
+                let (peer, _) = r.peer.as_ref()?;
+                Some(Circle::new((i as f64, peer.value), 3, RED.filled()))
+            }))
             .ok()?;
         root.present().ok()?;
     }

@@ -39,6 +39,34 @@ pub struct BenchFigure {
     pub repeats: i64,
     /// Whether more is better (rates) or less (times).
     pub higher_is_better: bool,
+    /// The same figure of a peer tool, measured in the same run.
+    pub peer: Option<PeerFigure>,
+}
+
+/// A peer tool's figure beside kiln's (`kiln bench suite --peers`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerFigure {
+    /// The peer: `pytorch-eager`, `transformers-generate`, …
+    pub name: String,
+    /// The median of its repeats.
+    pub value: f64,
+    /// Their median absolute deviation.
+    pub spread: f64,
+}
+
+impl BenchFigure {
+    /// kiln against its peer, above 1 when kiln is better: `value / peer` for rates,
+    /// `peer / value` for times and memory. `None` without a peer or with a zero.
+    #[must_use]
+    pub fn ratio(&self) -> Option<f64> {
+        let peer = self.peer.as_ref()?;
+        let (num, den) = if self.higher_is_better {
+            (self.value, peer.value)
+        } else {
+            (peer.value, self.value)
+        };
+        (den > 0.0).then(|| num / den)
+    }
 }
 
 /// One recorded figure with its machine, as the history page shows it.
@@ -60,6 +88,8 @@ pub struct BenchRow {
     pub at: String,
     /// The commit measured.
     pub git_commit: Option<String>,
+    /// The peer measured in the same run, and kiln's ratio to it (above 1: kiln better).
+    pub peer: Option<(PeerFigure, f64)>,
 }
 
 impl Store {
@@ -70,7 +100,8 @@ impl Store {
     pub async fn bench_rows(&self) -> Result<Vec<BenchRow>> {
         on_pool!(&self.pool, p => sqlx::query(
             "SELECT m.cpu_model, m.cores, m.memory_gib, m.gpu, m.fingerprint, b.name, b.value,
-                    b.spread, b.unit, b.higher_is_better, b.at, b.git_commit
+                    b.spread, b.unit, b.higher_is_better, b.at, b.git_commit,
+                    b.peer, b.peer_value, b.peer_spread, b.ratio
              FROM bench_results b JOIN machines m ON m.id = b.machine_id
              ORDER BY m.id, b.name, b.id",
         )
@@ -95,6 +126,17 @@ impl Store {
                 higher_is_better: r.get::<i64, _>(9) != 0,
                 at: r.get(10),
                 git_commit: r.get(11),
+                peer: match (
+                    r.get::<Option<String>, _>(12),
+                    r.get::<Option<f64>, _>(13),
+                    r.get::<Option<f64>, _>(14),
+                    r.get::<Option<f64>, _>(15),
+                ) {
+                    (Some(name), Some(value), Some(spread), Some(ratio)) => {
+                        Some((PeerFigure { name, value, spread }, ratio))
+                    }
+                    _ => None,
+                },
             }
         }).collect()))
     }
@@ -146,8 +188,9 @@ impl Store {
             for f in figures {
                 sqlx::query(
                     "INSERT INTO bench_results (suite, machine_id, name, value, unit, spread, repeats,
-                                                higher_is_better, kiln_version, git_commit, at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                                higher_is_better, kiln_version, git_commit, at,
+                                                peer, peer_value, peer_spread, ratio)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(suite)
                 .bind(machine_id)
@@ -160,6 +203,10 @@ impl Store {
                 .bind(kiln_version)
                 .bind(git_commit)
                 .bind(&at)
+                .bind(f.peer.as_ref().map(|p| p.name.as_str()))
+                .bind(f.peer.as_ref().map(|p| p.value))
+                .bind(f.peer.as_ref().map(|p| p.spread))
+                .bind(f.ratio())
                 .execute(&mut **t)
                 .await
                 .map_err(sql("record a benchmark figure"))?;

@@ -47,7 +47,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use backend::Location;
-pub use bench::{BenchFigure, BenchRow, Machine};
+pub use bench::{BenchFigure, BenchRow, Machine, PeerFigure};
 pub use copy::{CopyReport, TableCopy};
 pub use error::{Error, Result};
 pub use gc::{GcLock, GcRun, GcSnapshot, GcStageRef};
@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "benchmarks",
         include_str!("../migrations/0007_benchmarks.sql"),
+    ),
+    (
+        8,
+        "bench_peers",
+        include_str!("../migrations/0008_bench_peers.sql"),
     ),
 ];
 

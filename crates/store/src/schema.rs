@@ -224,6 +224,10 @@ pub(crate) const TABLES: &[Table] = &[
             ("kiln_version", Text),
             ("git_commit", Text),
             ("at", Text),
+            ("peer", Text),
+            ("peer_value", Real),
+            ("peer_spread", Real),
+            ("ratio", Real),
         ],
     },
 ];

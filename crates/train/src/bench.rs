@@ -1,6 +1,6 @@
 //! Training throughput: the work of one optimizer step of causal-LM training (forward over
 //! every position, masked cross-entropy, backward, AdamW) on random tokens, timed. The
-//! PyTorch counterpart is `benches/train/torch_train.py`; `benches/train/run.sh` runs both.
+//! PyTorch counterpart is `benches/peers/torch_train.py`; `kiln bench suite --peers` runs both.
 
 use std::time::Instant;
 

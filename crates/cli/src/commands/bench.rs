@@ -173,6 +173,36 @@ pub async fn run(
     Ok(())
 }
 
+/// `kiln bench train --json`: the training benchmark's figures and this process's peak
+/// memory as one JSON line, nothing recorded. `kiln bench suite` runs each training benchmark
+/// this way, in a process of its own, so that the peak memory is that benchmark's alone.
+pub fn train_json(train: &TrainArgs<'_>, on: &DeviceArgs) -> Result<()> {
+    let (dev, precision) = on.parse()?;
+    let out = device::dispatch(dev, precision, TrainJob(*train))??;
+    let line = serde_json::json!({
+        "steps": out.steps,
+        "seconds": out.seconds,
+        "tokens_per_s": out.tokens_per_s,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// This process's peak resident memory so far (MiB), from `/proc/self/status` (`VmHWM`);
+/// `None` where there is no such file.
+pub(crate) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 /// Median wall time (ms) of `kiln run` as a whole process on an up-to-date 10-stage pipeline.
 pub(crate) fn noop_run(repeat: usize) -> Result<f64> {
     let dir = tempfile::tempdir()?;

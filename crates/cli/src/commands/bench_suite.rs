@@ -2,12 +2,14 @@
 //! machine's fingerprint and compared with that machine's history
 //! (`kiln_core::regression`). Meant to run nightly; exit 1 flags a regression.
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use kiln_core::regression::{self, Comparison, Figure, Verdict};
-use kiln_model::device;
-use kiln_store::{BenchFigure, Cell, Machine, QueryResult, Store};
+use kiln_store::{BenchFigure, Cell, Machine, PeerFigure, QueryResult, Store};
 
-use super::bench::{GenerateJob, TrainArgs, TrainJob, noop_run, store_benches};
+use super::bench_peers::Peers;
+use super::bench_rounds::{Samples, Series, data_inputs, one_round};
 use crate::args::{DeviceArgs, SuiteGroup, TableFormat};
 use crate::{Cli, Exit};
 
@@ -21,57 +23,38 @@ pub struct Options {
     pub threshold: f64,
     /// Metric rows of the ingest benchmark.
     pub rows: usize,
-    /// Timed steps of the training benchmark.
+    /// Timed steps of the small training benchmark.
     pub steps: usize,
+    /// Timed steps of the GPT-2 124M training benchmark.
+    pub gpt2_steps: usize,
+    /// The shared data directory (the data benchmark's input).
+    pub data: PathBuf,
+    /// Whether to run the peers too.
+    pub peers: bool,
 }
 
-/// Samples of one benchmark: name, unit, higher is better, values.
-type Samples = Vec<(&'static str, &'static str, bool, Vec<f64>)>;
-
 pub async fn run(cli: &Cli, options: &Options, on: &DeviceArgs) -> Result<()> {
-    let wanted = |g: SuiteGroup| options.only.is_empty() || options.only.contains(&g);
-    let mut samples: Samples = Vec::new();
-    let mut push =
-        |name, unit, higher, value: f64| match samples.iter_mut().find(|(n, ..)| *n == name) {
-            Some((.., values)) => values.push(value),
-            None => samples.push((name, unit, higher, vec![value])),
-        };
-    let (dev, precision) = on.parse()?;
+    let data = data_inputs(options)?;
+    let mut peers = options
+        .peers
+        .then(|| Peers::find(&std::env::current_dir()?))
+        .transpose()?;
+    let mut samples = Samples::default();
     // One round more than asked: the first warms caches and is not kept.
     for round in 0..=options.times.max(1) {
-        let mut push = |name, unit, higher, value| {
-            if round > 0 {
-                push(name, unit, higher, value);
-            }
+        samples.keep = round > 0;
+        let warm = if round == 0 {
+            " (warm-up, not kept)"
+        } else {
+            ""
         };
-        if wanted(SuiteGroup::Noop) {
-            push("noop_run_ms", "ms", false, noop_run(5)?);
-        }
-        if wanted(SuiteGroup::Ingest) {
-            let dir = tempfile::tempdir().context("creating a scratch directory")?;
-            let store = Store::open(&dir.path().join("bench.sqlite").to_string_lossy()).await?;
-            let (ingest, last_ms) = store_benches(&store, options.rows).await?;
-            store.close().await;
-            push("ingest_rows_per_s", "rows/s", true, ingest);
-            push("last_metric_query_ms", "ms", false, last_ms);
-        }
-        if wanted(SuiteGroup::Train) {
-            let train = TrainArgs {
-                steps: options.steps,
-                model: None,
-                seq: 64,
-                batch: 32,
-            };
-            let out = device::dispatch(dev, precision, TrainJob(train))??;
-            push("train_small_tokens_per_s", "tok/s", true, out.tokens_per_s);
-        }
-        if wanted(SuiteGroup::Generate) {
-            let (with, without) = device::dispatch_infer(dev, precision, GenerateJob)??;
-            push("generate_kv_cache_tokens_per_s", "tok/s", true, with);
-            push("generate_no_cache_tokens_per_s", "tok/s", true, without);
-        }
+        eprintln!(
+            "bench suite: round {round} of {}{warm}",
+            options.times.max(1)
+        );
+        one_round(options, on, data.as_ref(), peers.as_mut(), &mut samples).await?;
     }
-    let figures = figures(samples);
+    let figures = figures(samples.series);
     let store = super::open_store(cli).await?;
     let machine_id = store.machine_id(&machine()).await?;
     let mut compared = Vec::new();
@@ -146,25 +129,35 @@ pub async fn report(cli: &Cli, out: Option<&std::path::Path>) -> Result<()> {
 
 /// Each benchmark's median and spread. `KILN_BENCH_SLOWDOWN=F` (for tests of the
 /// regression check only) makes every figure F times worse.
-fn figures(samples: Samples) -> Vec<BenchFigure> {
+fn figures(series: Vec<Series>) -> Vec<BenchFigure> {
     let slowdown: f64 = std::env::var("KILN_BENCH_SLOWDOWN")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|f: &f64| *f > 0.0)
         .unwrap_or(1.0);
-    samples
+    series
         .into_iter()
-        .filter_map(|(name, unit, higher, values)| {
+        .filter_map(|s| {
+            let higher = s.higher;
             let worse = |v: f64| if higher { v / slowdown } else { v * slowdown };
-            let values: Vec<f64> = values.into_iter().map(worse).collect();
-            let s = regression::summarize(&values)?;
+            let values: Vec<f64> = s.values.into_iter().map(worse).collect();
+            let summary = regression::summarize(&values)?;
+            let peer = s.peer.and_then(|(name, values)| {
+                let p = regression::summarize(&values)?;
+                Some(PeerFigure {
+                    name: name.to_owned(),
+                    value: p.value,
+                    spread: p.spread,
+                })
+            });
             Some(BenchFigure {
-                name: name.to_owned(),
-                value: s.value,
-                unit: unit.to_owned(),
-                spread: s.spread,
+                name: s.name.to_owned(),
+                value: summary.value,
+                unit: s.unit.to_owned(),
+                spread: summary.spread,
                 repeats: values.len() as i64,
                 higher_is_better: higher,
+                peer,
             })
         })
         .collect()
@@ -184,6 +177,11 @@ fn print(figures: &[BenchFigure], compared: &[Comparison]) -> Result<()> {
                 num(c.ratio),
                 Cell::Text(format!("{:.1}%", c.noise * 100.0)),
                 Cell::Text(c.verdict.as_str().to_owned()),
+                f.peer.as_ref().map_or(Cell::Null, |p| {
+                    Cell::Text(format!("{} {:.1} ± {:.1}", p.name, p.value, p.spread))
+                }),
+                f.ratio()
+                    .map_or(Cell::Null, |r| Cell::Text(format!("{r:.2}x"))),
             ]
         })
         .collect();
@@ -195,10 +193,38 @@ fn print(figures: &[BenchFigure], compared: &[Comparison]) -> Result<()> {
         "ratio",
         "noise",
         "verdict",
+        "peer, same run",
+        "kiln vs peer",
     ]
     .map(String::from)
     .to_vec();
     crate::output::print(&QueryResult { columns, rows }, TableFormat::Table)
+}
+
+/// The CPU's nominal fp32 FMA peak, GFLOP/s: cores × the clock `/proc/cpuinfo` reports ×
+/// FLOPs a cycle (2 FMA units × 8 lanes × 2 with AVX2 and FMA, 16 lanes with AVX-512).
+/// `None` without those instructions or that file.
+pub(crate) fn cpu_fma_peak_gflops() -> Option<f64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let mhz: f64 = field("cpu MHz")?.parse().ok()?;
+    let flags = field("flags")?;
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let per_cycle = if has("avx512f") {
+        64.0
+    } else if has("avx2") && has("fma") {
+        32.0
+    } else {
+        return None;
+    };
+    let cores = std::thread::available_parallelism().ok()?.get() as f64;
+    Some(cores * mhz * per_cycle / 1000.0)
 }
 
 /// This machine as benchmarks see it: CPU model and SIMD flags, cores, memory, GPUs.

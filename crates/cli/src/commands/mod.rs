@@ -1,6 +1,8 @@
 //! One file per command; each maps arguments to library calls and prints the result.
 
 mod bench;
+mod bench_peers;
+mod bench_rounds;
 mod bench_suite;
 mod compare;
 mod dag;
@@ -75,6 +77,10 @@ pub async fn execute(cli: Cli) -> Result<()> {
             only,
             threshold,
             out,
+            json,
+            data,
+            peers,
+            gpt2_steps,
         } => {
             if *which == crate::args::BenchKind::Report {
                 return bench_suite::report(&cli, out.as_deref()).await;
@@ -86,6 +92,9 @@ pub async fn execute(cli: Cli) -> Result<()> {
                     threshold: *threshold,
                     rows: *rows,
                     steps: *steps,
+                    gpt2_steps: *gpt2_steps,
+                    data: data.clone(),
+                    peers: *peers,
                 };
                 return bench_suite::run(&cli, &suite, on).await;
             }
@@ -95,6 +104,13 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 seq: *seq,
                 batch: *batch,
             };
+            if *json {
+                anyhow::ensure!(
+                    *which == crate::args::BenchKind::Train,
+                    "--json is for `kiln bench train`"
+                );
+                return bench::train_json(&train, on);
+            }
             bench::run(
                 &cli,
                 *which,

@@ -1,4 +1,4 @@
-"""The research code's data path, timed: pandas read_csv + datasets.map with the fast GPT-2
+"""The data benchmark's peer (`kiln bench suite --peers`): the research code's data path, timed: pandas read_csv + datasets.map with the fast GPT-2
 tokenizer built from the same vocab.json/merges.txt, the splits saved as Arrow files
 (datasets' save_to_disk). Prints one JSON line with two timings:
   seconds       tokenizer load + read + clean + tokenize + split + save: the work kiln's

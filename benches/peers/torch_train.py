@@ -1,5 +1,6 @@
-"""PyTorch eager's side of the training benchmark: transformers training steps on the CPU with
-AdamW, random token batches, dropout off. Prints one JSON line.
+"""PyTorch eager's side of the training benchmarks (`kiln bench suite --peers`): transformers
+training steps on the CPU with AdamW, random token batches, dropout off. Prints one JSON line
+with tokens/s and the process's peak resident memory (MiB).
 
   python torch_train.py --vocab 8192 --layers 4 --dims 256 --heads 4 --seq 64 --batch 32
   python torch_train.py --model gpt2 --seq 128 --batch 4          # GPT-2 124M
@@ -7,6 +8,7 @@ AdamW, random token batches, dropout off. Prints one JSON line.
 """
 import argparse
 import json
+import resource
 import time
 
 import torch
@@ -61,5 +63,7 @@ for _ in range(a.steps):
     step()
 seconds = time.perf_counter() - start
 tokens = a.steps * a.batch * a.seq
+# ru_maxrss is in KiB on Linux.
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"path": "pytorch-eager", "threads": torch.get_num_threads(), "steps": a.steps,
-                  "seconds": seconds, "tokens_per_s": tokens / seconds}))
+                  "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_rss_mib": peak_mib}))
