@@ -328,7 +328,7 @@ impl<B: Backend> Gpt2<B> {
 
     /// The tied LM head: hidden states `[n, n_embd]` to logits `[n, vocab]`.
     pub fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        hidden.matmul(self.wte.weight.val().transpose())
+        crate::kernels::matmul_nt(hidden, self.wte.weight.val())
     }
 
     /// The vocabulary size (rows of the token embedding).
@@ -509,7 +509,8 @@ impl<B: Backend> Block<B> {
 
 impl<B: Backend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.c_proj.forward(gelu_tanh(self.c_fc.forward(x)))
+        let linear = crate::kernels::linear;
+        linear(&self.c_proj, gelu_tanh(linear(&self.c_fc, x)))
     }
 }
 
@@ -529,7 +530,7 @@ impl<B: Backend> Attention<B> {
         let dh = d / heads;
         let qkv = match &self.lora_attn {
             Some(lora) => self.c_attn.forward(x.clone()) + lora.forward(x),
-            None => self.c_attn.forward(x),
+            None => crate::kernels::linear(&self.c_attn, x),
         };
         let split = |i: usize| crate::kernels::split_heads(qkv.clone(), batch, seq, heads, 3, i);
         let (q, mut k, mut v) = (split(0), split(1), split(2));
@@ -544,7 +545,7 @@ impl<B: Backend> Attention<B> {
         let out = crate::kernels::merge_heads(probs.matmul(v.clone()));
         let out = match &self.lora_proj {
             Some(lora) => self.c_proj.forward(out.clone()) + lora.forward(out),
-            None => self.c_proj.forward(out),
+            None => crate::kernels::linear(&self.c_proj, out),
         };
         (out, (k, v))
     }

@@ -77,7 +77,8 @@ impl Stage for EvalGenerate {
     fn version(&self) -> u32 {
         // 2: accurate softmax row sums (f64 accumulation). 3: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
         // 4: templates; conversations answered (their last answer is the reference); the prompt kept.
-        4
+        // 5: few-row products (decoding, short texts) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
+        5
     }
     fn doc(&self) -> &'static str {
         "answers for held-out instructions: generations.jsonl, exact-match and contains rates"

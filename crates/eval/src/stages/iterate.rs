@@ -59,7 +59,8 @@ impl Stage for EvalIterate {
         "eval.iterate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: few-row products (decoding) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
+        2
     }
     fn doc(&self) -> &'static str {
         "iterative-generation traces: at every prefix length, the greedy next token"

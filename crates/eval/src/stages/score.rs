@@ -40,7 +40,8 @@ impl Stage for EvalScore {
     fn version(&self) -> u32 {
         // 2: scores.csv through the csv crate, with a text column; 3: accurate softmax row sums (f64)
         // 4: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
-        4
+        // 5: few-row products (decoding, short texts) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
+        5
     }
     fn doc(&self) -> &'static str {
         "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"

@@ -30,7 +30,9 @@ use rayon::prelude::*;
 
 use crate::Flex;
 
+mod gemv;
 mod llama;
+pub use gemv::{linear, matmul_nt};
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
 
 /// Runs `f` on the storage of `t` when the backend is burn-flex and `t` is a contiguous f32
