@@ -206,13 +206,7 @@ fn print(figures: &[BenchFigure], compared: &[Comparison]) -> Result<()> {
 /// `None` without those instructions or that file.
 pub(crate) fn cpu_fma_peak_gflops() -> Option<f64> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let field = |key: &str| {
-        cpuinfo
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
-    };
+    let field = |key: &str| cpuinfo_field(&cpuinfo, key);
     let mhz: f64 = field("cpu MHz")?.parse().ok()?;
     let flags = field("flags")?;
     let has = |f: &str| flags.split_whitespace().any(|x| x == f);
@@ -227,16 +221,19 @@ pub(crate) fn cpu_fma_peak_gflops() -> Option<f64> {
     Some(cores * mhz * per_cycle / 1000.0)
 }
 
+/// The first `key: value` line of `/proc/cpuinfo` text whose key starts with `key`: its value.
+fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
 /// This machine as benchmarks see it: CPU model and SIMD flags, cores, memory, GPUs.
 fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| {
-        cpuinfo
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
-    };
+    let field = |key: &str| cpuinfo_field(&cpuinfo, key);
     let cpu_model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_owned());
     let flags = field("flags").unwrap_or_default();
     let cpu_flags = [
