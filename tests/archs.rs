@@ -229,6 +229,41 @@ fn every_architecture_decodes_greedily_as_transformers_with_and_without_the_kv_c
     }
 }
 
+/// A left-padded batch decodes each prompt as it decodes alone: the transformers prompt's
+/// tokens among shorter prompts (padded by 1 and 3 positions), on every architecture
+/// (absolute positions shifted for GPT-2, rotary ones relative, BLOOM's ALiBi from the mask).
+#[test]
+fn every_architecture_decodes_a_left_padded_batch_as_each_prompt_alone() {
+    use kiln_eval::decode::{self, GenerateOptions};
+    let exp = expected();
+    for case in CASES {
+        let model = load(case);
+        let want = &exp["cases"][case];
+        let prompt: Vec<u32> = serde_json::from_value(want["greedy"]["prompt"].clone()).expect("p");
+        let tokens: Vec<u32> = serde_json::from_value(want["greedy"]["tokens"].clone()).expect("t");
+        assert!(prompt.len() > 3, "{case}: a prompt long enough to shorten");
+        let prompts = vec![
+            prompt[1..].to_vec(),
+            prompt.clone(),
+            prompt[..prompt.len() - 3].to_vec(),
+        ];
+        let opts = GenerateOptions {
+            max_new_tokens: tokens.len(),
+            temperature: 0.0,
+            top_k: None,
+            seed: 0,
+            stop: None,
+            kv_cache: true,
+        };
+        let batch = decode::generate_batch(&model, &prompts, &opts).expect("generates");
+        assert_eq!(batch[1].tokens, tokens, "{case}: the transformers prompt");
+        for (row, p) in prompts.iter().enumerate() {
+            let alone = decode::generate(&model, p, &opts).expect("generates");
+            assert_eq!(batch[row], alone, "{case}: row {row}");
+        }
+    }
+}
+
 #[test]
 fn an_unknown_model_type_lists_the_supported_ones_and_a_wrong_shape_names_the_tensor() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -234,6 +234,54 @@ fn sampling_is_reproducible_and_cold_sampling_is_greedy() {
     assert_eq!(sample(7, 1e-6, true), greedy_tokens);
 }
 
+/// Batched decoding equals one prompt at a time: sampled rows (each its own sampler) that stop
+/// at different steps (one at the stop token, the others at the count), an empty and a
+/// one-row batch, and the fallbacks (no KV cache; prompts whose padded length and new tokens
+/// overrun the context).
+#[test]
+fn a_batch_decodes_each_prompt_as_alone() {
+    let model = tiny();
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 17, 300], vec![9], vec![44, 2, 81, 7, 19, 250]];
+    let sampled = |stop: Option<u32>, kv_cache: bool, max: usize| GenerateOptions {
+        max_new_tokens: max,
+        temperature: 1.0,
+        top_k: Some(50),
+        seed: 3,
+        stop,
+        kv_cache,
+    };
+    let alone = |opts: &GenerateOptions| -> Vec<decode::Generated> {
+        prompts
+            .iter()
+            .map(|p| decode::generate(&model, p, opts).expect("generates"))
+            .collect()
+    };
+    // The stop token: row 0's third sampled token, so that row stops early.
+    let free = alone(&sampled(None, true, 12));
+    let stop = free[0].tokens[2];
+    for (kv_cache, max) in [(true, 12), (false, 12), (true, 60)] {
+        let opts = sampled(Some(stop), kv_cache, max);
+        let want = alone(&opts);
+        assert_eq!(want[0].stop, Stop::Eos);
+        assert!(
+            want.iter().any(|g| g.tokens.len() > 3),
+            "rows stop at different steps"
+        );
+        let got = decode::generate_batch(&model, &prompts, &opts).expect("batch");
+        assert_eq!(got, want, "kv cache {kv_cache}, {max} new tokens");
+    }
+    let opts = sampled(None, true, 5);
+    assert!(
+        decode::generate_batch(&model, &[], &opts)
+            .expect("empty")
+            .is_empty()
+    );
+    let one = decode::generate_batch(&model, &prompts[..1], &opts).expect("one");
+    assert_eq!(one, alone(&opts)[..1].to_vec());
+    let err = decode::generate_batch(&model, &[vec![1], vec![]], &opts).expect_err("empty row");
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let model = tiny();
@@ -323,6 +371,10 @@ stages:
     uses: eval.generate
     inputs: {source: data/samples/alpaca.sample.json}
     with: {model: "${stages.pretrain.dir}/model", source: data/samples/alpaca.sample.json, limit: 3, max_new_tokens: 4}
+  answers_one_by_one:
+    uses: eval.generate
+    inputs: {source: data/samples/alpaca.sample.json}
+    with: {model: "${stages.pretrain.dir}/model", source: data/samples/alpaca.sample.json, limit: 3, max_new_tokens: 4, batch_size: 1}
 "#;
 
 #[test]
@@ -379,6 +431,22 @@ fn eval_stages_record_metrics_tables_and_plots() {
     assert_eq!(metric("scores", "texts"), 3.0);
     assert!(metric("scores", "mean_nll") > 0.0);
     assert_eq!(metric("answers", "generated"), 3.0);
+    // Batched (the default, 8) and one at a time: the same answers.
+    let generations: Vec<String> = p
+        .cache_entries()
+        .into_iter()
+        .map(|e| {
+            p.path()
+                .join("results/cache")
+                .join(e)
+                .join("generations.jsonl")
+        })
+        .filter(|f| f.is_file())
+        .map(|f| std::fs::read_to_string(f).expect("generations"))
+        .collect();
+    assert_eq!(generations.len(), 2, "two eval.generate stages");
+    assert_eq!(generations[0].lines().count(), 3);
+    assert_eq!(generations[0], generations[1]);
     // Plots: an SVG with the trace drawn, and a PNG.
     let dir = p
         .cache_entries()

@@ -158,18 +158,9 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
     if contexts.is_empty() {
         return Err(Error::Invalid("no context to generate from".into()));
     }
+    check_all(model, contexts, opts)?;
     let n_positions = model.max_positions().unwrap_or(usize::MAX);
     let vocab = model.vocab_size();
-    for c in contexts {
-        check_input(c, n_positions, vocab)?;
-    }
-    if let Some(k) = opts.top_k
-        && (k == 0 || k > vocab)
-    {
-        return Err(Error::Invalid(format!(
-            "top-k {k} must be between 1 and the vocabulary size ({vocab})"
-        )));
-    }
     let mut rng = SplitMix64::new(opts.seed);
     let mut readers: Vec<Reader<'_, B, M>> = contexts
         .iter()
@@ -212,5 +203,105 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
         for r in &mut readers {
             r.context.push(next);
         }
+    }
+}
+
+/// Checks every context against the model and `opts.top_k` against its vocabulary.
+fn check_all<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    contexts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<()> {
+    let n_positions = model.max_positions().unwrap_or(usize::MAX);
+    let vocab = model.vocab_size();
+    for c in contexts {
+        check_input(c, n_positions, vocab)?;
+    }
+    if let Some(k) = opts.top_k
+        && (k == 0 || k > vocab)
+    {
+        return Err(Error::Invalid(format!(
+            "top-k {k} must be between 1 and the vocabulary size ({vocab})"
+        )));
+    }
+    Ok(())
+}
+
+/// Generates from each of `prompts` at once: one left-padded batch read through one KV cache
+/// ([`KvCache::left_padded`]), each row decoded as [`generate`] decodes it alone (its own
+/// sampler seeded with `opts.seed`, its own stop), equal to it up to the last bits of the
+/// logits. Rows that have stopped ride along until every row has; their tokens are dropped.
+///
+/// Without the KV cache, or when the longest prompt and `max_new_tokens` would overrun the
+/// model's context (a shorter row would stop early where alone it would not), the prompts
+/// are generated one at a time.
+///
+/// # Errors
+/// A prompt or option that [`generate`] would refuse.
+pub fn generate_batch<B: Backend, M: CausalLm<B>>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+) -> Result<Vec<Generated>> {
+    check_all(model, prompts, opts)?;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let n_positions = model.max_positions().unwrap_or(usize::MAX);
+    if prompts.len() < 2 || !opts.kv_cache || longest + opts.max_new_tokens > n_positions {
+        return prompts.iter().map(|p| generate(model, p, opts)).collect();
+    }
+    let (batch, vocab, device) = (prompts.len(), model.vocab_size(), model.device());
+    let pad: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    // Padding reads token 0; no query ever sees its keys.
+    let ids: Vec<i64> = prompts
+        .iter()
+        .flat_map(|p| {
+            std::iter::repeat_n(0, longest - p.len()).chain(p.iter().map(|&t| i64::from(t)))
+        })
+        .collect();
+    let mut cache = model.new_cache().left_padded(pad);
+    let read = |ids: Vec<i64>, n: usize, cache: &mut KvCache<B>| {
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, n]), &device);
+        kiln_model::host::read_f32(model.forward_cached(ids, cache))
+    };
+    let mut logits = read(ids, longest, &mut cache);
+    let mut rngs = vec![SplitMix64::new(opts.seed); batch];
+    let mut outs: Vec<Option<Generated>> = vec![None; batch];
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); batch];
+    loop {
+        for r in 0..batch {
+            if outs[r].is_some() {
+                continue;
+            }
+            if tokens[r].len() >= opts.max_new_tokens {
+                outs[r] = Some(Generated {
+                    tokens: std::mem::take(&mut tokens[r]),
+                    stop: Stop::MaxTokens,
+                });
+                continue;
+            }
+            let next = pick(&logits[r * vocab..(r + 1) * vocab], opts, &mut rngs[r]);
+            tokens[r].push(next);
+            // As `generate`: the stop token first, then the count (checked here rather than
+            // at the next step's top, saving the batch a step no row needs).
+            let stop = if opts.stop == Some(next) {
+                Some(Stop::Eos)
+            } else {
+                (tokens[r].len() >= opts.max_new_tokens).then_some(Stop::MaxTokens)
+            };
+            if let Some(stop) = stop {
+                outs[r] = Some(Generated {
+                    tokens: std::mem::take(&mut tokens[r]),
+                    stop,
+                });
+            }
+        }
+        if outs.iter().all(Option::is_some) {
+            return Ok(outs.into_iter().flatten().collect());
+        }
+        let last: Vec<i64> = tokens
+            .iter()
+            .map(|t| t.last().map_or(0, |&t| i64::from(t)))
+            .collect();
+        logits = read(last, 1, &mut cache);
     }
 }

@@ -181,6 +181,44 @@ impl<B: Backend> Lm<B> {
         self.generate_poe(&[prompt], opts)
     }
 
+    /// Generates from each of `prompts` as one left-padded batch ([`decode::generate_batch`]):
+    /// what [`Lm::generate`] gives for each, up to the last bits of the logits.
+    ///
+    /// # Errors
+    /// As [`Lm::generate`].
+    pub fn generate_batch(
+        &self,
+        prompts: &[&str],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<(Generated, String)>> {
+        let ids = prompts
+            .iter()
+            .map(|p| self.encode(p))
+            .collect::<Result<Vec<_>>>()?;
+        let mut opts = opts.clone();
+        if opts.stop.is_none() {
+            opts.stop = self.tok.eos_id();
+        }
+        decode::generate_batch(&self.model, &ids, &opts)?
+            .into_iter()
+            .map(|out| {
+                let text = self.shown_text(&out, opts.stop)?;
+                Ok((out, text))
+            })
+            .collect()
+    }
+
+    /// The text of generated tokens, without the stop token.
+    fn shown_text(&self, out: &Generated, stop: Option<u32>) -> Result<String> {
+        let shown: Vec<u32> = out
+            .tokens
+            .iter()
+            .copied()
+            .filter(|&t| Some(t) != stop)
+            .collect();
+        Ok(self.tok.decode(&shown)?)
+    }
+
     /// Product-of-experts generation from several contexts.
     ///
     /// # Errors
@@ -199,13 +237,7 @@ impl<B: Backend> Lm<B> {
             opts.stop = self.tok.eos_id();
         }
         let out = decode::generate_poe(&self.model, &ids, &opts)?;
-        let shown: Vec<u32> = out
-            .tokens
-            .iter()
-            .copied()
-            .filter(|&t| Some(t) != opts.stop)
-            .collect();
-        let text = self.tok.decode(&shown)?;
+        let text = self.shown_text(&out, opts.stop)?;
         Ok((out, text))
     }
 

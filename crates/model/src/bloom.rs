@@ -276,7 +276,7 @@ impl<B: Backend> Bloom<B> {
         self.decode(input_ids, &mask, &alibi, None)
     }
 
-    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
+    /// Reads `input_ids` after the positions in `cache` (left-padded as it says) and returns the logits
     /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
     pub fn forward_cached(
         &self,
@@ -285,9 +285,8 @@ impl<B: Backend> Bloom<B> {
     ) -> Tensor<B, 2> {
         let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
-        let past = cache.len;
-        let alibi = self.alibi(Tensor::ones([batch, past + seq], &device));
-        let mask = layers::cached_mask::<B>(batch, past, seq, &device);
+        let alibi = self.alibi(cache.key_mask(batch, seq, &device));
+        let mask = cache.mask(batch, seq, &device);
         let h = self.decode(input_ids, &mask, &alibi, Some(cache));
         self.project(layers::last_position(h))
     }

@@ -26,7 +26,7 @@ pub trait CausalLm<B: Backend> {
     /// Hidden states `[n, d]` to logits `[n, vocab]`.
     fn project(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2>;
 
-    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits of
+    /// Reads `input_ids` after the positions in `cache` (left-padded as it says) and returns the logits of
     /// the last new position, `[batch, vocab]`.
     fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2>;
 

@@ -382,10 +382,15 @@ impl<B: Backend> Gpt2<B> {
 
 /// Keys and values of the positions a model has already read, per block, for incremental
 /// decoding: each new token attends to them instead of recomputing the whole prefix.
+///
+/// A batch of prompts of different lengths is read left-padded ([`KvCache::left_padded`]):
+/// row `r`'s first `pad[r]` positions are padding that no query sees, and its real tokens
+/// take the positions they would take alone.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     pub(crate) len: usize,
+    pub(crate) pad: Vec<usize>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -394,10 +399,19 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; n_layer],
             len: 0,
+            pad: Vec::new(),
         }
     }
 
-    /// Positions read so far.
+    /// The cache for a left-padded batch: row `r` starts with `pad[r]` padding positions
+    /// (one entry per row of the batch the cache will read).
+    #[must_use]
+    pub fn left_padded(mut self, pad: Vec<usize>) -> Self {
+        self.pad = pad;
+        self
+    }
+
+    /// Positions read so far (padding included).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -406,11 +420,57 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// The model position of each of `seq` new tokens per row, `[batch, seq]`: `len + i`,
+    /// less the row's padding (padding positions themselves read as 0).
+    pub(crate) fn positions(
+        &self,
+        batch: usize,
+        seq: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Int> {
+        let past = self.len;
+        if self.pad.is_empty() {
+            return Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, device)
+                .reshape([1, seq])
+                .expand([batch, seq]);
+        }
+        let ids: Vec<i64> = self
+            .pad
+            .iter()
+            .flat_map(|&p| (past..past + seq).map(move |j| j.saturating_sub(p) as i64))
+            .collect();
+        Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
+    }
+
+    /// `[batch, len + seq]`: 1 for a real key, 0 for padding (BLOOM's ALiBi reads it).
+    pub(crate) fn key_mask(
+        &self,
+        batch: usize,
+        seq: usize,
+        device: &B::Device,
+    ) -> Tensor<B, 2, Int> {
+        let total = self.len + seq;
+        if self.pad.is_empty() {
+            return Tensor::ones([batch, total], device);
+        }
+        let keep: Vec<i64> = self
+            .pad
+            .iter()
+            .flat_map(|&p| (0..total).map(move |j| i64::from(j >= p)))
+            .collect();
+        Tensor::from_data(TensorData::new(keep, [batch, total]), device)
+    }
+
+    /// `[batch, 1, seq, len + seq]` attention mask of `seq` new positions ([`crate::layers`]).
+    pub(crate) fn mask(&self, batch: usize, seq: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+        crate::layers::cached_mask::<B>(batch, self.len, seq, &self.pad, device)
+    }
 }
 
 impl<B: Backend> Gpt2<B> {
-    /// Reads `input_ids` after the positions already in `cache` (no padding) and returns the
-    /// logits of the last new position, `[batch, vocab]`, adding the new keys and values to
+    /// Reads `input_ids` after the positions already in `cache` (left-padded as the cache
+    /// says) and returns the logits of the last new position, `[batch, vocab]`, adding the new keys and values to
     /// `cache`.
     ///
     /// # Panics
@@ -422,20 +482,11 @@ impl<B: Backend> Gpt2<B> {
     ) -> Tensor<B, 2> {
         let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
-        let past = cache.len;
-        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + seq) as i64, &device)
-            .reshape([1, seq])
-            .expand([batch, seq]);
+        let positions = cache.positions(batch, seq, &device);
         let x = self.wte.forward(input_ids) + self.wpe.forward(positions);
         let d = x.dims()[2];
-        // Query i (absolute past + i) must not see key j > past + i.
-        let total = past + seq;
-        let blocked: Vec<bool> = (0..seq)
-            .flat_map(|i| (0..total).map(move |j| j > past + i))
-            .collect();
-        let mask =
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [1, 1, seq, total]), &device)
-                .expand([batch, 1, seq, total]);
+        let total = cache.len + seq;
+        let mask = cache.mask(batch, seq, &device);
         let mut x = x.reshape([batch * seq, d]);
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             let (out, kv) = block.forward_kv(x, mask.clone(), batch, seq, slot.take());

@@ -195,19 +195,27 @@ pub(crate) fn attention<B: Backend>(
 pub(crate) type Kv<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// `[batch, 1, seq, past + seq]`: true where query `i` (absolute `past + i`) must not see
-/// key `j > past + i` (no padding: decoding reads one unpadded row at a time).
+/// key `j`: a later one (`j > past + i`), or one of row `r`'s `pad[r]` left-padding positions
+/// (batched decoding; `pad` empty: no padding).
 pub(crate) fn cached_mask<B: Backend>(
     batch: usize,
     past: usize,
     seq: usize,
+    pad: &[usize],
     device: &B::Device,
 ) -> Tensor<B, 4, Bool> {
     let total = past + seq;
-    let blocked: Vec<bool> = (0..seq)
-        .flat_map(|i| (0..total).map(move |j| j > past + i))
-        .collect();
-    Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [1, 1, seq, total]), device)
-        .expand([batch, 1, seq, total])
+    let row = |p: usize| (0..seq).flat_map(move |i| (0..total).map(move |j| j > past + i || j < p));
+    if pad.is_empty() {
+        let blocked: Vec<bool> = row(0).collect();
+        return Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(blocked, [1, 1, seq, total]),
+            device,
+        )
+        .expand([batch, 1, seq, total]);
+    }
+    let blocked: Vec<bool> = pad.iter().flat_map(|&p| row(p)).collect();
+    Tensor::<B, 4, Bool>::from_data(TensorData::new(blocked, [batch, 1, seq, total]), device)
 }
 
 /// `(k, v)` after the cached `past` ones, along the positions.

@@ -404,7 +404,7 @@ impl<B: Backend> Llama<B> {
         self.decode(input_ids, &mask, None)
     }
 
-    /// Reads `input_ids` after the positions in `cache` (no padding) and returns the logits
+    /// Reads `input_ids` after the positions in `cache` (left-padded as it says) and returns the logits
     /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
     pub fn forward_cached(
         &self,
@@ -412,7 +412,7 @@ impl<B: Backend> Llama<B> {
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 2> {
         let [batch, seq] = input_ids.dims();
-        let mask = layers::cached_mask::<B>(batch, cache.len, seq, &input_ids.device());
+        let mask = cache.mask(batch, seq, &input_ids.device());
         let h = self.decode(input_ids, &mask, Some(cache));
         self.project(layers::last_position(h))
     }

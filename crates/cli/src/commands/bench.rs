@@ -38,17 +38,38 @@ impl Job for TrainJob<'_> {
     }
 }
 
-/// Decoding tokens/s with and without the KV cache.
+/// Prompt tokens, new tokens and batch rows of the decoding benchmarks (the longest prompt
+/// of the batch has `GENERATE_PROMPT` tokens).
+pub(crate) const GENERATE_PROMPT: usize = 32;
+pub(crate) const GENERATE_NEW: usize = 64;
+pub(crate) const GENERATE_BATCH: usize = 8;
+
+/// Decoding tokens/s of the DistilGPT-2 shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decoding {
+    /// One prompt, with the KV cache.
+    pub kv_cache: f64,
+    /// One prompt, re-reading the context every token.
+    pub no_cache: f64,
+    /// [`GENERATE_BATCH`] left-padded prompts at once, all rows' tokens counted.
+    pub batch: f64,
+}
+
+/// Decoding tokens/s with and without the KV cache, and batched.
 pub(crate) struct GenerateJob;
 
 impl InferJob for GenerateJob {
-    type Output = kiln_eval::Result<(f64, f64)>;
+    type Output = kiln_eval::Result<Decoding>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        use kiln_eval::bench;
         let config = kiln_model::gpt2::Gpt2Config::distilgpt2();
-        let run = |cache: bool| {
-            kiln_eval::bench::generate_tokens_per_s::<B>(&config, 32, 64, cache, &device)
-        };
-        Ok((run(true)?, run(false)?))
+        let (p, n) = (GENERATE_PROMPT, GENERATE_NEW);
+        let one = |cache: bool| bench::generate_tokens_per_s::<B>(&config, p, n, cache, &device);
+        Ok(Decoding {
+            kv_cache: one(true)?,
+            no_cache: one(false)?,
+            batch: bench::generate_batch_tokens_per_s::<B>(&config, p, n, GENERATE_BATCH, &device)?,
+        })
     }
 }
 
@@ -80,21 +101,27 @@ pub async fn run(
     }
     if which == BenchKind::Generate {
         let (dev, precision) = on.parse()?;
-        let (with, without) = device::dispatch_infer(dev, precision, GenerateJob)??;
+        let d = device::dispatch_infer(dev, precision, GenerateJob)??;
         eprintln!("generate: on {dev} ({precision})");
         results.push((
             "generate_kv_cache_tokens_per_s",
-            with,
+            d.kv_cache,
             "tok/s",
             "faster than without",
         ));
         results.push((
             "generate_no_cache_tokens_per_s",
-            without,
+            d.no_cache,
             "tok/s",
             "the baseline",
         ));
-        results.push(("kv_cache_speedup", with / without, "x", "> 1"));
+        results.push(("kv_cache_speedup", d.kv_cache / d.no_cache, "x", "> 1"));
+        results.push((
+            "generate_batch8_tokens_per_s",
+            d.batch,
+            "tok/s",
+            "faster than one prompt",
+        ));
     }
     if matches!(which, BenchKind::All | BenchKind::Noop) {
         let ms = noop_run(repeat)?;

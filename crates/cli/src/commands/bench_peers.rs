@@ -69,13 +69,7 @@ impl Peers {
             args.join(" "),
             out.status
         );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .with_context(|| format!("peer {} printed no JSON line: {text}", path.display()))?;
-        serde_json::from_str(line).with_context(|| format!("peer {}: {line}", path.display()))
+        last_json_line(&out.stdout, &format!("peer {}", path.display()))
     }
 
     fn number(value: &Value, key: &str, script: &str) -> Result<f64> {
@@ -117,16 +111,19 @@ impl Peers {
         })
     }
 
-    /// transformers `generate`, greedy, on the DistilGPT-2 shape: tokens/s with or without
-    /// the KV cache (`prompt` tokens in, `new` out).
+    /// transformers `generate`, greedy, on the DistilGPT-2 shape, the prompts and lengths of
+    /// kiln's decoding benchmarks: tokens/s with or without the KV cache, of `batch` prompts
+    /// at once (left-padded as kiln's).
     ///
     /// # Errors
     /// When the script fails or prints no figure.
-    pub fn generate(&self, kv_cache: bool, prompt: usize, new: usize) -> Result<f64> {
+    pub fn generate(&self, kv_cache: bool, batch: usize) -> Result<f64> {
+        use super::bench::{GENERATE_NEW, GENERATE_PROMPT};
         let args = [
-            format!("--prompt={prompt}"),
-            format!("--new={new}"),
+            format!("--prompt={GENERATE_PROMPT}"),
+            format!("--new={GENERATE_NEW}"),
             format!("--cache={}", if kv_cache { 1 } else { 0 }),
+            format!("--batch={batch}"),
         ];
         let v = self.json("hf_generate.py", &args)?;
         Self::number(&v, "tokens_per_s", "hf_generate.py")
@@ -211,4 +208,16 @@ impl DvcProject {
         self.command(&["repro", "-q"])?;
         Ok(start.elapsed().as_secs_f64() * 1000.0)
     }
+}
+
+/// The last line of a child process's stdout that is a JSON object, parsed; `what` names the
+/// child in the error.
+pub(crate) fn last_json_line(stdout: &[u8], what: &str) -> Result<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{what} printed no JSON line: {text}"))?;
+    serde_json::from_str(line).with_context(|| format!("{what}: {line}"))
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use kiln_model::device;
 use kiln_store::Store;
 
-use super::bench::{GenerateJob, noop_run, store_benches};
+use super::bench::{GENERATE_BATCH, GenerateJob, noop_run, store_benches};
 use super::bench_peers::{Peers, TrainFigures};
 use super::bench_suite::Options;
 use crate::args::{DeviceArgs, SuiteGroup};
@@ -19,10 +19,6 @@ const GPT2_BATCH: usize = 16;
 const GPT2_SEQ: usize = 64;
 /// The small training benchmark's untimed steps (`kiln_train::bench::run`'s).
 const SMALL_WARMUP: usize = 3;
-/// The decoding benchmark's prompt and new tokens (as `super::bench::GenerateJob`).
-const PROMPT: usize = 32;
-const NEW_TOKENS: usize = 64;
-
 /// The pipeline the data benchmark runs (`benches/data/sentiment140.yaml`).
 const DATA_PIPELINE: &str = include_str!("../../../../benches/data/sentiment140.yaml");
 
@@ -153,15 +149,18 @@ pub(crate) async fn one_round(
     }
     if wanted(SuiteGroup::Generate) {
         let (dev, precision) = on.parse()?;
-        let (with, without) = device::dispatch_infer(dev, precision, GenerateJob)??;
-        s.push("generate_kv_cache_tokens_per_s", "tok/s", true, with);
-        s.push("generate_no_cache_tokens_per_s", "tok/s", true, without);
+        let d = device::dispatch_infer(dev, precision, GenerateJob)??;
+        s.push("generate_kv_cache_tokens_per_s", "tok/s", true, d.kv_cache);
+        s.push("generate_no_cache_tokens_per_s", "tok/s", true, d.no_cache);
+        s.push("generate_batch8_tokens_per_s", "tok/s", true, d.batch);
         if let Some(p) = peers.as_deref() {
             let hf = "transformers-generate";
-            let with = p.generate(true, PROMPT, NEW_TOKENS)?;
+            let with = p.generate(true, 1)?;
             s.peer("generate_kv_cache_tokens_per_s", hf, with);
-            let without = p.generate(false, PROMPT, NEW_TOKENS)?;
+            let without = p.generate(false, 1)?;
             s.peer("generate_no_cache_tokens_per_s", hf, without);
+            let batch = p.generate(true, GENERATE_BATCH)?;
+            s.peer("generate_batch8_tokens_per_s", hf, batch);
         }
     }
     Ok(())
@@ -281,17 +280,11 @@ fn train_child(on: &DeviceArgs, args: &[&str]) -> Result<TrainFigures> {
         args.join(" "),
         out.status
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .with_context(|| format!("kiln bench train --json printed no JSON line: {text}"))?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+    let v = super::bench_peers::last_json_line(&out.stdout, "kiln bench train --json")?;
     let number = |key: &str| {
         v[key]
             .as_f64()
-            .with_context(|| format!("kiln bench train --json: no {key} in {line}"))
+            .with_context(|| format!("kiln bench train --json: no {key} in {v}"))
     };
     Ok(TrainFigures {
         tokens_per_s: number("tokens_per_s")?,

@@ -43,7 +43,8 @@ impl Stage for EvalGap {
         // 2: rows_truncated counted (metric and gap.json); 3: accurate softmax row sums (f64)
         // 4: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
         // 5: few-row products (decoding, short texts) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
-        5
+        // 6: a few-row product sums its weight in fixed slabs of 64 rows (last bits).
+        6
     }
     fn doc(&self) -> &'static str {
         "internalization gap |p_teacher(text + prompt) − p_student(text)| averaged over a split"

@@ -46,6 +46,12 @@ const PARAMS: &[ParamSpec] = &[
         "tokens per answer (default 64)",
     )
     .at_least(1),
+    ParamSpec::optional(
+        "batch_size",
+        ParamType::Int,
+        "prompts decoded at once, left-padded through one KV cache (default 8; 1: one at a time)",
+    )
+    .at_least(1),
     ParamSpec::optional("temperature", ParamType::Float, "0 (default) is greedy")
         .range(0.0, f64::MAX),
     ParamSpec::optional(
@@ -78,7 +84,8 @@ impl Stage for EvalGenerate {
         // 2: accurate softmax row sums (f64 accumulation). 3: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
         // 4: templates; conversations answered (their last answer is the reference); the prompt kept.
         // 5: few-row products (decoding, short texts) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
-        5
+        // 6: prompts decoded 8 at a time, left-padded (`batch_size`), and a few-row product sums its weight in fixed slabs of 64 rows (last bits).
+        6
     }
     fn doc(&self) -> &'static str {
         "answers for held-out instructions: generations.jsonl, exact-match and contains rates"
@@ -118,6 +125,7 @@ impl super::OnDevice for EvalGenerate {
             kv_cache: true,
         };
         let limit = ctx.p().count("limit")?.unwrap_or(usize::MAX);
+        let batch_size = ctx.p().count("batch_size")?.unwrap_or(8);
         let mut asks = Vec::new();
         for (index, row) in rows.iter().enumerate().take(limit) {
             let c = Conversation::of(row, &columns, &source, index)?;
@@ -138,25 +146,31 @@ impl super::OnDevice for EvalGenerate {
         let mut lines = String::new();
         let (mut scored, mut exact, mut contains, mut done) = (0usize, 0usize, 0usize, 0usize);
         let total = asks.len();
-        for (index, instruction, input, prompt, output) in asks {
+        for chunk in asks.chunks(batch_size) {
             if ctx.cancel.is_cancelled() {
                 return Err("interrupted".into());
             }
-            let (_, response) = lm
-                .generate(&prompt, &opts)
-                .map_err(|e| format!("record {index}: {e}"))?;
-            let response = response.trim().to_owned();
-            if short(&output) {
-                scored += 1;
-                let (r, o) = (response.to_lowercase(), output.trim().to_lowercase());
-                exact += usize::from(r == o);
-                contains += usize::from(!o.is_empty() && r.contains(&o));
+            let prompts: Vec<&str> = chunk.iter().map(|a| a.3.as_str()).collect();
+            let first = chunk.first().map_or(0, |a| a.0);
+            let answers = lm
+                .generate_batch(&prompts, &opts)
+                .map_err(|e| format!("records {first}..{}: {e}", first + chunk.len()))?;
+            for ((_, instruction, input, prompt, output), (_, response)) in
+                chunk.iter().zip(answers)
+            {
+                let response = response.trim().to_owned();
+                if short(output) {
+                    scored += 1;
+                    let (r, o) = (response.to_lowercase(), output.trim().to_lowercase());
+                    exact += usize::from(r == o);
+                    contains += usize::from(!o.is_empty() && r.contains(&o));
+                }
+                lines.push_str(&serde_json::to_string(&serde_json::json!({
+                    "instruction": instruction, "input": input, "reference": output, "response": response, "prompt": prompt,
+                }))?);
+                lines.push('\n');
+                done += 1;
             }
-            lines.push_str(&serde_json::to_string(&serde_json::json!({
-                "instruction": instruction, "input": input, "reference": output, "response": response, "prompt": prompt,
-            }))?);
-            lines.push('\n');
-            done += 1;
             ctx.progress.update(done as u64, Some(total as u64), None);
         }
         std::fs::write(ctx.out_dir.join("generations.jsonl"), lines)?;

@@ -60,7 +60,8 @@ impl Stage for EvalIterate {
     }
     fn version(&self) -> u32 {
         // 2: few-row products (decoding) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
-        2
+        // 3: a few-row product sums its weight in fixed slabs of 64 rows (last bits).
+        3
     }
     fn doc(&self) -> &'static str {
         "iterative-generation traces: at every prefix length, the greedy next token"

@@ -41,7 +41,8 @@ impl Stage for EvalScore {
         // 2: scores.csv through the csv crate, with a text column; 3: accurate softmax row sums (f64)
         // 4: fused RMSNorm and SwiGLU (last bits of Llama-family models), BOS from the tokenizer's configuration.
         // 5: few-row products (decoding, short texts) and GPT-2's tied LM head as parallel GEMVs on the CPU (last bits).
-        5
+        // 6: a few-row product sums its weight in fixed slabs of 64 rows (last bits).
+        6
     }
     fn doc(&self) -> &'static str {
         "negative log-likelihood of every line of a file (BOS prefixed; optionally given a prefix)"
