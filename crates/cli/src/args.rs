@@ -470,8 +470,9 @@ pub enum Command {
         /// report: the directory for `bench.html` (default `results/reports`).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// train: print the figures and the process's peak memory as one JSON line, and
-        /// record nothing (the suite runs each training benchmark this way, in a process of its own).
+        /// train, ingest: print the figures (train: and the process's peak memory) as one JSON
+        /// line, and record nothing (the suite runs these benchmarks this way, each in a
+        /// process of its own).
         #[arg(long)]
         json: bool,
         /// suite: the shared data directory (the sentiment140 sample and the GPT-2 tokenizer)

@@ -247,13 +247,56 @@ pub fn build_sentiment_as(
             },
         );
     }
+    // Writing tokenizer.json (50k entries for GPT-2) overlaps with tokenizing and writing the
+    // shards, so the directory must exist before either starts.
+    std::fs::create_dir_all(out).map_err(crate::error::io("cannot create", out))?;
+    let started = std::time::Instant::now();
+    let tok = &tok;
+    let shape = Shape {
+        label_ids: &label_ids,
+        template: compiled.as_ref().zip(lm.map(|l| l.trained)),
+        max_text,
+    };
+    let (saved, written) = std::thread::scope(|scope| {
+        let saved = scope.spawn(|| tok.save(&out.join("tokenizer.json")));
+        let written = encode_and_write(tok, &rows, &shape, opts, out, &mut manifest);
+        (saved.join(), written)
+    });
+    written?;
+    tracing::info!(elapsed = ?started.elapsed(), "shards and tokenizer written");
+    manifest.tokenizer_hash =
+        saved.map_err(|_| Error::Config("writing tokenizer.json panicked".into()))??;
+    manifest.rows_read = rows.read;
+    manifest.save(out)?;
+    Ok(manifest)
+}
+
+/// How [`encode_and_write`] turns a sentiment row into an example.
+struct Shape<'a> {
+    label_ids: &'a BTreeMap<Polarity, u32>,
+    /// The compiled prompt template and what it trains (a language-modelling dataset).
+    template: Option<(&'a Compiled, Trained)>,
+    /// Text tokens kept at most.
+    max_text: Option<usize>,
+}
+
+/// Tokenizes `rows`, cuts texts to `shape.max_text`, rejects those without tokens, splits
+/// the rest and writes each split's shards, counting into `manifest`.
+fn encode_and_write(
+    tok: &Tok,
+    rows: &sentiment::Rows,
+    shape: &Shape<'_>,
+    opts: &BuildOptions,
+    out: &Path,
+    manifest: &mut Manifest,
+) -> Result<()> {
     let texts: Vec<&str> = rows.texts.iter().map(String::as_str).collect();
     let started = std::time::Instant::now();
     let mut encoded = tok.encode_batch(&texts)?;
     tracing::info!(rows = texts.len(), elapsed = ?started.elapsed(), "tokenized");
     let mut rejected = rows.rejected.clone();
     for ids in &mut encoded {
-        if let Some(max) = max_text
+        if let Some(max) = shape.max_text
             && ids.len() > max
         {
             ids.truncate(max);
@@ -264,60 +307,43 @@ pub fn build_sentiment_as(
     if empty > 0 {
         *rejected.entry("no tokens".into()).or_default() += empty;
     }
+    manifest.rejected = rejected;
     let keep: Vec<usize> = (0..encoded.len())
         .filter(|&i| !encoded[i].is_empty())
         .collect();
-    let splits = split_indices(keep.len(), opts.fractions, opts.seed)?;
-    // Writing tokenizer.json (50k entries for GPT-2) overlaps with writing the shards, so the
-    // directory must exist before either starts.
-    std::fs::create_dir_all(out).map_err(crate::error::io("cannot create", out))?;
-    let (saved, written) = std::thread::scope(|scope| {
-        let saved = scope.spawn(|| tok.save(&out.join("tokenizer.json")));
-        let written = (|| -> Result<()> {
-            for (name, part) in splits {
-                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                let examples: Vec<Example> = part
-                    .iter()
-                    .map(|&k| {
-                        let i = keep[k];
-                        let polarity = rows.labels[i];
-                        *counts.entry(polarity.name().to_owned()).or_default() += 1;
-                        let text = std::mem::take(&mut encoded[i]);
-                        let label = label_ids[&polarity];
-                        match (&compiled, lm) {
-                            (Some(c), Some(l)) => {
-                                let (input_ids, labels) = c.render(&text, label, l.trained);
-                                Example {
-                                    input_ids,
-                                    label: None,
-                                    labels: Some(labels),
-                                }
-                            }
-                            _ => Example {
-                                input_ids: text,
-                                label: Some(label),
-                                labels: None,
-                            },
+    for (name, part) in split_indices(keep.len(), opts.fractions, opts.seed)? {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let examples: Vec<Example> = part
+            .iter()
+            .map(|&k| {
+                let i = keep[k];
+                let polarity = rows.labels[i];
+                *counts.entry(polarity.name().to_owned()).or_default() += 1;
+                let text = std::mem::take(&mut encoded[i]);
+                let label = shape.label_ids[&polarity];
+                match shape.template {
+                    Some((c, trained)) => {
+                        let (input_ids, labels) = c.render(&text, label, trained);
+                        Example {
+                            input_ids,
+                            label: None,
+                            labels: Some(labels),
                         }
-                    })
-                    .collect();
-                let mut info: SplitInfo =
-                    write_split(out, name, kind, opts.rows_per_shard, &examples)?;
-                info.label_counts = counts;
-                manifest.splits.insert(name.to_owned(), info);
-            }
-            Ok(())
-        })();
-        (saved.join(), written)
-    });
-    written?;
-    tracing::info!(elapsed = ?started.elapsed(), "shards and tokenizer written");
-    manifest.tokenizer_hash =
-        saved.map_err(|_| Error::Config("writing tokenizer.json panicked".into()))??;
-    manifest.rows_read = rows.read;
-    manifest.rejected = rejected;
-    manifest.save(out)?;
-    Ok(manifest)
+                    }
+                    None => Example {
+                        input_ids: text,
+                        label: Some(label),
+                        labels: None,
+                    },
+                }
+            })
+            .collect();
+        let mut info: SplitInfo =
+            write_split(out, name, manifest.kind, opts.rows_per_shard, &examples)?;
+        info.label_counts = counts;
+        manifest.splits.insert(name.to_owned(), info);
+    }
+    Ok(())
 }
 
 /// Builds a language-modelling dataset from Alpaca-format records into `out`. With

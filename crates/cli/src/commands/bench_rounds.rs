@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail, ensure};
 use kiln_model::device;
 use kiln_store::Store;
 
-use super::bench::{GENERATE_BATCH, GenerateJob, noop_run, store_benches};
+use super::bench::{GENERATE_BATCH, GenerateJob, noop_run};
 use super::bench_peers::{Peers, TrainFigures};
 use super::bench_suite::Options;
 use crate::args::{DeviceArgs, SuiteGroup};
@@ -121,10 +121,7 @@ pub(crate) async fn one_round(
         }
     }
     if wanted(SuiteGroup::Ingest) {
-        let dir = tempfile::tempdir().context("creating a scratch directory")?;
-        let store = Store::open(&dir.path().join("bench.sqlite").to_string_lossy()).await?;
-        let (ingest, last_ms) = store_benches(&store, o.rows).await?;
-        store.close().await;
+        let (ingest, last_ms) = ingest_child(o.rows)?;
         s.push("ingest_rows_per_s", "rows/s", true, ingest);
         s.push("last_metric_query_ms", "ms", false, last_ms);
     }
@@ -262,6 +259,31 @@ fn model_training(
         record(s, Some("pytorch-eager"), &t);
     }
     Ok(())
+}
+
+/// The ingest and last-value figures from a `kiln bench ingest --json` process of its own.
+fn ingest_child(rows: usize) -> Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(&exe)
+        .args(["bench", "ingest", "--json", "--rows", &rows.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} bench ingest", exe.display()))?;
+    ensure!(
+        out.status.success(),
+        "kiln bench ingest failed ({})",
+        out.status
+    );
+    let v = super::bench_peers::last_json_line(&out.stdout, "kiln bench ingest --json")?;
+    let number = |key: &str| {
+        v[key]
+            .as_f64()
+            .with_context(|| format!("kiln bench ingest --json: no {key} in {v}"))
+    };
+    Ok((
+        number("ingest_rows_per_s")?,
+        number("last_metric_query_ms")?,
+    ))
 }
 
 /// A training benchmark's figures from a `kiln bench train --json` process of its own.

@@ -105,11 +105,11 @@ pub async fn execute(cli: Cli) -> Result<()> {
                 batch: *batch,
             };
             if *json {
-                anyhow::ensure!(
-                    *which == crate::args::BenchKind::Train,
-                    "--json is for `kiln bench train`"
-                );
-                return bench::train_json(&train, on);
+                return match which {
+                    crate::args::BenchKind::Train => bench::train_json(&train, on),
+                    crate::args::BenchKind::Ingest => bench::ingest_json(*rows).await,
+                    _ => anyhow::bail!("--json is for `kiln bench train` and `kiln bench ingest`"),
+                };
             }
             bench::run(
                 &cli,
