@@ -202,23 +202,33 @@ fn print(figures: &[BenchFigure], compared: &[Comparison]) -> Result<()> {
 }
 
 /// The CPU's nominal fp32 FMA peak, GFLOP/s: cores × the clock `/proc/cpuinfo` reports ×
-/// FLOPs a cycle (2 FMA units × 8 lanes × 2 with AVX2 and FMA, 16 lanes with AVX-512).
-/// `None` without those instructions or that file.
+/// [`fma_flops_per_cycle`]. `None` without FMA or that file.
 pub(crate) fn cpu_fma_peak_gflops() -> Option<f64> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let field = |key: &str| cpuinfo_field(&cpuinfo, key);
     let mhz: f64 = field("cpu MHz")?.parse().ok()?;
-    let flags = field("flags")?;
-    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-    let per_cycle = if has("avx512f") {
-        64.0
-    } else if has("avx2") && has("fma") {
-        32.0
-    } else {
-        return None;
-    };
+    let per_cycle = fma_flops_per_cycle(
+        &field("vendor_id").unwrap_or_default(),
+        field("cpu family").and_then(|f| f.parse().ok()),
+        &field("flags")?,
+    )?;
     let cores = std::thread::available_parallelism().ok()?.get() as f64;
     Some(cores * mhz * per_cycle / 1000.0)
+}
+
+/// fp32 FLOPs a core retires a cycle at most: 2 FMA units × 2 FLOPs × the lanes of their
+/// datapath: 8 with AVX2 and FMA, 16 with AVX-512, except on AMD before Zen 5 (family 26),
+/// whose Zen 4 runs AVX-512 through 256-bit units (8). `None` without FMA.
+fn fma_flops_per_cycle(vendor: &str, family: Option<u32>, flags: &str) -> Option<f64> {
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let half_width_avx512 = vendor == "AuthenticAMD" && family.is_some_and(|f| f < 26);
+    if has("avx512f") && !half_width_avx512 {
+        Some(64.0)
+    } else if has("avx2") && has("fma") {
+        Some(32.0)
+    } else {
+        None
+    }
 }
 
 /// The first `key: value` line of `/proc/cpuinfo` text whose key starts with `key`: its value.
@@ -283,5 +293,37 @@ fn machine() -> Machine {
         cores,
         memory_gib,
         gpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fma_flops_per_cycle;
+
+    #[test]
+    fn fma_width_follows_the_datapath_not_only_the_flags() {
+        let avx2 = "fpu sse2 avx avx2 fma";
+        let avx512 = "fpu sse2 avx avx2 fma avx512f avx512bw";
+        // Zen 2 (family 23): AVX2 only; Zen 4 (25): AVX-512 on 256-bit units; Zen 5 (26): full width.
+        assert_eq!(
+            fma_flops_per_cycle("AuthenticAMD", Some(23), avx2),
+            Some(32.0)
+        );
+        assert_eq!(
+            fma_flops_per_cycle("AuthenticAMD", Some(25), avx512),
+            Some(32.0)
+        );
+        assert_eq!(
+            fma_flops_per_cycle("AuthenticAMD", Some(26), avx512),
+            Some(64.0)
+        );
+        assert_eq!(
+            fma_flops_per_cycle("GenuineIntel", Some(6), avx512),
+            Some(64.0)
+        );
+        assert_eq!(
+            fma_flops_per_cycle("GenuineIntel", Some(6), "fpu sse2 avx"),
+            None
+        );
     }
 }
