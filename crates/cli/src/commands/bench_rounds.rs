@@ -261,55 +261,50 @@ fn model_training(
     Ok(())
 }
 
-/// The ingest and last-value figures from a `kiln bench ingest --json` process of its own.
-fn ingest_child(rows: usize) -> Result<(f64, f64)> {
+/// Runs `kiln bench <args> --json` (a process of its own) and parses the JSON line it prints.
+fn kiln_json(args: &[&str]) -> Result<serde_json::Value> {
     let exe = std::env::current_exe()?;
+    let what = format!("kiln bench {}", args.join(" "));
     let out = Command::new(&exe)
-        .args(["bench", "ingest", "--json", "--rows", &rows.to_string()])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .stderr(Stdio::inherit())
         .output()
-        .with_context(|| format!("running {} bench ingest", exe.display()))?;
-    ensure!(
-        out.status.success(),
-        "kiln bench ingest failed ({})",
-        out.status
-    );
-    let v = super::bench_peers::last_json_line(&out.stdout, "kiln bench ingest --json")?;
-    let number = |key: &str| {
-        v[key]
-            .as_f64()
-            .with_context(|| format!("kiln bench ingest --json: no {key} in {v}"))
-    };
+        .with_context(|| format!("running {what} ({})", exe.display()))?;
+    ensure!(out.status.success(), "{what} failed ({})", out.status);
+    super::bench_peers::last_json_line(&out.stdout, &what)
+}
+
+/// The number `key` of a `--json` line.
+fn json_number(v: &serde_json::Value, key: &str) -> Result<f64> {
+    v[key]
+        .as_f64()
+        .with_context(|| format!("kiln bench --json: no number {key:?} in {v}"))
+}
+
+/// The ingest and last-value figures from a `kiln bench ingest --json` process of its own.
+fn ingest_child(rows: usize) -> Result<(f64, f64)> {
+    let v = kiln_json(&["ingest", "--rows", &rows.to_string()])?;
     Ok((
-        number("ingest_rows_per_s")?,
-        number("last_metric_query_ms")?,
+        json_number(&v, "ingest_rows_per_s")?,
+        json_number(&v, "last_metric_query_ms")?,
     ))
 }
 
 /// A training benchmark's figures from a `kiln bench train --json` process of its own.
 fn train_child(on: &DeviceArgs, args: &[&str]) -> Result<TrainFigures> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new(&exe)
-        .args(["bench", "train", "--json", "--device", &on.device])
-        .args(["--precision", &on.precision])
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {} bench train", exe.display()))?;
-    ensure!(
-        out.status.success(),
-        "kiln bench train {} failed ({})",
-        args.join(" "),
-        out.status
-    );
-    let v = super::bench_peers::last_json_line(&out.stdout, "kiln bench train --json")?;
-    let number = |key: &str| {
-        v[key]
-            .as_f64()
-            .with_context(|| format!("kiln bench train --json: no {key} in {v}"))
-    };
+    let mut all = vec![
+        "train",
+        "--device",
+        &on.device,
+        "--precision",
+        &on.precision,
+    ];
+    all.extend_from_slice(args);
+    let v = kiln_json(&all)?;
     Ok(TrainFigures {
-        tokens_per_s: number("tokens_per_s")?,
+        tokens_per_s: json_number(&v, "tokens_per_s")?,
         peak_mib: v["peak_rss_mib"].as_f64(),
     })
 }
