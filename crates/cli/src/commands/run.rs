@@ -24,6 +24,12 @@ pub async fn run(
     let registry = super::registry();
     let cache = Cache::new(&cli.results);
     let workdir = std::env::current_dir().context("reading the current directory")?;
+    // Two `git` processes take a few milliseconds (more in a large repository): they run
+    // while the pipeline is planned and its inputs hashed.
+    let meta = {
+        let workdir = workdir.clone();
+        std::thread::spawn(move || run_meta(&workdir))
+    };
     let overrides = super::overrides(set)?;
     // The store is created only once the pipeline is valid: a bad file leaves nothing behind.
     let existing = super::existing_store(cli).await?;
@@ -60,7 +66,9 @@ pub async fn run(
         reporter: reporter.clone(),
         cancel,
         registry,
-        meta: run_meta(&workdir),
+        meta: meta
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the git commit panicked"))?,
     };
     let summary = kiln_core::execute(&plan, &opts).await?;
     reporter.finish();
