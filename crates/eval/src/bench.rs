@@ -31,19 +31,30 @@ pub fn generate_tokens_per_s<B: Backend>(
     B::seed(device, 0);
     let model = config.init::<B>(device);
     let prompt = bench_prompt(prompt_len, 0, config.vocab_size);
-    let opts = GenerateOptions {
+    let opts = greedy(new_tokens, kv_cache);
+    let (out, seconds) = second_run(|| decode::generate(&model, &prompt, &opts))?;
+    Ok(out.tokens.len() as f64 / seconds)
+}
+
+/// Greedy decoding of exactly `new_tokens` (no stop token).
+fn greedy(new_tokens: usize, kv_cache: bool) -> GenerateOptions {
+    GenerateOptions {
         max_new_tokens: new_tokens,
         temperature: 0.0,
         top_k: None,
         seed: 0,
         stop: None,
         kv_cache,
-    };
-    // Untimed first, as the peer: burn initializes parameters lazily, on their first use.
-    decode::generate(&model, &prompt, &opts)?;
+    }
+}
+
+/// Runs `f` twice and times the second run (seconds), as the peer does: burn initializes
+/// parameters lazily, on their first use.
+fn second_run<T>(f: impl Fn() -> crate::Result<T>) -> crate::Result<(T, f64)> {
+    f()?;
     let started = Instant::now();
-    let out = decode::generate(&model, &prompt, &opts)?;
-    Ok(out.tokens.len() as f64 / started.elapsed().as_secs_f64())
+    let out = f()?;
+    Ok((out, started.elapsed().as_secs_f64()))
 }
 
 /// The prompt of row `row` of the decoding benchmarks: `len` ids `((i + row) · 7919) mod
@@ -79,17 +90,8 @@ pub fn generate_batch_tokens_per_s<B: Backend>(
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|r| bench_prompt(prompt_len - r, r, config.vocab_size))
         .collect();
-    let opts = GenerateOptions {
-        max_new_tokens: new_tokens,
-        temperature: 0.0,
-        top_k: None,
-        seed: 0,
-        stop: None,
-        kv_cache: true,
-    };
-    decode::generate_batch(&model, &prompts, &opts)?;
-    let started = Instant::now();
-    let out = decode::generate_batch(&model, &prompts, &opts)?;
+    let opts = greedy(new_tokens, true);
+    let (out, seconds) = second_run(|| decode::generate_batch(&model, &prompts, &opts))?;
     let tokens: usize = out.iter().map(|g| g.tokens.len()).sum();
-    Ok(tokens as f64 / started.elapsed().as_secs_f64())
+    Ok(tokens as f64 / seconds)
 }
