@@ -8,6 +8,10 @@ test:
 sweep EXP="experiments/quickstart.yaml":
     cargo run -- sweep {{EXP}}
 
+# Browse the results store in a local web page (the same build as `just sweep`).
+ui *ARGS:
+    cargo run -- ui {{ARGS}}
+
 # Format the code.
 fmt:
     cargo fmt --all

@@ -20,5 +20,6 @@ mod sweep;
 mod tokenizers;
 mod train;
 mod trust;
+mod ui;
 mod validate;
 mod wgpu;

@@ -275,6 +275,7 @@ fn the_quickstart_sweep_runs_and_the_readme_query_ranks_its_trials() {
     assert!(html.contains("class=\"trace\""), "the best trial's traces");
     assert_eq!(html.matches("<tr class=\"best\">").count(), 1);
     screenshot(&html_path, &p.path().join("report.png"));
+    crate::ui::check_quickstart(&p);
 }
 
 /// Issue 15's quickstart checks: the prompt-trained teacher's prompted two-way accuracy on
@@ -311,23 +312,10 @@ fn the_teacher_knows_the_task_and_the_student_learns_it_from_kl_alone(p: &Projec
     }
 }
 
-/// Renders `html` with headless Chromium (Debian's `chromium`; `.ci/run` installs it and sets
-/// KILN_REQUIRE_CHROMIUM) and checks the picture holds a drawing, not a blank page.
+/// Renders `html` with headless Chromium and checks the picture holds a drawing, not a
+/// blank page.
 fn screenshot(html: &std::path::Path, png: &std::path::Path) {
-    let chromium = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|c| {
-            std::process::Command::new(c)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    let Some(chromium) = chromium else {
-        assert!(
-            std::env::var_os("KILN_REQUIRE_CHROMIUM").is_none(),
-            "KILN_REQUIRE_CHROMIUM is set but no chromium is installed"
-        );
-        eprintln!("no chromium: skipping the report screenshot");
+    let Some(chromium) = crate::support::chromium() else {
         return;
     };
     let out = std::process::Command::new(chromium)

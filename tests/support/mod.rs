@@ -189,3 +189,24 @@ pub async fn fresh_postgres(tag: &str) -> Option<String> {
     let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
     Some(format!("{base}/{name}"))
 }
+
+/// Headless Chromium's command (Debian's `chromium`; `.ci/run` installs it and sets
+/// KILN_REQUIRE_CHROMIUM, when a missing one fails the test instead of skipping its checks).
+pub fn chromium() -> Option<String> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("KILN_REQUIRE_CHROMIUM").is_none(),
+            "KILN_REQUIRE_CHROMIUM is set but no chromium is installed"
+        );
+        eprintln!("no chromium: skipping the browser checks");
+    }
+    found.map(str::to_owned)
+}

@@ -219,6 +219,21 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = TableFormat::Table)]
         format: TableFormat,
     },
+    /// A local web page over the results store: experiments and runs (filter, sort), a
+    /// run's page (charts, stages, logs, artifacts), and compare (only the differences,
+    /// overlaid curves, a sweep's parallel coordinates and heatmap). Read-only.
+    Ui {
+        /// The address to listen on. Anything but loopback serves the store, without
+        /// authentication, to whoever can reach it.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// The port (0: any free port; the first line printed names it).
+        #[arg(long, default_value_t = 8470)]
+        port: u16,
+        /// Open the page in a browser.
+        #[arg(long)]
+        open: bool,
+    },
     /// List recent runs.
     Runs {
         /// How many.
@@ -467,9 +482,13 @@ pub enum Command {
         /// suite: the slowdown beyond noise that counts as a regression (exit 1).
         #[arg(long, default_value_t = 0.10)]
         threshold: f64,
-        /// report: the directory for `bench.html` (default `results/reports`).
+        /// report: the directory for `bench.html` (default `results/reports`); ui: keep the
+        /// generated store here (and reuse it when it is there).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// ui: runs in the generated store.
+        #[arg(long, default_value_t = 10_000)]
+        ui_runs: usize,
         /// train, ingest: print the figures (train: and the process's peak memory) as one JSON
         /// line, and record nothing (the suite runs these benchmarks this way, each in a
         /// process of its own).
@@ -589,6 +608,10 @@ pub enum BenchKind {
     Suite,
     /// An HTML page of every suite figure's history, per machine (`bench.html`).
     Report,
+    /// `kiln ui` at scale: a generated store of `--ui-runs` runs × 20 params × 50 metrics ×
+    /// 100 steps; the runs page, a filtered and sorted runs page, and a compare of 20 runs,
+    /// each timed `--repeat` times over HTTP; not part of `all`.
+    Ui,
 }
 
 /// The groups of `kiln bench suite --only`.

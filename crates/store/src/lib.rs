@@ -24,6 +24,7 @@
 
 pub mod backend;
 mod bench;
+pub mod browse;
 mod copy;
 mod error;
 mod gc;
@@ -102,6 +103,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "bench_peers",
         include_str!("../migrations/0008_bench_peers.sql"),
     ),
+    (9, "browse", include_str!("../migrations/0009_browse.sql")),
 ];
 
 fn migrator(postgres: bool) -> Migrator {

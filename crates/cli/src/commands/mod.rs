@@ -4,6 +4,7 @@ mod bench;
 mod bench_peers;
 mod bench_rounds;
 mod bench_suite;
+mod bench_ui;
 mod compare;
 mod dag;
 mod data;
@@ -21,6 +22,7 @@ mod sweep;
 mod sweep_view;
 mod tokenize;
 mod trial;
+mod ui;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -47,6 +49,7 @@ pub async fn execute(cli: Cli) -> Result<()> {
         Command::Dag { file, format } => dag::run(file, *format),
         Command::Query { sql, format } => query::run(&cli, sql, *format).await,
         Command::Runs { limit, format } => runs::run(&cli, *limit, *format).await,
+        Command::Ui { host, port, open } => ui::run(&cli, *host, *port, *open).await,
         Command::Gc {
             dry_run,
             keep_last,
@@ -77,11 +80,20 @@ pub async fn execute(cli: Cli) -> Result<()> {
             only,
             threshold,
             out,
+            ui_runs,
             json,
             data,
             peers,
             gpt2_steps,
         } => {
+            if *which == crate::args::BenchKind::Ui {
+                let options = bench_ui::Options {
+                    runs: *ui_runs,
+                    repeat: *repeat,
+                    keep: out.clone(),
+                };
+                return bench_ui::run(&options).await;
+            }
             if *which == crate::args::BenchKind::Report {
                 return bench_suite::report(&cli, out.as_deref()).await;
             }
