@@ -120,14 +120,6 @@ fn ids(page: &kiln_store::browse::RunPage) -> Vec<i64> {
     page.runs.iter().map(|r| r.id).collect()
 }
 
-fn cond(name: &str, op: CmpOp, value: Operand) -> Condition {
-    Condition {
-        name: name.into(),
-        op,
-        value,
-    }
-}
-
 #[test]
 fn run_pages_filter_sort_and_paginate_on_both_databases() {
     let rt = runtime();
@@ -157,8 +149,8 @@ fn run_pages_filter_sort_and_paginate_on_both_databases() {
             for metric in ["accuracy", "eval.accuracy"] {
                 let page = all(RunQuery {
                     conditions: vec![
-                        cond("alpha", CmpOp::Ge, Operand::Number(0.5)),
-                        cond(metric, CmpOp::Gt, Operand::Number(0.5)),
+                        Condition::new("alpha", CmpOp::Ge, Operand::Number(0.5)),
+                        Condition::new(metric, CmpOp::Gt, Operand::Number(0.5)),
                     ],
                     descending: true,
                     ..RunQuery::default()
@@ -169,7 +161,11 @@ fn run_pages_filter_sort_and_paginate_on_both_databases() {
             }
             // Text params, status.
             let page = all(RunQuery {
-                conditions: vec![cond("opt", CmpOp::Eq, Operand::Text("sgd".into()))],
+                conditions: vec![Condition::new(
+                    "opt",
+                    CmpOp::Eq,
+                    Operand::Text("sgd".into()),
+                )],
                 status: Some("failed".into()),
                 ..RunQuery::default()
             })
@@ -523,32 +519,46 @@ pub fn check_quickstart(p: &Project) {
     assert!(blue > 150, "only {blue} blue pixels: no chart drawn");
 }
 
+/// A run of pipeline `pipeline` with `params` and `config`, not in an experiment.
+async fn bare_run(
+    store: &Store,
+    pipeline: &str,
+    params: &[(&str, serde_json::Value)],
+    config: &str,
+) -> i64 {
+    let pipeline = store
+        .pipeline_id(pipeline, "p.yaml", "h")
+        .await
+        .expect("pipeline");
+    store
+        .begin_run(&NewRun {
+            pipeline_id: pipeline,
+            kiln_version: "test".into(),
+            host: "test".into(),
+            config: config.into(),
+            params: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            ..NewRun::default()
+        })
+        .await
+        .expect("run")
+}
+
 /// A store written directly: a run whose param is a script, artifacts inside and outside
 /// the results directory, a stage log.
 async fn hostile_store(dir: &Path) -> i64 {
     let store = Store::open(&dir.join("results/kiln.sqlite").to_string_lossy())
         .await
         .expect("open");
-    let pipeline = store
-        .pipeline_id("p<b>", "p.yaml", "h")
-        .await
-        .expect("pipeline");
-    let run = store
-        .begin_run(&NewRun {
-            pipeline_id: pipeline,
-            kiln_version: "test".into(),
-            host: "test".into(),
-            config: "{\"note\": \"<script>alert(2)</script>\"}".into(),
-            params: [(
-                "note".to_owned(),
-                serde_json::json!("<script>alert(1)</script>"),
-            )]
-            .into_iter()
-            .collect(),
-            ..NewRun::default()
-        })
-        .await
-        .expect("run");
+    let run = bare_run(
+        &store,
+        "p<b>",
+        &[("note", serde_json::json!("<script>alert(1)</script>"))],
+        "{\"note\": \"<script>alert(2)</script>\"}",
+    )
+    .await;
     let entry = dir.join("results/cache/f1");
     std::fs::create_dir_all(&entry).expect("mkdir");
     std::fs::write(entry.join("scores.json"), "{\"a\": \"<i>x</i>\"}").expect("write");
@@ -710,19 +720,7 @@ fn a_running_runs_page_polls_and_shows_points_as_they_arrive() {
         .block_on(Store::open(&url.to_string_lossy()))
         .expect("open");
     let writer = rt.block_on(async {
-        let pipeline = store
-            .pipeline_id("p", "p.yaml", "h")
-            .await
-            .expect("pipeline");
-        let run = store
-            .begin_run(&NewRun {
-                pipeline_id: pipeline,
-                kiln_version: "test".into(),
-                host: "test".into(),
-                ..NewRun::default()
-            })
-            .await
-            .expect("run");
+        let run = bare_run(&store, "p", &[], "{}").await;
         assert_eq!(run, 1);
         store.metric_writer()
     });
@@ -768,4 +766,45 @@ fn a_running_runs_page_polls_and_shows_points_as_they_arrive() {
         !page.contains("setTimeout"),
         "an ended run's page stops polling"
     );
+}
+
+/// The same server on a PostgreSQL store (`--store postgres://…`): the runs page, a filter
+/// and a sweep's compare page answer as on SQLite.
+#[test]
+fn the_ui_serves_a_postgres_store() {
+    let rt = runtime();
+    let Some(url) = rt.block_on(crate::support::fresh_postgres("ui_server")) else {
+        return;
+    };
+    let made = rt.block_on(async {
+        let store = Store::open(&url).await.expect("open");
+        let made = populate(&store).await;
+        store.close().await;
+        made
+    });
+    let p = Project::new();
+    let ui = Ui::start(&p, &["--store", &url]);
+    let page = ui.get("/");
+    assert_eq!(page.matches("<tr data-run=").count(), 30, "{page}");
+    let api: serde_json::Value =
+        serde_json::from_str(&ui.get("/api/runs?filter=alpha+%3E%3D+0.5+and+opt+%3D+sgd"))
+            .expect("json");
+    let want = made
+        .iter()
+        .filter(|m| m.alpha >= 0.5 && m.opt == "sgd")
+        .count();
+    assert_eq!(api["total"], want);
+    let ids: Vec<String> = made.iter().take(4).map(|m| m.id.to_string()).collect();
+    let compare = ui.get(&format!("/compare?runs={}", ids.join(",")));
+    for key in ["alpha", "opt"] {
+        assert!(
+            compare.contains(&format!("<tr class=\"param\" data-key=\"{key}\">")),
+            "{key}"
+        );
+    }
+    assert!(
+        !compare.contains("data-key=\"steps\""),
+        "steps is the same in every run"
+    );
+    assert!(compare.contains("<polyline"), "the loss curves");
 }

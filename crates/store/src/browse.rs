@@ -67,6 +67,17 @@ pub struct Condition {
     pub value: Operand,
 }
 
+impl Condition {
+    /// `name op value`.
+    pub fn new(name: &str, op: CmpOp, value: Operand) -> Self {
+        Self {
+            name: name.to_owned(),
+            op,
+            value,
+        }
+    }
+}
+
 /// How a page of runs is ordered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SortKey {

@@ -88,11 +88,7 @@ impl<'a> Lexer<'a> {
         let op = self.op()?;
         self.skip_space();
         let value = self.value()?;
-        Ok(Condition {
-            name: name.to_owned(),
-            op,
-            value,
-        })
+        Ok(Condition::new(name, op, value))
     }
 
     fn op(&mut self) -> Result<CmpOp, Error> {
@@ -138,21 +134,13 @@ impl<'a> Lexer<'a> {
 mod tests {
     use super::*;
 
-    fn cond(name: &str, op: CmpOp, value: Operand) -> Condition {
-        Condition {
-            name: name.into(),
-            op,
-            value,
-        }
-    }
-
     #[test]
     fn the_issues_example_parses() {
         assert_eq!(
             parse("alpha >= 0.5 and accuracy_2way > 0.8").ok(),
             Some(vec![
-                cond("alpha", CmpOp::Ge, Operand::Number(0.5)),
-                cond("accuracy_2way", CmpOp::Gt, Operand::Number(0.8)),
+                Condition::new("alpha", CmpOp::Ge, Operand::Number(0.5)),
+                Condition::new("accuracy_2way", CmpOp::Gt, Operand::Number(0.8)),
             ])
         );
     }
@@ -162,16 +150,16 @@ mod tests {
         assert_eq!(
             parse("  eval.loss<1e-2 AND optimizer=='adam' and model = gpt2 and t!=\"1\"").ok(),
             Some(vec![
-                cond("eval.loss", CmpOp::Lt, Operand::Number(0.01)),
-                cond("optimizer", CmpOp::Eq, Operand::Text("adam".into())),
-                cond("model", CmpOp::Eq, Operand::Text("gpt2".into())),
-                cond("t", CmpOp::Ne, Operand::Text("1".into())),
+                Condition::new("eval.loss", CmpOp::Lt, Operand::Number(0.01)),
+                Condition::new("optimizer", CmpOp::Eq, Operand::Text("adam".into())),
+                Condition::new("model", CmpOp::Eq, Operand::Text("gpt2".into())),
+                Condition::new("t", CmpOp::Ne, Operand::Text("1".into())),
             ])
         );
         assert_eq!(parse("   ").ok(), Some(vec![]));
         assert_eq!(
             parse("lr = -3").ok(),
-            Some(vec![cond("lr", CmpOp::Eq, Operand::Number(-3.0))])
+            Some(vec![Condition::new("lr", CmpOp::Eq, Operand::Number(-3.0))])
         );
     }
 
