@@ -507,6 +507,19 @@ pub fn check_quickstart(p: &Project) {
         page.contains("<figure data-metric=\"student.loss\""),
         "a loss chart"
     );
+    // Its artifacts: the trace plots inline, served from the results directory.
+    let images: Vec<&str> = page
+        .split("<img class=\"artifact\" src=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    assert!(!images.is_empty(), "image artifacts shown inline");
+    let served: Vec<String> = images.iter().map(|i| ui.get(i)).collect();
+    assert!(
+        served.iter().any(|b| b.contains("<svg")),
+        "a trace plot's SVG"
+    );
+    assert!(page.contains("trace-0.svg"), "the trace plot is listed");
     let blue = pixels_near(
         &browser,
         &format!("{}runs/{run}", ui.url),

@@ -29,8 +29,8 @@ pub fn inside(root: &Path, project: &Path, recorded: &str) -> Result<PathBuf, Er
     Ok(real)
 }
 
-/// How the run page shows an artifact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How the run page shows an artifact (in this order: images first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Shown {
     /// Inline, as an image.

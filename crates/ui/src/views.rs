@@ -436,10 +436,15 @@ pub async fn run(
         .collect();
     let recorded = store.artifacts(id).await?;
     let artifacts_total = recorded.len();
-    let artifacts = recorded
+    // Images first, then what can be previewed, then the rest (a run that reuses cached
+    // stages records their shards and checkpoints before its own plots); each keeps its index
+    // in the record, which its URL names.
+    let mut indexed: Vec<(usize, (String, kiln_store::ArtifactRecord))> =
+        recorded.into_iter().enumerate().collect();
+    indexed.sort_by_key(|(_, (_, a))| files::shown(&a.path));
+    let artifacts = indexed
         .into_iter()
         .take(MAX_ARTIFACTS)
-        .enumerate()
         .map(|(n, (stage, a))| artifact_view(ctx, id, n, stage, a))
         .collect();
     let config = serde_json::from_str::<serde_json::Value>(&run.config)
