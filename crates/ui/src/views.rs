@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_core::MetricDirection;
 use kiln_store::Store;
-use kiln_store::browse::{ExperimentSummary, RunDetail, RunListing, RunQuery, SortKey, StageRow};
+use kiln_store::browse::{
+    ExperimentSummary, RunDetail, RunListing, RunQuery, Series, SortKey, StageRow,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::svg::{self, Axis, Line};
@@ -684,14 +686,15 @@ pub async fn compare(
     let ranking = experiment_metric
         .and_then(|m| resolve_metric(&metric_keys, &m))
         .or_else(|| params.metric.clone());
-    let metric = match &params.metric {
-        Some(m) => Some(m.clone()),
+    let picked = match &params.metric {
+        Some(m) => Some((m.clone(), store.metric_series(&params.runs, m).await?)),
         None => default_metric(store, &params.runs, ranking.as_deref(), &metric_keys).await?,
     };
     let mut charts = CompareCharts::default();
-    if let Some(m) = &metric {
-        charts.curves = curves(store, &runs, m, params.smooth).await?;
+    if let Some((m, series)) = &picked {
+        charts.curves = curves(&params.runs, m, series, params.smooth);
     }
+    let metric = picked.map(|(m, _)| m);
     if experiment.is_some()
         && let Some(rank) = &ranking
     {
@@ -767,36 +770,32 @@ fn resolve_metric(keys: &[String], metric: &str) -> Option<String> {
         .cloned()
 }
 
-/// The metric drawn when none is picked: the ranking metric if it has a curve, else the
-/// first loss with a curve, else the first metric.
+/// The metric drawn when none is picked, with its series: the ranking metric if it has a
+/// curve, else the first loss with a curve, else the first metric.
 async fn default_metric(
     store: &Store,
     runs: &[i64],
     ranking: Option<&str>,
     keys: &[String],
-) -> Result<Option<String>, Error> {
-    let has_curve =
-        |series: &[kiln_store::browse::Series]| series.iter().any(|s| s.points.len() > 1);
+) -> Result<Option<(String, Vec<Series>)>, Error> {
     let candidates = ranking
         .into_iter()
         .map(str::to_owned)
         .chain(keys.iter().filter(|k| k.contains("loss")).cloned());
     for key in candidates.take(8) {
-        if has_curve(&store.metric_series(runs, &key).await?) {
-            return Ok(Some(key));
+        let series = store.metric_series(runs, &key).await?;
+        if series.iter().any(|s| s.points.len() > 1) {
+            return Ok(Some((key, series)));
         }
     }
-    Ok(ranking.map(str::to_owned).or_else(|| keys.first().cloned()))
+    match ranking.map(str::to_owned).or_else(|| keys.first().cloned()) {
+        Some(key) => Ok(Some((key.clone(), store.metric_series(runs, &key).await?))),
+        None => Ok(None),
+    }
 }
 
-async fn curves(
-    store: &Store,
-    runs: &[RunListing],
-    metric: &str,
-    smooth: f64,
-) -> Result<Option<String>, Error> {
-    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-    let series = store.metric_series(&ids, metric).await?;
+/// The curves of `metric` (already read), one color per run in the page's order.
+fn curves(ids: &[i64], metric: &str, series: &[Series], smooth: f64) -> Option<String> {
     let lines: Vec<Line> = series
         .iter()
         .map(|s| {
@@ -813,7 +812,7 @@ async fn curves(
             }
         })
         .collect();
-    Ok(svg::line_chart(metric, &lines, 900, 380))
+    svg::line_chart(metric, &lines, 900, 380)
 }
 
 fn parallel(runs: &[RunListing], swept: &[String], ranking: &str) -> Option<String> {
