@@ -391,7 +391,7 @@ pub fn pixels_near(browser: &str, url: &str, png: &Path, rgb: [u8; 3]) -> usize 
         .count()
 }
 
-/// Rows of the element with id `table`: each `<tr …data-…="key"` attribute value.
+/// Every value of the attribute `attr` in `html`, in document order (e.g. each row's `data-run`).
 fn attr_values(html: &str, attr: &str) -> Vec<String> {
     html.split(&format!("{attr}=\""))
         .skip(1)
