@@ -312,13 +312,13 @@ fn encode_and_write(
         .filter(|&i| !encoded[i].is_empty())
         .collect();
     for (name, part) in split_indices(keep.len(), opts.fractions, opts.seed)? {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut counts: BTreeMap<Polarity, usize> = BTreeMap::new();
         let examples: Vec<Example> = part
             .iter()
             .map(|&k| {
                 let i = keep[k];
                 let polarity = rows.labels[i];
-                *counts.entry(polarity.name().to_owned()).or_default() += 1;
+                *counts.entry(polarity).or_default() += 1;
                 let text = std::mem::take(&mut encoded[i]);
                 let label = shape.label_ids[&polarity];
                 match shape.template {
@@ -340,7 +340,10 @@ fn encode_and_write(
             .collect();
         let mut info: SplitInfo =
             write_split(out, name, manifest.kind, opts.rows_per_shard, &examples)?;
-        info.label_counts = counts;
+        info.label_counts = counts
+            .into_iter()
+            .map(|(p, n)| (p.name().to_owned(), n))
+            .collect();
         manifest.splits.insert(name.to_owned(), info);
     }
     Ok(())

@@ -112,7 +112,7 @@ impl Splitter {
     /// The pieces of `text`, in order; they concatenate back to `text`.
     pub fn split<'t>(&self, text: &'t str) -> Vec<&'t str> {
         let mut out = Vec::new();
-        self.split_into(text, &mut FxHashMap::default(), &mut out);
+        self.split_each(text, &mut FxHashMap::default(), |p| out.push(p));
         out
     }
 
@@ -127,13 +127,13 @@ impl Splitter {
         (c, self.classify(c, memo), c.len_utf8())
     }
 
-    /// Appends the pieces of `text` to `out` (a scan that tries the pattern's alternatives in
-    /// order at each position).
-    fn split_into<'t>(
+    /// Calls `each` with the pieces of `text` in order (a scan that tries the pattern's
+    /// alternatives in order at each position).
+    fn split_each<'t>(
         &self,
         text: &'t str,
         memo: &mut FxHashMap<char, Class>,
-        out: &mut Vec<&'t str>,
+        mut each: impl FnMut(&'t str),
     ) {
         let len = text.len();
         let bytes = text.as_bytes();
@@ -187,7 +187,7 @@ impl Splitter {
                     j
                 }
             };
-            out.push(&text[i..end]);
+            each(&text[i..end]);
             i = end;
         }
     }
@@ -256,18 +256,29 @@ impl Merges {
     /// by rank; a `#version` first line is skipped), the files the library built the model
     /// from. Cheaper than [`Merges::from_bpe`]. `None` when an entry is missing.
     pub fn from_merges_txt(vocab: impl Fn(&str) -> Option<u32>, merges_txt: &str) -> Option<Self> {
+        let lines = merges_txt
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty());
+        let pairs: Vec<(&str, &str)> = lines.map(|l| l.split_once(' ')).collect::<Option<_>>()?;
+        Self::from_pairs(vocab, &pairs)
+    }
+
+    /// Builds the merges from a vocabulary and the merge pairs by rank. `None` when an entry
+    /// is missing.
+    pub fn from_pairs<S: AsRef<str>>(
+        vocab: impl Fn(&str) -> Option<u32>,
+        pairs: &[(S, S)],
+    ) -> Option<Self> {
         let table = byte_chars();
         let mut byte_ids = [0u32; 256];
         for (b, id) in byte_ids.iter_mut().enumerate() {
             *id = vocab(table[b].encode_utf8(&mut [0u8; 4]))?;
         }
         let mut ranks = FxHashMap::default();
+        ranks.reserve(pairs.len());
         let mut joined = String::new();
-        let lines = merges_txt
-            .lines()
-            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty());
-        for (rank, line) in lines.enumerate() {
-            let (a, b) = line.split_once(' ')?;
+        for (rank, (a, b)) in pairs.iter().enumerate() {
+            let (a, b) = (a.as_ref(), b.as_ref());
             joined.clear();
             joined.push_str(a);
             joined.push_str(b);
@@ -280,11 +291,20 @@ impl Merges {
     /// Appends the ids of one pre-tokenized piece: its bytes' ids, then repeatedly the
     /// lowest-ranked adjacent pair merged (the leftmost on ties), as the library does.
     pub fn word(&self, piece: &str, out: &mut Vec<u32>) {
+        self.word_with(piece, out, &mut Scratch::default());
+    }
+
+    /// [`Merges::word`] with its working buffers borrowed from `scratch` (no allocation once
+    /// they have grown to the longest word).
+    fn word_with(&self, piece: &str, out: &mut Vec<u32>, scratch: &mut Scratch) {
         const NONE: (u32, u32) = (u32::MAX, 0);
         let pair = |a: u32, b: u32| self.ranks.get(&(a, b)).copied().unwrap_or(NONE);
-        let mut s: Vec<u32> = piece.bytes().map(|b| self.byte_ids[b as usize]).collect();
+        let Scratch { ids: s, pairs } = scratch;
+        s.clear();
+        s.extend(piece.bytes().map(|b| self.byte_ids[b as usize]));
         // The rank and merged id of each adjacent pair, updated only around each merge.
-        let mut pairs: Vec<(u32, u32)> = s.windows(2).map(|w| pair(w[0], w[1])).collect();
+        pairs.clear();
+        pairs.extend(s.windows(2).map(|w| pair(w[0], w[1])));
         loop {
             let mut best: Option<(usize, u32)> = None;
             for (i, &(rank, new)) in pairs.iter().enumerate() {
@@ -303,8 +323,15 @@ impl Merges {
                 pairs[i] = pair(s[i], s[i + 1]);
             }
         }
-        out.extend_from_slice(&s);
+        out.extend_from_slice(s);
     }
+}
+
+/// The working buffers of [`Merges::word`]: a word's ids and its adjacent pairs' ranks.
+#[derive(Debug, Default)]
+struct Scratch {
+    ids: Vec<u32>,
+    pairs: Vec<(u32, u32)>,
 }
 
 /// Encodes many texts with a BPE model, caching the ids of every word seen.
@@ -312,8 +339,12 @@ impl Merges {
 pub struct FastEncoder<'a> {
     merges: &'a Merges,
     splitter: &'a Splitter,
-    cache: FxHashMap<String, Vec<u32>>,
+    /// Each word seen: where its ids lie in `ids`.
+    cache: FxHashMap<Box<str>, (u32, u32)>,
+    /// The ids of every cached word, one after another.
+    ids: Vec<u32>,
     classes: FxHashMap<char, Class>,
+    scratch: Scratch,
 }
 
 impl<'a> FastEncoder<'a> {
@@ -323,27 +354,38 @@ impl<'a> FastEncoder<'a> {
             merges,
             splitter,
             cache: FxHashMap::default(),
+            ids: Vec::new(),
             classes: FxHashMap::default(),
+            scratch: Scratch::default(),
         }
     }
 
     /// The ids of `text` (no added tokens may occur in it).
     pub fn encode(&mut self, text: &str) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
-        let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
-        self.splitter
-            .split_into(text, &mut self.classes, &mut pieces);
-        for piece in pieces {
-            if let Some(hit) = self.cache.get(piece) {
-                ids.extend_from_slice(hit);
-                continue;
-            }
-            let mut word = Vec::new();
-            self.merges.word(piece, &mut word);
-            ids.extend_from_slice(&word);
-            self.cache.insert(piece.to_owned(), word);
-        }
-        ids
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        let Self {
+            merges,
+            splitter,
+            cache,
+            ids,
+            classes,
+            scratch,
+        } = self;
+        splitter.split_each(text, classes, |piece| {
+            let (start, len) = match cache.get(piece) {
+                Some(&hit) => hit,
+                None => {
+                    let start = ids.len();
+                    merges.word_with(piece, ids, scratch);
+                    // A word's ids are at most its bytes; the cache holds far fewer than 4G.
+                    let span = (start as u32, (ids.len() - start) as u32);
+                    cache.insert(piece.into(), span);
+                    span
+                }
+            };
+            out.extend_from_slice(&ids[start as usize..(start + len) as usize]);
+        });
+        out
     }
 }
 

@@ -257,7 +257,8 @@ fn to_batch(
     kind: Kind,
     rows: &[Example],
 ) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
-    let mut ids = ListBuilder::new(UInt32Builder::new());
+    let tokens = rows.iter().map(|r| r.input_ids.len()).sum();
+    let mut ids = ListBuilder::with_capacity(UInt32Builder::with_capacity(tokens), rows.len());
     let mut lengths = UInt32Builder::with_capacity(rows.len());
     for r in rows {
         ids.values().append_slice(&r.input_ids);
@@ -272,7 +273,8 @@ fn to_batch(
             vec![ids, lengths, Arc::new(labels)]
         }
         Kind::Lm => {
-            let mut labels = ListBuilder::new(Int32Builder::new());
+            let mut labels =
+                ListBuilder::with_capacity(Int32Builder::with_capacity(tokens), rows.len());
             for r in rows {
                 labels
                     .values()
