@@ -340,7 +340,7 @@ pub struct FastEncoder<'a> {
     merges: &'a Merges,
     splitter: &'a Splitter,
     /// Each word seen: where its ids lie in `ids`.
-    cache: FxHashMap<Box<str>, (u32, u32)>,
+    cache: FxHashMap<Box<str>, (usize, usize)>,
     /// The ids of every cached word, one after another.
     ids: Vec<u32>,
     classes: FxHashMap<char, Class>,
@@ -377,13 +377,12 @@ impl<'a> FastEncoder<'a> {
                 None => {
                     let start = ids.len();
                     merges.word_with(piece, ids, scratch);
-                    // A word's ids are at most its bytes; the cache holds far fewer than 4G.
-                    let span = (start as u32, (ids.len() - start) as u32);
+                    let span = (start, ids.len() - start);
                     cache.insert(piece.into(), span);
                     span
                 }
             };
-            out.extend_from_slice(&ids[start as usize..(start + len) as usize]);
+            out.extend_from_slice(&ids[start..start + len]);
         });
         out
     }
