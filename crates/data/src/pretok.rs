@@ -252,19 +252,9 @@ impl Merges {
         Some(Self { byte_ids, ranks })
     }
 
-    /// Builds the merges from a vocabulary and GPT-2's `merges.txt` (one `a b` pair per line,
-    /// by rank; a `#version` first line is skipped), the files the library built the model
-    /// from. Cheaper than [`Merges::from_bpe`]. `None` when an entry is missing.
-    pub fn from_merges_txt(vocab: impl Fn(&str) -> Option<u32>, merges_txt: &str) -> Option<Self> {
-        let lines = merges_txt
-            .lines()
-            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty());
-        let pairs: Vec<(&str, &str)> = lines.map(|l| l.split_once(' ')).collect::<Option<_>>()?;
-        Self::from_pairs(vocab, &pairs)
-    }
-
-    /// Builds the merges from a vocabulary and the merge pairs by rank. `None` when an entry
-    /// is missing.
+    /// Builds the merges from a vocabulary and the merge pairs by rank (as GPT-2's
+    /// `merges.txt` lists them), the parts the library builds its model from. Cheaper than
+    /// [`Merges::from_bpe`]. `None` when an entry is missing.
     pub fn from_pairs<S: AsRef<str>>(
         vocab: impl Fn(&str) -> Option<u32>,
         pairs: &[(S, S)],

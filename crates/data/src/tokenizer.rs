@@ -27,14 +27,12 @@ pub struct Tok {
     /// Where it came from (a file or directory), for messages.
     pub origin: PathBuf,
     /// Set when the tokenizer is a plain GPT-2-style byte-level BPE, so
-    /// [`Tok::encode_batch`] can use the fast path of [`crate::pretok`]; the merges are read
-    /// on first use.
+    /// [`Tok::encode_batch`] can use the fast path of [`crate::pretok`]; the merges are built
+    /// with the model from GPT-2's files, or read from the model on first use.
     fast: Option<(
         crate::pretok::Splitter,
         std::sync::Arc<std::sync::OnceLock<Option<crate::pretok::Merges>>>,
     )>,
-    /// The `merges.txt` the model was built from, when it was (a cheaper source of merges).
-    merges_file: Option<PathBuf>,
     /// The special tokens its configuration files name (empty for a bare `tokenizer.json`
     /// or GPT-2's `vocab.json` + `merges.txt`).
     specials: Specials,
@@ -251,8 +249,7 @@ impl Tok {
         inner.with_post_processor(Some(ByteLevelProcessor::new(true, false, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         inner.add_special_tokens(&[AddedToken::from(GPT2_EOS, true)]);
-        let mut tok = Self::wrap(inner, vocab.parent().unwrap_or(vocab).to_owned());
-        tok.merges_file = Some(merges.to_owned());
+        let tok = Self::wrap(inner, vocab.parent().unwrap_or(vocab).to_owned());
         if let Some((_, cell)) = &tok.fast {
             // A fresh cell: it cannot have been set yet.
             let _ = cell.set(fast_merges);
@@ -304,7 +301,6 @@ impl Tok {
             inner,
             origin,
             fast: fast.then(|| (crate::pretok::Splitter::default(), Default::default())),
-            merges_file: None,
             specials: Specials::default(),
         }
     }
@@ -350,8 +346,9 @@ impl Tok {
             .map_err(|e: tokenizers::Error| invalid(e.to_string()))?;
         let mut tok = Self::wrap(inner, self.origin.clone());
         tok.specials = self.specials;
-        if tok.fast.is_some() {
-            tok.merges_file = self.merges_file;
+        // The option changes the pre-tokenizer, not the model: its merges stay valid.
+        if let (Some((_, cell)), Some((_, built))) = (&mut tok.fast, &self.fast) {
+            *cell = built.clone();
         }
         Ok(tok)
     }
@@ -458,8 +455,9 @@ impl Tok {
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
-    /// Prepares the fast batch path (reads the merges, about 40 ms for GPT-2) so a caller can
-    /// do it on another thread while it reads data; [`Tok::encode_batch`] does it on first use
+    /// Prepares the fast batch path (reads the merges from the model of a `tokenizer.json`;
+    /// a tokenizer loaded from GPT-2's files has them already) so a caller can do it on
+    /// another thread while it reads data; [`Tok::encode_batch`] does it on first use
     /// otherwise. Returns whether the fast path applies.
     pub fn prepare_batch(&self) -> bool {
         self.fast_path().is_some()
@@ -468,16 +466,7 @@ impl Tok {
     fn fast_path(&self) -> Option<(&crate::pretok::Splitter, &crate::pretok::Merges)> {
         match (&self.fast, self.inner.get_model()) {
             (Some((splitter, merges)), tokenizers::ModelWrapper::BPE(bpe)) => merges
-                .get_or_init(|| {
-                    let from_file = self.merges_file.as_ref().and_then(|f| {
-                        let text = std::fs::read_to_string(f).ok()?;
-                        crate::pretok::Merges::from_merges_txt(
-                            |t| tokenizers::Model::token_to_id(bpe, t),
-                            &text,
-                        )
-                    });
-                    from_file.or_else(|| crate::pretok::Merges::from_bpe(bpe))
-                })
+                .get_or_init(|| crate::pretok::Merges::from_bpe(bpe))
                 .as_ref()
                 .map(|m| (splitter, m)),
             _ => None,
