@@ -5,10 +5,11 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use kiln_data::shard::Example;
 use kiln_model::gpt2::Gpt2Config;
+use kiln_model::kernels::AdamW;
 
 use crate::objective::{Lm, Objective};
 
@@ -115,10 +116,8 @@ pub fn run_model<B: AutodiffBackend>(
     steps: usize,
     warmup: usize,
 ) -> crate::Result<Throughput> {
-    let mut optim = AdamWConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.0)
-        .init::<B, kiln_model::Model<B>>();
+    // The trainer's optimizer, with PyTorch's defaults.
+    let mut optim = AdamW::new(0.9, 0.999, 1e-8, 0.0).init::<B, kiln_model::Model<B>>();
     // Random rows one token longer than seq: inputs are seq tokens, every target trained.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let rows: Vec<Example> = (0..batch)

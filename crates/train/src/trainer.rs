@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_core::MetricDirection;
 use kiln_data::shard::{Manifest, ShardReader};
+use kiln_model::kernels::AdamW;
 use kiln_model::{CausalLm, Model};
 
 use crate::checkpoint::{self, TrainerState};
@@ -348,12 +349,13 @@ where
         .is_some_and(|s| s.rows > 0);
     let options_hash = opts.hash();
 
-    let mut optim = AdamWConfig::new()
-        .with_beta_1(opts.beta1 as f32)
-        .with_beta_2(opts.beta2 as f32)
-        .with_epsilon(opts.eps as f32)
-        .with_weight_decay(opts.weight_decay as f32)
-        .init::<B, Model<B>>();
+    let mut optim = AdamW::new(
+        opts.beta1 as f32,
+        opts.beta2 as f32,
+        opts.eps as f32,
+        opts.weight_decay as f32,
+    )
+    .init::<B, Model<B>>();
     let mut model = model;
     let mut history: Vec<checkpoint::Recorded> = Vec::new();
     let report = |observer: &mut dyn Observer,

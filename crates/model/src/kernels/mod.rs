@@ -30,8 +30,10 @@ use rayon::prelude::*;
 
 use crate::Flex;
 
+mod adamw;
 mod gemv;
 mod llama;
+pub use adamw::AdamW;
 pub use gemv::{linear, matmul_nt};
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
 
