@@ -88,6 +88,49 @@ pub fn linear_cross_entropy_parts<B: Backend>(
     let target: Vec<usize> = kept.iter().map(|&i| targets[i] as usize).collect();
     let weights = vec![1.0 / rows as f32; rows];
     let chunk = chunk_rows(weight.dims()[0]);
+    let (hidden, weight) = match kiln_model::kernels::linear_cross_entropy(
+        hidden,
+        weight,
+        (&target, &weights),
+        chunk,
+        (grad_hidden, grad_weight),
+    ) {
+        Ok((loss, grad_hidden, grad_weight)) => {
+            return LinearCe {
+                loss,
+                grad_hidden,
+                grad_weight,
+                kept,
+            };
+        }
+        Err(inputs) => inputs,
+    };
+    let (loss, grad_hidden, grad_weight) = chunked(
+        hidden,
+        weight,
+        (&target, &weights),
+        chunk,
+        (grad_hidden, grad_weight),
+    );
+    LinearCe {
+        loss,
+        grad_hidden,
+        grad_weight,
+        kept,
+    }
+}
+
+/// [`kiln_model::kernels::linear_cross_entropy`] with burn's ops, on any backend: each
+/// chunk's logits, hidden gradient and weight-gradient term a tensor of its own.
+fn chunked<B: Backend>(
+    hidden: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    (target, weights): (&[usize], &[f32]),
+    chunk: usize,
+    (grad_hidden, grad_weight): (bool, bool),
+) -> kiln_model::kernels::LinearCeOut<B> {
+    let device = hidden.device();
+    let rows = target.len();
     let grad = grad_hidden || grad_weight;
     let mut loss: Option<Tensor<B, 1>> = None;
     let mut dh = Vec::new();
@@ -117,12 +160,11 @@ pub fn linear_cross_entropy_parts<B: Backend>(
             });
         }
     }
-    LinearCe {
-        loss: loss.unwrap_or_else(|| Tensor::zeros([1], &device)),
-        grad_hidden: grad_hidden.then(|| Tensor::cat(dh, 0)),
-        grad_weight: dw,
-        kept,
-    }
+    (
+        loss.unwrap_or_else(|| Tensor::zeros([1], &device)),
+        grad_hidden.then(|| Tensor::cat(dh, 0)),
+        dw,
+    )
 }
 
 /// [`linear_cross_entropy_parts`] as a differentiable loss: the gradients are computed in the
@@ -210,4 +252,75 @@ pub fn internalization<B: Backend>(
     let log_q = log_softmax(student / temperature);
     let kl = kl_batchmean(log_p, log_q);
     (ce * alpha + kl * ((1.0 - alpha) * temperature * temperature)).cast(dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_model::Flex;
+
+    /// `len` values in [−2, 2) from a fixed xorshift stream.
+    fn values(len: usize, mut state: u64) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_flex_lm_head_kernel_equals_burns_ops_bit_for_bit() {
+        let (rows, vocab, d) = (700, 1500, 24);
+        let device = Default::default();
+        let hidden =
+            Tensor::<Flex, 2>::from_data(TensorData::new(values(rows * d, 1), [rows, d]), &device);
+        // The weight as a transposed view, as a model holding `[d, vocab]` would pass it.
+        let weight = Tensor::<Flex, 2>::from_data(
+            TensorData::new(values(vocab * d, 2), [d, vocab]),
+            &device,
+        )
+        .transpose();
+        let target: Vec<usize> = values(rows, 3)
+            .iter()
+            .map(|v| ((v + 2.0) / 4.0 * vocab as f32) as usize % vocab)
+            .collect();
+        let weights = vec![1.0 / rows as f32; rows];
+        let bits = |t: Tensor<Flex, 2>| -> Vec<u32> {
+            t.into_data()
+                .to_vec::<f32>()
+                .expect("f32")
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        // Three chunks, the last one short.
+        let chunk = 300;
+        let (fl, fh, fw) = kiln_model::kernels::linear_cross_entropy(
+            hidden.clone(),
+            weight.clone(),
+            (&target, &weights),
+            chunk,
+            (true, true),
+        )
+        .unwrap_or_else(|_| panic!("flex takes the fast path"));
+        let (gl, gh, gw) = chunked(hidden, weight, (&target, &weights), chunk, (true, true));
+        let scalar = |t: Tensor<Flex, 1>| t.into_scalar();
+        let (fl, gl) = (scalar(fl), scalar(gl));
+        assert!(fl > 1.0 && fl.is_finite(), "a real loss: {fl}");
+        assert_eq!(fl.to_bits(), gl.to_bits(), "loss {fl} vs {gl}");
+        let (fh, gh) = (fh.expect("dh"), gh.expect("dh"));
+        assert_eq!(fh.dims(), [rows, d]);
+        assert_eq!(bits(fh), bits(gh), "hidden gradient");
+        let (fw, gw) = (fw.expect("dw"), gw.expect("dw"));
+        assert_eq!(fw.dims(), [vocab, d]);
+        let (fw, gw) = (bits(fw), bits(gw));
+        assert!(
+            fw.iter().any(|&b| f32::from_bits(b) != 0.0),
+            "a weight gradient"
+        );
+        assert_eq!(fw, gw, "weight gradient");
+    }
 }

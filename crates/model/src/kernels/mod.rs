@@ -33,9 +33,11 @@ use crate::Flex;
 mod adamw;
 mod gemv;
 mod llama;
+mod lm_head;
 pub use adamw::AdamW;
 pub use gemv::{linear, matmul_nt};
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
+pub use lm_head::{LinearCeOut, linear_cross_entropy};
 
 /// Runs `f` on the storage of `t` when the backend is burn-flex and `t` is a contiguous f32
 /// tensor (as a matrix product's output is), and gives `t` back with `f`'s result; otherwise
