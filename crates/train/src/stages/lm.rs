@@ -22,7 +22,9 @@ impl Stage for TrainLm {
         // 4: an embedding grown for added tokens is trained (before, it never moved).
         // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
         // 6: the model keeps its data's special-token files (special_tokens_map.json).
-        6
+        // 7: the LM-head loss in chunks of 320 rows of GPT-2's vocabulary, not 41 (the
+        // weight's gradient summed in other groups: last bits, where a batch has more rows).
+        7
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"
