@@ -3,7 +3,7 @@
 //! The generic path (`kiln_train::loss::linear_cross_entropy_parts`) runs each chunk of rows
 //! through burn's matmul: every product is a fresh tensor (burn-flex zeroes it, then copies
 //! it into an aligned allocation), and the weight's gradient is summed as one `[vocab, d]`
-//! tensor per chunk, 25 of them (150 MB each) per GPT-2 step. Here the products go straight
+//! tensor per chunk (154 MB each for GPT-2). Here the products go straight
 //! to `gemm` with the strides burn-flex passes it: the chunk's logits live in one reused
 //! buffer, each chunk's rows of the hidden gradient are written in place, and the weight's
 //! gradient is accumulated in place (`dst + product`, the sum burn's `total + p` takes), so
