@@ -91,30 +91,13 @@ pub fn linear_cross_entropy_parts<B: Backend>(
     let target: Vec<usize> = kept.iter().map(|&i| targets[i] as usize).collect();
     let weights = vec![1.0 / rows as f32; rows];
     let chunk = chunk_rows(weight.dims()[0]);
-    let (hidden, weight) = match kiln_model::kernels::linear_cross_entropy(
-        hidden,
-        weight,
-        (&target, &weights),
-        chunk,
-        (grad_hidden, grad_weight),
-    ) {
-        Ok((loss, grad_hidden, grad_weight)) => {
-            return LinearCe {
-                loss,
-                grad_hidden,
-                grad_weight,
-                kept,
-            };
-        }
-        Err(inputs) => inputs,
-    };
-    let (loss, grad_hidden, grad_weight) = chunked(
-        hidden,
-        weight,
-        (&target, &weights),
-        chunk,
-        (grad_hidden, grad_weight),
-    );
+    let per_row = (&target[..], &weights[..]);
+    let grads = (grad_hidden, grad_weight);
+    let (loss, grad_hidden, grad_weight) =
+        match kiln_model::kernels::linear_cross_entropy(hidden, weight, per_row, chunk, grads) {
+            Ok(out) => out,
+            Err((hidden, weight)) => chunked(hidden, weight, per_row, chunk, grads),
+        };
     LinearCe {
         loss,
         grad_hidden,

@@ -101,15 +101,15 @@ pub fn linear_cross_entropy<B: Backend>(
         (h, w) => return Err((h.map_or_else(|t| t, back), w.map_or_else(|t| t, back))),
     };
     let ([rows, d], [vocab, d2]) = (h.dims(), w.dims());
+    if d != d2 || chunk == 0 || target.len() != rows || weights.len() != rows {
+        return Err((back(h), back(w)));
+    }
     // A view (rows of a wider tensor, a transpose) is copied once, not run strided.
     let hp = h.clone().into_primitive().tensor().to_contiguous();
     let wp = w.clone().into_primitive().tensor().to_contiguous();
     let (Some(hs), Some(ws)) = (contiguous(&hp), contiguous(&wp)) else {
         return Err((back(h), back(w)));
     };
-    if d != d2 || chunk == 0 || target.len() != rows || weights.len() != rows {
-        return Err((back(h), back(w)));
-    }
     let grad = grad_hidden || grad_weight;
     let mut logits = vec![0f32; chunk.min(rows) * vocab];
     let mut dh = vec![0f32; if grad_hidden { rows * d } else { 0 }];
