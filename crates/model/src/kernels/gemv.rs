@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{avx2_fma, back, cast};
+use super::{back, cast, dot, dot4};
 use crate::Flex;
 
 /// At most this many input rows take the GEMV path; more are a GEMM's work.
@@ -78,7 +78,7 @@ fn linear_flex(
         None => None,
     };
     let mut y = vec![0f32; rows * n];
-    gemv_dispatch(xs, ws, bs, &mut y, rows, k, n);
+    gemv(xs, ws, bs, &mut y, rows, k, n);
     Some(Tensor::from_data(
         TensorData::new(y, [rows, n]),
         &x.device(),
@@ -103,7 +103,7 @@ pub fn matmul_nt<B: Backend>(h: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
         return back(h.matmul(w.transpose()));
     };
     let mut y = vec![0f32; rows * n];
-    nt_dispatch(hs, ws, &mut y, k, n);
+    nt(hs, ws, &mut y, k, n);
     back(Tensor::<Flex, 2>::from_data(
         TensorData::new(y, [rows, n]),
         &h.device(),
@@ -111,22 +111,13 @@ pub fn matmul_nt<B: Backend>(h: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// `y[r, v] = dot(h[r], w[v])`, the rows of `w` by blocks over rayon's threads.
-#[inline(always)]
 fn nt(h: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
     let rows = h.len() / k;
     let mut by_column = vec![0f32; rows * n];
     by_column
         .par_chunks_mut(rows * COLUMNS)
         .enumerate()
-        .for_each(|(block, out)| {
-            let v0 = block * COLUMNS;
-            for (c, o) in out.chunks_exact_mut(rows).enumerate() {
-                let wv = &w[(v0 + c) * k..(v0 + c + 1) * k];
-                for (r, o) in o.iter_mut().enumerate() {
-                    *o = super::dot(&h[r * k..(r + 1) * k], wv);
-                }
-            }
-        });
+        .for_each(|(block, out)| nt_task_dispatch(h, w, out, block * COLUMNS, k));
     for (v, col) in by_column.chunks_exact(rows).enumerate() {
         for (r, &val) in col.iter().enumerate() {
             y[r * n + v] = val;
@@ -134,28 +125,57 @@ fn nt(h: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn nt_avx2(h: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
-    nt(h, w, y, k, n);
-}
-
-fn nt_dispatch(h: &[f32], w: &[f32], y: &mut [f32], k: usize, n: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { nt_avx2(h, w, y, k, n) };
+/// One task of [`nt`]: `out[c·rows + r] = dot(h[r], w[v0 + c])` for the
+/// `out.len() / rows` rows of `w` from `v0`, four at a time ([`super::dot4`]: four streams
+/// of the weight in flight instead of one).
+#[inline(always)]
+fn nt_task(h: &[f32], w: &[f32], out: &mut [f32], v0: usize, k: usize) {
+    let rows = h.len() / k;
+    let columns = out.len() / rows;
+    let w_row = |c: usize| &w[(v0 + c) * k..(v0 + c + 1) * k];
+    let mut c = 0;
+    while c + 4 <= columns {
+        let ws = [w_row(c), w_row(c + 1), w_row(c + 2), w_row(c + 3)];
+        for r in 0..rows {
+            for (q, d) in dot4(&h[r * k..(r + 1) * k], ws).into_iter().enumerate() {
+                out[(c + q) * rows + r] = d;
+            }
+        }
+        c += 4;
     }
-    nt(h, w, y, k, n);
+    for c in c..columns {
+        for r in 0..rows {
+            out[c * rows + r] = dot(&h[r * k..(r + 1) * k], w_row(c));
+        }
+    }
 }
 
-/// `acc[r, j] += Σ_{i0 ≤ i < i1} x[r, i] · w[i, j]`: a contiguous slab of `w`'s rows, each
-/// row read once for every input row.
+super::multiversion! {
+    fn nt_task_dispatch(h: &[f32], w: &[f32], out: &mut [f32], v0: usize, k: usize) => nt_task;
+}
+
+/// `acc[r, j] += Σ_{i0 ≤ i < i1} x[r, i] · w[i, j]`: a contiguous slab of `w`'s rows, four
+/// at a time (four streams of the weight in flight), each sum still adding its terms in the
+/// order of `i`.
 #[inline(always)]
 fn slab(x: &[f32], w: &[f32], acc: &mut [f32], i0: usize, i1: usize, k: usize, n: usize) {
     let rows = x.len() / k;
-    for i in i0..i1 {
-        let wr = &w[i * n..(i + 1) * n];
+    let w_row = |i: usize| &w[i * n..(i + 1) * n];
+    let mut i = i0;
+    while i + 4 <= i1 {
+        let (w0, w1, w2, w3) = (w_row(i), w_row(i + 1), w_row(i + 2), w_row(i + 3));
+        for r in 0..rows {
+            let xs = &x[r * k + i..r * k + i + 4];
+            let (x0, x1, x2, x3) = (xs[0], xs[1], xs[2], xs[3]);
+            let out = &mut acc[r * n..(r + 1) * n];
+            for j in 0..n {
+                out[j] = (((out[j] + x0 * w0[j]) + x1 * w1[j]) + x2 * w2[j]) + x3 * w3[j];
+            }
+        }
+        i += 4;
+    }
+    for i in i..i1 {
+        let wr = w_row(i);
         for r in 0..rows {
             let xi = x[r * k + i];
             for (o, &wv) in acc[r * n..(r + 1) * n].iter_mut().zip(wr) {
@@ -165,23 +185,28 @@ fn slab(x: &[f32], w: &[f32], acc: &mut [f32], i0: usize, i1: usize, k: usize, n
     }
 }
 
+super::multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn slab_dispatch(
+        x: &[f32],
+        w: &[f32],
+        acc: &mut [f32],
+        i0: usize,
+        i1: usize,
+        k: usize,
+        n: usize,
+    ) => slab;
+}
+
 /// `y = x · w + b` (`rows × n`, row-major): the weight's rows in fixed slabs of [`K_CHUNK`]
 /// over rayon's threads, each slab's partial sums then added in order after the bias.
-#[inline(always)]
 fn gemv(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], rows: usize, k: usize, n: usize) {
     let parts: Vec<Vec<f32>> = (0..k.div_ceil(K_CHUNK))
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![0f32; rows * n];
-            slab(
-                x,
-                w,
-                &mut acc,
-                c * K_CHUNK,
-                ((c + 1) * K_CHUNK).min(k),
-                k,
-                n,
-            );
+            let (i0, i1) = (c * K_CHUNK, ((c + 1) * K_CHUNK).min(k));
+            slab_dispatch(x, w, &mut acc, i0, i1, k, n);
             acc
         })
         .collect();
@@ -196,37 +221,6 @@ fn gemv(x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32], rows: usize, k: 
             *o += v;
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gemv_avx2(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    y: &mut [f32],
-    rows: usize,
-    k: usize,
-    n: usize,
-) {
-    gemv(x, w, b, y, rows, k, n);
-}
-
-fn gemv_dispatch(
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    y: &mut [f32],
-    rows: usize,
-    k: usize,
-    n: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { gemv_avx2(x, w, b, y, rows, k, n) };
-    }
-    gemv(x, w, b, y, rows, k, n);
 }
 
 #[cfg(test)]
@@ -275,6 +269,52 @@ mod tests {
             let h = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
             let w = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 0.02), &device);
             close(matmul_nt(h.clone(), w.clone()), h.matmul(w.transpose()));
+        }
+    }
+
+    /// The slab kernel reads four weight rows at a time but adds each output's terms in the
+    /// order of the input index, as one row at a time would: against that plain loop, bit
+    /// for bit (two input rows, a slab that is not a multiple of four).
+    #[test]
+    fn four_rows_at_a_time_add_in_the_same_order() {
+        let (rows, k, n) = (2, 11, 37);
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 997.0 - 0.5;
+        let x: Vec<f32> = (0..rows * k).map(value).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| value(i + 13)).collect();
+        let start: Vec<f32> = (0..rows * n).map(|i| value(i + 101)).collect();
+        let mut plain = start.clone();
+        for i in 1..k {
+            for r in 0..rows {
+                for j in 0..n {
+                    plain[r * n + j] += x[r * k + i] * w[i * n + j];
+                }
+            }
+        }
+        let mut fast = start;
+        slab_dispatch(&x, &w, &mut fast, 1, k, k, n);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&plain));
+    }
+
+    /// The tied head's task kernel (four rows of the weight at a time) against one
+    /// [`dot`] per output, bit for bit: three input rows, a block that is not a multiple of four.
+    #[test]
+    fn the_tied_head_task_equals_one_dot_per_output() {
+        let (rows, k, columns) = (3, 40, 11);
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 997.0 - 0.5;
+        let h: Vec<f32> = (0..rows * k).map(value).collect();
+        let w: Vec<f32> = (0..(columns + 2) * k).map(|i| value(i + 7)).collect();
+        let mut out = vec![0f32; rows * columns];
+        nt_task_dispatch(&h, &w, &mut out, 2, k);
+        for c in 0..columns {
+            for r in 0..rows {
+                let want = dot(&h[r * k..(r + 1) * k], &w[(2 + c) * k..(3 + c) * k]);
+                assert_eq!(
+                    out[c * rows + r].to_bits(),
+                    want.to_bits(),
+                    "column {c}, row {r}"
+                );
+            }
         }
     }
 

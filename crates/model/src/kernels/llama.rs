@@ -42,24 +42,13 @@ fn swiglu_chunk(a: &[f32], b: &[f32], y: &mut [f32], grad: Option<(&mut [f32], &
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn swiglu_chunk_avx2(a: &[f32], b: &[f32], y: &mut [f32], grad: Option<(&mut [f32], &mut [f32])>) {
-    swiglu_chunk(a, b, y, grad);
-}
-
-fn swiglu_chunk_dispatch(
-    a: &[f32],
-    b: &[f32],
-    y: &mut [f32],
-    grad: Option<(&mut [f32], &mut [f32])>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { swiglu_chunk_avx2(a, b, y, grad) };
-    }
-    swiglu_chunk(a, b, y, grad);
+super::multiversion! {
+    fn swiglu_chunk_dispatch(
+        a: &[f32],
+        b: &[f32],
+        y: &mut [f32],
+        grad: Option<(&mut [f32], &mut [f32])>,
+    ) => swiglu_chunk;
 }
 
 /// SwiGLU of two f32 flex tensors of one shape: the value and, when `grad`, the factors of

@@ -94,12 +94,65 @@ fn exp_approx(x: f32) -> f32 {
 /// summation whatever the machine.
 const LANES: usize = 16;
 
-/// Whether the CPU can run the `*_avx2` variants (compiled with `avx2,fma`); each kernel
-/// is written once and compiled both ways.
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// The widest instruction set [`multiversion!`]'s copies of a kernel are compiled for that
+/// this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Baseline,
 }
+
+fn isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") {
+            return if has!("avx512f") {
+                Isa::Avx512
+            } else {
+                Isa::Avx2
+            };
+        }
+    }
+    Isa::Baseline
+}
+
+/// `fn name(args) -> R => body;` defines `name`, which calls the `#[inline(always)]` kernel
+/// `body` compiled for AVX-512, for AVX2 + FMA, or for the baseline, the widest this CPU
+/// runs ([`isa`]; the detection is cached, so a call costs a load and a branch). Results do
+/// not depend on the copy: Rust never fuses a multiply and an add, and the kernels sum over a
+/// fixed number of [`LANES`], so every copy rounds the same operations the same way.
+///
+/// Call `name` inside each rayon task, not around a parallel loop: a closure handed to rayon
+/// is compiled as a function of its own, without the target features of the function that
+/// wrote it (the decoding GEMV ran SSE2 that way).
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:path;) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match $crate::kernels::isa() {
+                    // SAFETY: the CPU has the features each function was compiled for.
+                    $crate::kernels::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::kernels::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::kernels::Isa::Baseline => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
 
 /// Chunks of [`LANES`] elements after which [`exp_sum`] adds its f32 lane sums into f64: no
 /// f32 partial sum holds more than this many terms, so the small terms of a peaked row are
@@ -166,6 +219,31 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     (lanes + rest) as f32
 }
 
+/// [`dot`] of `a` with each of four rows at once, in one pass over `a` (four streams of
+/// `b` in flight); each result equal to [`dot`]'s, bit for bit.
+#[inline(always)]
+fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let (ac, at) = a.as_chunks::<LANES>();
+    let [b0, b1, b2, b3] = b.map(|b| b.as_chunks::<LANES>().0);
+    let mut acc = [[0f32; LANES]; 4];
+    // Zipped iterators, not indices: indexing four rows made LLVM keep the sums on the stack,
+    // one scalar add at a time.
+    for ((((x, y0), y1), y2), y3) in ac.iter().zip(b0).zip(b1).zip(b2).zip(b3) {
+        for l in 0..LANES {
+            acc[0][l] += x[l] * y0[l];
+            acc[1][l] += x[l] * y1[l];
+            acc[2][l] += x[l] * y2[l];
+            acc[3][l] += x[l] * y3[l];
+        }
+    }
+    std::array::from_fn(|q| {
+        let lanes: f64 = acc[q].iter().map(|&v| f64::from(v)).sum();
+        let tail = &b[q][ac.len() * LANES..];
+        let rest: f64 = at.iter().zip(tail).map(|(x, y)| f64::from(x * y)).sum();
+        (lanes + rest) as f32
+    })
+}
+
 /// One row of [`softmax_cross_entropy`] on the CPU: returns `logsumexp(row) − row[target]`
 /// and, when `grad`, overwrites the row with `weight · (softmax(row) − onehot(target))`.
 /// A row holding NaN or ±inf gives NaN.
@@ -203,30 +281,12 @@ fn ce_row(row: &mut [f32], target: usize, weight: f32, grad: bool) -> f64 {
     s.ln() + m as f64 - picked as f64
 }
 
+multiversion! {
+    fn ce_row_dispatch(row: &mut [f32], target: usize, weight: f32, grad: bool) -> f64 => ce_row;
+}
+
 /// [`ce_row`] over every row, in parallel; the per-row results are summed in row order so
 /// the total does not depend on the threads.
-#[inline(always)]
-fn ce_rows(data: &mut [f32], vocab: usize, targets: &[usize], weights: &[f32], grad: bool) -> f64 {
-    let mut nll = vec![0f64; targets.len()];
-    data.par_chunks_mut(vocab)
-        .zip(nll.par_iter_mut())
-        .enumerate()
-        .for_each(|(i, (row, out))| *out = ce_row(row, targets[i], weights[i], grad));
-    nll.iter().zip(weights).map(|(l, &w)| l * w as f64).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn ce_rows_avx2(
-    data: &mut [f32],
-    vocab: usize,
-    targets: &[usize],
-    weights: &[f32],
-    grad: bool,
-) -> f64 {
-    ce_rows(data, vocab, targets, weights, grad)
-}
-
 fn ce_rows_dispatch(
     data: &mut [f32],
     vocab: usize,
@@ -234,12 +294,12 @@ fn ce_rows_dispatch(
     weights: &[f32],
     grad: bool,
 ) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { ce_rows_avx2(data, vocab, targets, weights, grad) };
-    }
-    ce_rows(data, vocab, targets, weights, grad)
+    let mut nll = vec![0f64; targets.len()];
+    data.par_chunks_mut(vocab)
+        .zip(nll.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (row, out))| *out = ce_row_dispatch(row, targets[i], weights[i], grad));
+    nll.iter().zip(weights).map(|(l, &w)| l * w as f64).sum()
 }
 
 /// `Tensor<B, D>` as `Tensor<C, D>` when `B` and `C` are the same backend; otherwise the
@@ -322,19 +382,8 @@ fn gelu_chunk(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gelu_chunk_avx2(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
-    gelu_chunk(x, y, d)
-}
-
-fn gelu_chunk_dispatch(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { gelu_chunk_avx2(x, y, d) };
-    }
-    gelu_chunk(x, y, d)
+multiversion! {
+    fn gelu_chunk_dispatch(x: &[f32], y: &mut [MaybeUninit<f32>], d: Option<&mut [MaybeUninit<f32>]>) => gelu_chunk;
 }
 
 /// Elements per rayon task of the element-wise kernels.
@@ -481,19 +530,8 @@ fn softmax_rows(x: &[f32], y: &mut [f32], row: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(x: &[f32], y: &mut [f32], row: usize) {
-    softmax_rows(x, y, row)
-}
-
-fn softmax_rows_dispatch(x: &[f32], y: &mut [f32], row: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { softmax_rows_avx2(x, y, row) };
-    }
-    softmax_rows(x, y, row)
+multiversion! {
+    fn softmax_rows_dispatch(x: &[f32], y: &mut [f32], row: usize) => softmax_rows;
 }
 
 /// Elements per rayon task of a row kernel: whole rows of `row` elements, about [`CHUNK`].
@@ -530,19 +568,8 @@ fn softmax_backward_rows(y: &[f32], g: &mut [f32], row: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_backward_rows_avx2(y: &[f32], g: &mut [f32], row: usize) {
-    softmax_backward_rows(y, g, row)
-}
-
-fn softmax_backward_rows_dispatch(y: &[f32], g: &mut [f32], row: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { softmax_backward_rows_avx2(y, g, row) };
-    }
-    softmax_backward_rows(y, g, row)
+multiversion! {
+    fn softmax_backward_rows_dispatch(y: &[f32], g: &mut [f32], row: usize) => softmax_backward_rows;
 }
 
 /// Softmax over the last dimension under autodiff over burn-flex, as one op: the forward
@@ -984,6 +1011,77 @@ mod tests {
     use super::*;
     use crate::Cpu;
     use burn::tensor::backend::AutodiffBackend;
+
+    /// Values spread over several magnitudes and both signs, as activations are.
+    fn wavy(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = (i as f32 + seed as f32 * 0.37) * 0.618;
+                t.sin() * (1.0 + (t * 0.11).cos() * 3.0)
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Every copy `multiversion!` compiles rounds the same: the dispatched kernels (AVX-512
+    /// or AVX2 where the CPU has them) against the same kernel called from this test, which
+    /// is compiled for the baseline.
+    #[test]
+    fn multiversioned_kernels_equal_the_baseline_bit_for_bit() {
+        eprintln!("instruction set: {:?}", isa());
+        let x = wavy(5 * 301, 1);
+        let (mut a, mut b) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        softmax_rows(&x, &mut a, 301);
+        softmax_rows_dispatch(&x, &mut b, 301);
+        assert_eq!(bits(&a), bits(&b), "softmax");
+        let g = wavy(x.len(), 2);
+        let (mut ga, mut gb) = (g.clone(), g);
+        softmax_backward_rows(&a, &mut ga, 301);
+        softmax_backward_rows_dispatch(&a, &mut gb, 301);
+        assert_eq!(bits(&ga), bits(&gb), "softmax backward");
+        for grad in [false, true] {
+            let (mut ra, mut rb) = (x[..1000].to_vec(), x[..1000].to_vec());
+            let (la, lb) = (
+                ce_row(&mut ra, 17, 0.5, grad),
+                ce_row_dispatch(&mut rb, 17, 0.5, grad),
+            );
+            assert_eq!(la.to_bits(), lb.to_bits(), "cross-entropy, grad {grad}");
+            assert_eq!(bits(&ra), bits(&rb), "cross-entropy gradient");
+        }
+        let uninit = |n| vec![MaybeUninit::<f32>::uninit(); n];
+        let (mut ya, mut da, mut yb, mut db) = (uninit(999), uninit(999), uninit(999), uninit(999));
+        gelu_chunk(&x[..999], &mut ya, Some(&mut da));
+        gelu_chunk_dispatch(&x[..999], &mut yb, Some(&mut db));
+        // SAFETY: both kernels write every element of their outputs.
+        let read = |v: &[MaybeUninit<f32>]| {
+            v.iter()
+                .map(|e| unsafe { e.assume_init() }.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(read(&ya), read(&yb), "gelu");
+        assert_eq!(read(&da), read(&db), "gelu derivative");
+    }
+
+    /// Four dot products in one pass equal four calls of [`dot`], bit for bit, with and
+    /// without a tail shorter than [`LANES`].
+    #[test]
+    fn dot4_equals_dot() {
+        for len in [768, 77, 5] {
+            let a = wavy(len, 3);
+            let rows: Vec<Vec<f32>> = (0..4).map(|q| wavy(len, 10 + q)).collect();
+            let four = dot4(&a, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            for (q, row) in rows.iter().enumerate() {
+                assert_eq!(
+                    four[q].to_bits(),
+                    dot(&a, row).to_bits(),
+                    "len {len}, row {q}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn exp_approx_is_close_to_exp() {
