@@ -12,6 +12,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use crate::kernels::layer_norm;
 use crate::lora::Lora;
 
 /// GPT-2's hyper-parameters.
@@ -373,10 +374,11 @@ impl<B: Backend> Gpt2<B> {
         // Rows of all positions: every projection is then one [batch·seq, ·] matrix product
         // instead of `batch` broadcast ones.
         let mut x = x.reshape([batch * seq, d]);
+        let eps = self.config.layer_norm_epsilon;
         for block in &self.blocks {
-            x = block.forward(x, mask.clone(), batch, seq);
+            x = block.forward(x, mask.clone(), batch, seq, eps);
         }
-        self.ln_f.forward(x).reshape([batch, seq, d])
+        layer_norm(&self.ln_f, eps, x).reshape([batch, seq, d])
     }
 }
 
@@ -488,8 +490,9 @@ impl<B: Backend> Gpt2<B> {
         let total = cache.len + seq;
         let mask = cache.mask(batch, seq, &device);
         let mut x = x.reshape([batch * seq, d]);
+        let eps = self.config.layer_norm_epsilon;
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            let (out, kv) = block.forward_kv(x, mask.clone(), batch, seq, slot.take());
+            let (out, kv) = block.forward_kv(x, mask.clone(), batch, seq, eps, slot.take());
             *slot = Some(kv);
             x = out;
         }
@@ -498,7 +501,7 @@ impl<B: Backend> Gpt2<B> {
             .reshape([batch, seq, d])
             .narrow(1, seq - 1, 1)
             .reshape([batch, d]);
-        self.project(self.ln_f.forward(last))
+        self.project(layer_norm(&self.ln_f, eps, last))
     }
 }
 
@@ -528,15 +531,16 @@ pub(crate) fn attend_mask<B: Backend>(
 }
 
 impl<B: Backend> Block<B> {
-    /// `x`: `[batch·seq, d]`.
+    /// `x`: `[batch·seq, d]`; `eps`: the LayerNorms' epsilon.
     fn forward(
         &self,
         x: Tensor<B, 2>,
         mask: Tensor<B, 4, Bool>,
         batch: usize,
         seq: usize,
+        eps: f64,
     ) -> Tensor<B, 2> {
-        self.forward_kv(x, mask, batch, seq, None).0
+        self.forward_kv(x, mask, batch, seq, eps, None).0
     }
 
     /// The block over `seq` new positions after `past` keys/values (if any); also returns
@@ -548,13 +552,21 @@ impl<B: Backend> Block<B> {
         mask: Tensor<B, 4, Bool>,
         batch: usize,
         seq: usize,
+        eps: f64,
         past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
-        let (a, kv) = self
-            .attn
-            .attend(self.ln_1.forward(x.clone()), mask, batch, seq, past);
+        let (a, kv) = self.attn.attend(
+            layer_norm(&self.ln_1, eps, x.clone()),
+            mask,
+            batch,
+            seq,
+            past,
+        );
         let x = x + a;
-        (x.clone() + self.mlp.forward(self.ln_2.forward(x)), kv)
+        (
+            x.clone() + self.mlp.forward(layer_norm(&self.ln_2, eps, x)),
+            kv,
+        )
     }
 }
 

@@ -32,10 +32,12 @@ use crate::Flex;
 
 mod adamw;
 mod gemv;
+mod layer_norm;
 mod llama;
 mod lm_head;
 pub use adamw::AdamW;
 pub use gemv::{linear, matmul_nt};
+pub use layer_norm::layer_norm;
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
 pub use lm_head::{LinearCeOut, linear_cross_entropy};
 

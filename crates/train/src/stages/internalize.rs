@@ -53,7 +53,8 @@ impl Stage for TrainInternalize {
         // 4: an embedding grown for added tokens is trained (before, it never moved).
         // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
         // 6: the model keeps its data's special-token files (special_tokens_map.json).
-        6
+        // 7: GPT-2's LayerNorms as one fused op under autodiff (statistics in f64: last bits).
+        7
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"

@@ -24,7 +24,8 @@ impl Stage for TrainLm {
         // 6: the model keeps its data's special-token files (special_tokens_map.json).
         // 7: the LM-head loss in chunks of 320 rows of GPT-2's vocabulary, not 41 (the
         // weight's gradient summed in other groups: last bits, where a batch has more rows).
-        7
+        // 8: GPT-2's LayerNorms as one fused op under autodiff (statistics in f64: last bits).
+        8
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"
