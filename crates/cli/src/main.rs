@@ -12,8 +12,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// CPU training about 15% faster than the default 10 ms.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// mimalloc's `mi_option_allow_large_os_pages` (position 6 of the v3 `mi_option_e`): its
+/// arenas ask for 2 MiB pages (`madvise`, where transparent huge pages are `madvise`, as on
+/// Debian). Training and decoding stream hundreds of MB of weights and activations: fewer TLB
+/// misses and page faults made GPT-2 124M training about 4% faster (149.5 / 149.6 -> 155.3 /
+/// 157.3 tok/s interleaved, peak RSS unchanged).
+const MI_OPTION_ALLOW_LARGE_OS_PAGES: libmimalloc_sys::mi_option_t = 6;
+
 fn main() -> std::process::ExitCode {
-    // SAFETY: sets a process-wide allocator option; no allocation state is touched.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // SAFETY: sets process-wide allocator options; no allocation state is touched.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_LARGE_OS_PAGES, 1);
+    }
     kiln_cli::main()
 }
