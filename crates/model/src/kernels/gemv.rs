@@ -10,6 +10,7 @@
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -42,12 +43,13 @@ fn param<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>) -> Option<Tensor<F
 }
 
 /// `x · layer.weight + layer.bias` (`x`: `[rows, in]`, the weight `[in, out]` as burn keeps
-/// it), as [`Linear::forward`] computes it.
+/// it), as [`Linear::forward`] computes it: on burn-flex a GEMV for at most [`MAX_ROWS`]
+/// rows, under autodiff over burn-flex one op straight to `gemm` (`kernels/linear.rs`).
 pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     let x = match cast::<B, Flex, 2>(x) {
         Ok(x) if x.dims()[0] <= MAX_ROWS => x,
-        Ok(x) => return layer.forward(back(x)),
-        Err(x) => return layer.forward(x),
+        Ok(x) => return linear_rows(layer, x),
+        Err(x) => return super::linear::linear_autodiff(layer, x),
     };
     let fast = match (param(&layer.weight), layer.bias.as_ref().map(param)) {
         (Some(w), None) => linear_flex(&x, &w, None),
@@ -56,6 +58,24 @@ pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     };
     match fast {
         Some(y) => back(y),
+        None => layer.forward(back(x)),
+    }
+}
+
+/// [`linear`] on burn-flex for more than [`MAX_ROWS`] rows: one product straight to `gemm`
+/// (`kernels/linear.rs`), burn's `Linear::forward` when a tensor is not a plain f32 matrix.
+fn linear_rows<B: Backend>(layer: &Linear<B>, x: Tensor<Flex, 2>) -> Tensor<B, 2> {
+    let w = param(&layer.weight).map(primitive);
+    let b = layer.bias.as_ref().map(|b| param(b).map(primitive));
+    let y = match (w, b) {
+        (Some(w), None) => super::linear::forward_flex(&primitive(x.clone()), &w, None),
+        (Some(w), Some(Some(b))) => {
+            super::linear::forward_flex(&primitive(x.clone()), &w, Some(&b))
+        }
+        _ => None,
+    };
+    match y {
+        Some(y) => back(Tensor::<Flex, 2>::from_primitive(TensorPrimitive::Float(y))),
         None => layer.forward(back(x)),
     }
 }
@@ -259,6 +279,33 @@ mod tests {
                 .init::<Flex>(&device);
             let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
             close(linear(&layer, x.clone()), layer.forward(x));
+        }
+    }
+
+    /// More rows than a GEMV takes: the product straight to `gemm` equals burn's
+    /// `Linear::forward` on burn-flex bit for bit (one thread and all of them, with and
+    /// without a bias).
+    #[test]
+    fn many_rows_equal_burns_linear_bit_for_bit() {
+        let device = Default::default();
+        for (rows, k, n, bias) in [
+            (9, 70, 33, true),
+            (256, 192, 200, true),
+            (300, 64, 40, false),
+        ] {
+            let layer = LinearConfig::new(k, n)
+                .with_bias(bias)
+                .init::<Flex>(&device);
+            let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+            let bits = |t: Tensor<Flex, 2>| -> Vec<u32> {
+                let v = t.into_data().to_vec::<f32>().expect("f32");
+                v.iter().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(
+                bits(linear(&layer, x.clone())),
+                bits(layer.forward(x)),
+                "{rows}×{k}×{n}, bias {bias}"
+            );
         }
     }
 

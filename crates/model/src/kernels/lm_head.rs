@@ -26,7 +26,7 @@ fn contiguous(t: &FlexTensor) -> Option<&[f32]> {
 }
 
 /// burn-flex's rule for `gemm`'s threads: all of them from 192³ multiply-adds.
-fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+pub(super) fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -36,12 +36,12 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 
 /// A row-major matrix or a transposed view of one: its element strides.
 #[derive(Clone, Copy)]
-struct View {
-    ptr: *const f32,
+pub(super) struct View {
+    pub(super) ptr: *const f32,
     /// Stride between columns.
-    cs: isize,
+    pub(super) cs: isize,
     /// Stride between rows.
-    rs: isize,
+    pub(super) rs: isize,
 }
 
 /// `dst (m × n, row-major) = [dst +] lhs · rhs` (`k` inner), as burn-flex calls `gemm`.

@@ -33,6 +33,7 @@ use crate::Flex;
 mod adamw;
 mod gemv;
 mod layer_norm;
+mod linear;
 mod llama;
 mod lm_head;
 pub use adamw::AdamW;
