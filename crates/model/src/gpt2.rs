@@ -601,10 +601,9 @@ impl<B: Backend> Attention<B> {
             k = Tensor::cat(vec![pk, k], 2);
             v = Tensor::cat(vec![pv, v], 2);
         }
-        let scores = q.matmul(k.clone().swap_dims(2, 3)) / (dh as f64).sqrt();
+        let scores = q.matmul(k.clone().swap_dims(2, 3));
         // As Hugging Face: masked scores take the dtype's minimum, not -inf.
-        let scores = scores.mask_fill(mask, f32::MIN);
-        let probs = crate::kernels::softmax_last(scores);
+        let probs = crate::kernels::scaled_masked_softmax(scores, (dh as f64).sqrt(), &mask);
         let out = crate::kernels::merge_heads(probs.matmul(v.clone()));
         let out = match &self.lora_proj {
             Some(lora) => self.c_proj.forward(out.clone()) + lora.forward(out),

@@ -178,13 +178,15 @@ pub(crate) fn attention<B: Backend>(
     bias: Option<Tensor<B, 4>>,
 ) -> Tensor<B, 2> {
     let [batch, heads, sq, hd] = q.dims();
-    let mut scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
-    if let Some(bias) = bias {
-        scores = scores + bias;
-    }
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let scale = (hd as f64).sqrt();
     // As Hugging Face: masked scores take the dtype's minimum, not -inf.
-    let scores = scores.mask_fill(mask.clone(), f32::MIN);
-    let probs = crate::kernels::softmax_last(scores);
+    let probs = match bias {
+        None => crate::kernels::scaled_masked_softmax(scores, scale, mask),
+        Some(bias) => {
+            crate::kernels::softmax_last((scores / scale + bias).mask_fill(mask.clone(), f32::MIN))
+        }
+    };
     probs
         .matmul(v)
         .swap_dims(1, 2)

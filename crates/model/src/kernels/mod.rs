@@ -31,12 +31,14 @@ use rayon::prelude::*;
 use crate::Flex;
 
 mod adamw;
+mod attention;
 mod gemv;
 mod layer_norm;
 mod linear;
 mod llama;
 mod lm_head;
 pub use adamw::AdamW;
+pub use attention::scaled_masked_softmax;
 pub use gemv::{linear, matmul_nt};
 pub use layer_norm::layer_norm;
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
