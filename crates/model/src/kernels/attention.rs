@@ -10,6 +10,7 @@
 //! scores `f32::MIN`, the gradient `g · (1 / scale)` as burn's autodiff writes it, masked
 //! gradients 0), so the results are the composed form's bit for bit (a test compares them).
 
+use std::any::Any;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
@@ -49,7 +50,7 @@ impl Mask {
         if !fits || msq != sq || msk != sk {
             return None;
         }
-        let blocked = mask.clone().into_data().to_vec::<bool>().ok()?;
+        let blocked = flex_bools(mask)?;
         Some(Self {
             blocked,
             mb,
@@ -72,6 +73,24 @@ impl Mask {
         let start = ((b * self.mh + h) * self.sq + i) * self.sk;
         &self.blocked[start..start + self.sk]
     }
+}
+
+/// A burn-flex boolean tensor's values in row-major order, from its storage (host memory,
+/// so not a device read); `None` on another backend.
+fn flex_bools<B: Backend, const D: usize>(mask: &Tensor<B, D, Bool>) -> Option<Vec<bool>> {
+    let primitive: Box<dyn Any> = Box::new(mask.clone().into_primitive());
+    let t = primitive.downcast::<FlexTensor>().ok()?.to_contiguous();
+    // Stored one byte per value (burn-flex has no other boolean storage yet).
+    if !matches!(t.dtype(), DType::Bool(_)) || t.dtype().size() != 1 {
+        return None;
+    }
+    let (start, end) = t.layout().contiguous_offsets()?;
+    Some(
+        t.storage::<u8>()[start..end]
+            .iter()
+            .map(|&b| b != 0)
+            .collect(),
+    )
 }
 
 /// The f32 divisor burn-flex's `div_scalar` applies for `scale`.
@@ -126,14 +145,6 @@ fn backward(y: &[f32], g: &mut [f32], mask: &Mask, scale: f64, row: usize) {
         });
 }
 
-/// A contiguous f32 burn-flex tensor's elements (from its buffer's start).
-fn elements(t: &FlexTensor) -> Option<&[f32]> {
-    if t.dtype() != DType::F32 || !t.is_contiguous() || t.layout().start_offset() != 0 {
-        return None;
-    }
-    t.as_slice::<f32>()
-}
-
 /// The op under autodiff over burn-flex; `None` when the scores are not plain f32.
 fn autodiff_flex(
     scores: &FloatTensor<Autodiff<Flex>>,
@@ -157,7 +168,9 @@ fn autodiff_flex(
             let row = mask.sk;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
                 let mut g = grad.to_contiguous();
-                let ys = elements(&y).expect("the op's own output is contiguous f32");
+                let ys = y
+                    .as_slice::<f32>()
+                    .expect("the op's own output is contiguous f32");
                 assert_eq!(g.dtype(), DType::F32, "attention gradients are f32");
                 backward(ys, g.storage_mut::<f32>(), &mask, scale, row);
                 g
@@ -165,7 +178,7 @@ fn autodiff_flex(
         }
     }
 
-    let y = forward(elements(&scores.primitive)?, &mask, scale, dims);
+    let y = forward(scores.primitive.as_slice::<f32>()?, &mask, scale, dims);
     Some(record(
         ScaledMaskedSoftmax,
         [scores],
@@ -205,7 +218,7 @@ pub fn scaled_masked_softmax<B: Backend>(
     match cast::<B, Flex, 4>(scores) {
         Ok(s) => {
             let p = s.clone().into_primitive().tensor();
-            match elements(&p) {
+            match p.as_slice::<f32>() {
                 Some(xs) => back(Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(
                     forward(xs, &m, scale, dims),
                 ))),
@@ -221,13 +234,9 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::tests::tensor_bits as bits;
 
     type Ad = Autodiff<Flex>;
-
-    fn bits<const D: usize>(t: Tensor<Flex, D>) -> Vec<u32> {
-        let v = t.into_data().to_vec::<f32>().expect("f32");
-        v.iter().map(|x| x.to_bits()).collect()
-    }
 
     /// A causal mask `[mb, 1, sq, sk]` (the last `sq` of `sk` positions) with row `b`'s first
     /// `b` keys blocked too (left padding).

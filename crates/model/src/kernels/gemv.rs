@@ -297,13 +297,9 @@ mod tests {
                 .with_bias(bias)
                 .init::<Flex>(&device);
             let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
-            let bits = |t: Tensor<Flex, 2>| -> Vec<u32> {
-                let v = t.into_data().to_vec::<f32>().expect("f32");
-                v.iter().map(|x| x.to_bits()).collect()
-            };
             assert_eq!(
-                bits(linear(&layer, x.clone())),
-                bits(layer.forward(x)),
+                super::super::tests::tensor_bits(linear(&layer, x.clone())),
+                super::super::tests::tensor_bits(layer.forward(x)),
                 "{rows}×{k}×{n}, bias {bias}"
             );
         }

@@ -18,19 +18,16 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::ops::{FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, Shape, TensorData, TensorPrimitive};
+use burn::tensor::{Shape, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::lm_head::{View, parallelism};
+use super::lm_head::{View, gemm_into};
 use super::{CHUNK, back, cast, record};
 use crate::Flex;
 
-/// The storage of a contiguous f32 flex tensor that starts at its buffer's first element.
+/// A row-major f32 matrix's elements (`None`: another dtype or a strided view).
 fn rows_of(t: &FlexTensor) -> Option<&[f32]> {
-    if t.dtype() != DType::F32 || !t.is_contiguous() || t.layout().start_offset() != 0 {
-        return None;
-    }
     t.as_slice::<f32>()
 }
 
@@ -63,31 +60,11 @@ unsafe fn product_new(
 ) -> FlexTensor {
     let len = m * n;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: `out` has room for `m × n` elements; with `read_dst` false `gemm` only writes
-    // them, each once, so all `len` are initialized when it returns; the views are the
+    // SAFETY: `out` has room for `m × n` elements, which `gemm_into` (not accumulating)
+    // writes, each once, so all `len` are initialized when it returns; the views are the
     // caller's contract.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m, n, k),
-        );
+        gemm_into(out.as_mut_ptr(), false, (m, n, k), lhs, rhs);
         out.set_len(len);
     }
     then(&mut out);
@@ -259,13 +236,9 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
+    use crate::kernels::tests::tensor_bits as bits;
 
     type Ad = Autodiff<Flex>;
-
-    fn bits<const D: usize>(t: Tensor<Flex, D>) -> Vec<u32> {
-        let v = t.into_data().to_vec::<f32>().expect("f32");
-        v.iter().map(|x| x.to_bits()).collect()
-    }
 
     /// The op against burn's own `Linear::forward` on the same autodiff backend: the output
     /// and the gradients of the input, the weight and the bias, bit for bit, for a product

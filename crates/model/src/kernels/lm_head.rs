@@ -26,7 +26,7 @@ fn contiguous(t: &FlexTensor) -> Option<&[f32]> {
 }
 
 /// burn-flex's rule for `gemm`'s threads: all of them from 192³ multiply-adds.
-pub(super) fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
         gemm::Parallelism::Rayon(0)
     } else {
@@ -51,18 +51,35 @@ pub(super) struct View {
 unsafe fn product(
     dst: &mut [f32],
     accumulate: bool,
+    dims: (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+) {
+    debug_assert!(dst.len() >= dims.0 * dims.1);
+    // SAFETY: the caller's contract.
+    unsafe { gemm_into(dst.as_mut_ptr(), accumulate, dims, lhs, rhs) }
+}
+
+/// [`product`] into `m × n` elements at `dst`, which `gemm` only writes (each once) unless
+/// `accumulate`: so `dst` may be uninitialized memory when not accumulating.
+///
+/// # Safety
+/// The views address `m × k` and `k × n` elements of live buffers; `dst` points to `m × n`
+/// writable elements, initialized when `accumulate`.
+pub(super) unsafe fn gemm_into(
+    dst: *mut f32,
+    accumulate: bool,
     (m, n, k): (usize, usize, usize),
     lhs: View,
     rhs: View,
 ) {
-    debug_assert!(dst.len() >= m * n);
     // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,

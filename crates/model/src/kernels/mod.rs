@@ -1017,6 +1017,13 @@ mod tests {
     use crate::Cpu;
     use burn::tensor::backend::AutodiffBackend;
 
+    /// A burn-flex tensor's f32 elements as bit patterns (the kernels' tests compare bit for
+    /// bit).
+    pub(super) fn tensor_bits<const D: usize>(t: Tensor<Flex, D>) -> Vec<u32> {
+        let v = t.into_data().to_vec::<f32>().expect("f32");
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// Values spread over several magnitudes and both signs, as activations are.
     fn wavy(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
