@@ -368,7 +368,8 @@ impl<B: Backend> Gpt2<B> {
         let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
             .reshape([1, seq])
             .expand([batch, seq]);
-        let x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let x = crate::kernels::embedding(&self.wte, input_ids)
+            + crate::kernels::embedding(&self.wpe, positions);
         let d = x.dims()[2];
         let mask = attend_mask::<B>(batch, seq, attention_mask, &device);
         // Rows of all positions: every projection is then one [batch·seq, ·] matrix product
@@ -485,7 +486,8 @@ impl<B: Backend> Gpt2<B> {
         let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
         let positions = cache.positions(batch, seq, &device);
-        let x = self.wte.forward(input_ids) + self.wpe.forward(positions);
+        let x = crate::kernels::embedding(&self.wte, input_ids)
+            + crate::kernels::embedding(&self.wpe, positions);
         let d = x.dims()[2];
         let total = cache.len + seq;
         let mask = cache.mask(batch, seq, &device);
@@ -540,7 +542,10 @@ impl<B: Backend> Block<B> {
         seq: usize,
         eps: f64,
     ) -> Tensor<B, 2> {
-        self.forward_kv(x, mask, batch, seq, eps, None).0
+        let a = self
+            .attn
+            .attend_rows(layer_norm(&self.ln_1, eps, x.clone()), &mask, batch, seq);
+        self.residual_mlp(x + a, eps)
     }
 
     /// The block over `seq` new positions after `past` keys/values (if any); also returns
@@ -562,11 +567,12 @@ impl<B: Backend> Block<B> {
             seq,
             past,
         );
-        let x = x + a;
-        (
-            x.clone() + self.mlp.forward(layer_norm(&self.ln_2, eps, x)),
-            kv,
-        )
+        (self.residual_mlp(x + a, eps), kv)
+    }
+
+    /// `x + mlp(ln_2(x))`.
+    fn residual_mlp(&self, x: Tensor<B, 2>, eps: f64) -> Tensor<B, 2> {
+        x.clone() + self.mlp.forward(layer_norm(&self.ln_2, eps, x))
     }
 }
 
@@ -591,10 +597,7 @@ impl<B: Backend> Attention<B> {
         let d = x.dims()[1];
         let heads = self.n_head;
         let dh = d / heads;
-        let qkv = match &self.lora_attn {
-            Some(lora) => self.c_attn.forward(x.clone()) + lora.forward(x),
-            None => crate::kernels::linear(&self.c_attn, x),
-        };
+        let qkv = self.qkv(x);
         let split = |i: usize| crate::kernels::split_heads(qkv.clone(), batch, seq, heads, 3, i);
         let (q, mut k, mut v) = (split(0), split(1), split(2));
         if let Some((pk, pv)) = past {
@@ -605,11 +608,39 @@ impl<B: Backend> Attention<B> {
         // As Hugging Face: masked scores take the dtype's minimum, not -inf.
         let probs = crate::kernels::scaled_masked_softmax(scores, (dh as f64).sqrt(), &mask);
         let out = crate::kernels::merge_heads(probs.matmul(v.clone()));
-        let out = match &self.lora_proj {
+        (self.project(out), (k, v))
+    }
+
+    /// [`Self::attend`] without a cache and without returning the keys and values: on
+    /// burn-flex one fused op from the `c_attn` rows to the `c_proj` rows
+    /// ([`crate::kernels::qkv_attention`]), which training runs.
+    fn attend_rows(
+        &self,
+        x: Tensor<B, 2>,
+        mask: &Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+    ) -> Tensor<B, 2> {
+        match crate::kernels::qkv_attention(self.qkv(x.clone()), mask, batch, seq, self.n_head) {
+            Ok(out) => self.project(out),
+            Err(_) => self.attend(x, mask.clone(), batch, seq, None).0,
+        }
+    }
+
+    /// q, k and v side by side, `[rows, 3·d]` (`c_attn`, plus its LoRA update).
+    fn qkv(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lora_attn {
+            Some(lora) => self.c_attn.forward(x.clone()) + lora.forward(x),
+            None => crate::kernels::linear(&self.c_attn, x),
+        }
+    }
+
+    /// The output projection (`c_proj`, plus its LoRA update).
+    fn project(&self, out: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lora_proj {
             Some(lora) => self.c_proj.forward(out.clone()) + lora.forward(out),
             None => crate::kernels::linear(&self.c_proj, out),
-        };
-        (out, (k, v))
+        }
     }
 }
 

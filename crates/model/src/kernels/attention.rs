@@ -24,15 +24,15 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    back, cast, record, rows_per_task, softmax_backward_rows_dispatch, softmax_last,
-    softmax_rows_dispatch,
+    back, cast, owned_contiguous, record, rows_per_task, softmax_backward_rows_dispatch,
+    softmax_last, softmax_rows_dispatch, zeroed,
 };
 use crate::Flex;
 
 /// A boolean mask `[mb, mh, sq, sk]` read as broadcast over scores `[batch, heads, sq, sk]`
 /// (`mb` is 1 or `batch`, `mh` 1 or `heads`).
 #[derive(Debug)]
-struct Mask {
+pub(super) struct Mask {
     blocked: Vec<bool>,
     mb: usize,
     mh: usize,
@@ -43,7 +43,7 @@ struct Mask {
 
 impl Mask {
     /// The mask's values for scores of `dims`; `None` when it does not broadcast to them.
-    fn read<B: Backend>(mask: &Tensor<B, 4, Bool>, dims: [usize; 4]) -> Option<Self> {
+    pub(super) fn read<B: Backend>(mask: &Tensor<B, 4, Bool>, dims: [usize; 4]) -> Option<Self> {
         let [batch, heads, sq, sk] = dims;
         let [mb, mh, msq, msk] = mask.dims();
         let fits = (mb == 1 || mb == batch) && (mh == 1 || mh == heads);
@@ -62,7 +62,7 @@ impl Mask {
     }
 
     /// The mask of score row `r` (row-major over `[batch, heads, sq]`).
-    fn row(&self, r: usize) -> &[bool] {
+    pub(super) fn row(&self, r: usize) -> &[bool] {
         let (b, h, i) = (
             r / (self.heads * self.sq),
             (r / self.sq) % self.heads,
@@ -94,7 +94,7 @@ fn flex_bools<B: Backend, const D: usize>(mask: &Tensor<B, D, Bool>) -> Option<V
 }
 
 /// The f32 divisor burn-flex's `div_scalar` applies for `scale`.
-fn divisor(scale: f64) -> f32 {
+pub(super) fn divisor(scale: f64) -> f32 {
     scale as f32
 }
 
@@ -102,7 +102,7 @@ fn divisor(scale: f64) -> f32 {
 fn forward(scores: &[f32], mask: &Mask, scale: f64, dims: [usize; 4]) -> FlexTensor {
     let row = dims[3];
     let c = divisor(scale);
-    let mut y = vec![0f32; scores.len()];
+    let mut y = zeroed(scores.len());
     if row > 0 {
         let per_task = rows_per_task(row);
         scores
@@ -167,7 +167,7 @@ fn autodiff_flex(
             let (y, mask, scale) = ops.state;
             let row = mask.sk;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let mut g = grad.to_contiguous();
+                let mut g = owned_contiguous(grad);
                 let ys = y
                     .as_slice::<f32>()
                     .expect("the op's own output is contiguous f32");

@@ -19,7 +19,7 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{CHUNK, back, cast, flex_f32, flex_new, record};
+use super::{CHUNK, back, cast, flex_f32, flex_new, owned_f32, record, zeroed};
 use crate::Flex;
 
 /// f64 lanes of the row sums.
@@ -152,7 +152,7 @@ fn forward_flex<const D: usize>(
     }
     let shape: [usize; D] = std::array::from_fn(|i| dims[i]);
     let per_task = rows_per_task(d);
-    let mut xhat = vec![0f32; xs.len()];
+    let mut xhat = zeroed(xs.len());
     let mut rstd = vec![0f32; xs.len() / d];
     let y = flex_new(shape, |y| {
         xs.par_chunks(d * per_task)
@@ -172,7 +172,7 @@ fn backward_flex(state: &LnState, grad: FlexTensor) -> (FlexTensor, FlexTensor, 
     let gamma = state.gamma.as_slice::<f32>().expect("f32 scale");
     let d = gamma.len();
     let per_task = rows_per_task(d);
-    let mut g = flex_f32(&grad).expect("an f32 op gets f32 gradients");
+    let mut g = owned_f32(grad).expect("an f32 op gets f32 gradients");
     let partials: Vec<[Vec<f64>; 2]> = g
         .storage_mut::<f32>()
         .par_chunks_mut(d * per_task)

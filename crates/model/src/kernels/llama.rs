@@ -13,7 +13,9 @@ use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{CHUNK, back, cast, exp_approx, flex_f32, flex_new, mul_into, record};
+use super::{
+    CHUNK, back, cast, exp_approx, flex_f32, flex_new, mul_into, owned_f32, record, zeroed,
+};
 use crate::Flex;
 
 /// `silu(a)·b`, `b·silu'(a)` and `silu(a)` of one element.
@@ -65,9 +67,9 @@ fn swiglu_flex(
     let (a, b) = (flex_f32(a)?, flex_f32(b)?);
     let (xa, xb) = (a.as_slice::<f32>()?, b.as_slice::<f32>()?);
     let n = xa.len();
-    let mut y = vec![0f32; n];
-    let mut dg = vec![0f32; if grad { n } else { 0 }];
-    let mut act = vec![0f32; if grad { n } else { 0 }];
+    let mut y = zeroed(n);
+    let mut dg = zeroed(if grad { n } else { 0 });
+    let mut act = zeroed(if grad { n } else { 0 });
     let inputs = xa.par_chunks(CHUNK).zip(xb.par_chunks(CHUNK));
     if grad {
         inputs
@@ -108,7 +110,7 @@ fn swiglu_autodiff_flex(
             let (d_gate, act) = ops.state;
             let times = |factor: FlexTensor| {
                 move |grad: FlexTensor| {
-                    let mut g = flex_f32(&grad).expect("an f32 op gets f32 gradients");
+                    let mut g = owned_f32(grad).expect("an f32 op gets f32 gradients");
                     mul_into(
                         g.storage_mut::<f32>(),
                         factor.as_slice::<f32>().expect("f32 factors"),
@@ -253,7 +255,7 @@ fn rms_flex(x: &FlexTensor, w: &FlexTensor, eps: f64) -> Option<(FlexTensor, Rms
     if d == 0 || shape.as_slice().last() != Some(&d) {
         return None;
     }
-    let mut y = vec![0f32; xs.len()];
+    let mut y = zeroed(xs.len());
     let r = rms_forward(xs, ws, eps, &mut y);
     Some((flex_of(y, shape), RmsState { x, w, r }))
 }
@@ -284,7 +286,7 @@ fn rms_autodiff_flex(
                 ops.node,
                 grads,
                 |grad| {
-                    let mut g = flex_f32(&grad).expect("an f32 op gets f32 gradients");
+                    let mut g = owned_f32(grad).expect("an f32 op gets f32 gradients");
                     rms_grad_x(xs, ws, &r, g.storage_mut::<f32>());
                     g
                 },

@@ -12,7 +12,7 @@
 use burn::prelude::*;
 use burn_flex::FlexTensor;
 
-use super::{back, cast, ce_rows_dispatch};
+use super::{back, cast, ce_rows_dispatch, zeroed};
 use crate::Flex;
 
 /// The loss and the gradients asked for (see [`linear_cross_entropy`]).
@@ -73,6 +73,42 @@ pub(super) unsafe fn gemm_into(
     lhs: View,
     rhs: View,
 ) {
+    let threads = parallelism(m, n, k);
+    // SAFETY: the caller's contract.
+    unsafe { gemm_call(dst, n as isize, accumulate, (m, n, k), lhs, rhs, threads) }
+}
+
+/// `dst (m × n, rows `rs` apart) = lhs · rhs` on `threads`, written (not read) as
+/// [`gemm_into`] writes: burn-flex's batched matmul runs each matrix of a batch this way.
+///
+/// # Safety
+/// The views address `m × k` and `k × n` elements of live buffers; `dst` addresses `m`
+/// rows of `n` writable elements, `rs` apart.
+pub(super) unsafe fn gemm_strided(
+    dst: *mut f32,
+    rs: isize,
+    dims: (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    threads: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { gemm_call(dst, rs, false, dims, lhs, rhs, threads) }
+}
+
+/// `gemm` as burn-flex calls it (`dst` row-major, its rows `rs` apart).
+///
+/// # Safety
+/// As [`gemm_strided`]; `dst` initialized when `accumulate`.
+unsafe fn gemm_call(
+    dst: *mut f32,
+    rs: isize,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: View,
+    rhs: View,
+    threads: gemm::Parallelism,
+) {
     // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
@@ -81,7 +117,7 @@ pub(super) unsafe fn gemm_into(
             k,
             dst,
             1,
-            n as isize,
+            rs,
             accumulate,
             lhs.ptr,
             lhs.cs,
@@ -94,7 +130,7 @@ pub(super) unsafe fn gemm_into(
             false,
             false,
             false,
-            parallelism(m, n, k),
+            threads,
         );
     }
 }
@@ -128,9 +164,9 @@ pub fn linear_cross_entropy<B: Backend>(
         return Err((back(h), back(w)));
     };
     let grad = grad_hidden || grad_weight;
-    let mut logits = vec![0f32; chunk.min(rows) * vocab];
-    let mut dh = vec![0f32; if grad_hidden { rows * d } else { 0 }];
-    let mut dw = vec![0f32; if grad_weight { vocab * d } else { 0 }];
+    let mut logits = zeroed(chunk.min(rows) * vocab);
+    let mut dh = zeroed(if grad_hidden { rows * d } else { 0 });
+    let mut dw = zeroed(if grad_weight { vocab * d } else { 0 });
     let mut loss: Option<f32> = None;
     for start in (0..rows).step_by(chunk) {
         let len = chunk.min(rows - start);

@@ -32,17 +32,21 @@ use crate::Flex;
 
 mod adamw;
 mod attention;
+mod embedding;
 mod gemv;
 mod layer_norm;
 mod linear;
 mod llama;
 mod lm_head;
+mod qkv_attention;
 pub use adamw::AdamW;
 pub use attention::scaled_masked_softmax;
+pub use embedding::embedding;
 pub use gemv::{linear, matmul_nt};
 pub use layer_norm::layer_norm;
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
 pub use lm_head::{LinearCeOut, linear_cross_entropy};
+pub use qkv_attention::qkv_attention;
 
 /// Runs `f` on the storage of `t` when the backend is burn-flex and `t` is a contiguous f32
 /// tensor (as a matrix product's output is), and gives `t` back with `f`'s result; otherwise
@@ -466,7 +470,7 @@ fn gelu_autodiff_flex<const D: usize>(
         ) {
             let d = ops.state;
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let mut g = grad.to_contiguous();
+                let mut g = owned_contiguous(grad);
                 match (d.as_slice::<f32>(), g.dtype() == DType::F32) {
                     (Some(ds), true) => {
                         mul_into(g.storage_mut::<f32>(), ds);
@@ -599,7 +603,7 @@ fn softmax_last_autodiff_flex<const D: usize>(
             let y = ops.state.to_contiguous();
             let row = y.layout().shape()[y.layout().num_dims() - 1];
             unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-                let mut g = grad.to_contiguous();
+                let mut g = owned_contiguous(grad);
                 match (y.as_slice::<f32>(), g.dtype() == DType::F32) {
                     (Some(ys), true) if row > 0 => {
                         let per_task = rows_per_task(row);
@@ -720,9 +724,39 @@ fn flex_f32(t: &FlexTensor) -> Option<FlexTensor> {
     t.as_slice::<f32>().is_some().then_some(t)
 }
 
+/// `t` contiguous, for a kernel to write in place: `t` itself when it already is.
+/// (`to_contiguous` of a contiguous tensor shares its buffer, and while the original is
+/// alive burn-flex's copy-on-write copies that buffer on the first write.)
+fn owned_contiguous(t: FlexTensor) -> FlexTensor {
+    let c = t.to_contiguous();
+    drop(t);
+    c
+}
+
+/// [`owned_contiguous`] when `t` is f32; `None` for another dtype.
+fn owned_f32(t: FlexTensor) -> Option<FlexTensor> {
+    let t = owned_contiguous(t);
+    t.as_slice::<f32>().is_some().then_some(t)
+}
+
+/// `n` zeros, written over rayon's threads when there are many (`vec![0.0; n]` zeroes a
+/// reused allocation on the calling thread while the workers wait).
+fn zeroed(n: usize) -> Vec<f32> {
+    if n < 8 * CHUNK {
+        return vec![0f32; n];
+    }
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()
+        .par_chunks_mut(CHUNK)
+        .for_each(|c| c.fill(MaybeUninit::new(0.0)));
+    // SAFETY: the loop above initialized all `n` elements of the capacity.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// A new flex tensor of `shape`, zeros written over by `fill`.
 fn flex_new<const D: usize>(shape: [usize; D], fill: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut data = vec![0f32; shape.iter().product()];
+    let mut data = zeroed(shape.iter().product());
     fill(&mut data);
     Tensor::<Flex, D>::from_data(TensorData::new(data, shape), &Default::default())
         .into_primitive()
