@@ -594,10 +594,21 @@ impl<B: Backend> Attention<B> {
         seq: usize,
         past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
-        let d = x.dims()[1];
+        self.attend_qkv(self.qkv(x), mask, batch, seq, past)
+    }
+
+    /// [`Self::attend`] from the `c_attn` rows `qkv` (`[batch·seq, 3·d]`), composed of burn ops.
+    #[allow(clippy::type_complexity)]
+    fn attend_qkv(
+        &self,
+        qkv: Tensor<B, 2>,
+        mask: Tensor<B, 4, Bool>,
+        batch: usize,
+        seq: usize,
+        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let heads = self.n_head;
-        let dh = d / heads;
-        let qkv = self.qkv(x);
+        let dh = qkv.dims()[1] / 3 / heads;
         let split = |i: usize| crate::kernels::split_heads(qkv.clone(), batch, seq, heads, 3, i);
         let (q, mut k, mut v) = (split(0), split(1), split(2));
         if let Some((pk, pv)) = past {
@@ -621,9 +632,9 @@ impl<B: Backend> Attention<B> {
         batch: usize,
         seq: usize,
     ) -> Tensor<B, 2> {
-        match crate::kernels::qkv_attention(self.qkv(x.clone()), mask, batch, seq, self.n_head) {
+        match crate::kernels::qkv_attention(self.qkv(x), mask, batch, seq, self.n_head) {
             Ok(out) => self.project(out),
-            Err(_) => self.attend(x, mask.clone(), batch, seq, None).0,
+            Err(qkv) => self.attend_qkv(qkv, mask.clone(), batch, seq, None).0,
         }
     }
 
