@@ -561,7 +561,7 @@ impl<B: Backend> Block<B> {
         past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
     ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let (a, kv) = self.attn.attend(
-            layer_norm(&self.ln_1, eps, x.clone()),
+            self.attn.qkv(layer_norm(&self.ln_1, eps, x.clone())),
             mask,
             batch,
             seq,
@@ -584,22 +584,12 @@ impl<B: Backend> Mlp<B> {
 }
 
 impl<B: Backend> Attention<B> {
-    /// Attention of `seq` new positions over `past` keys/values (if any) and their own; returns
-    /// the output `[batch·seq, d]` and all keys/values `[batch, heads, past + seq, dh]`.
-    fn attend(
-        &self,
-        x: Tensor<B, 2>,
-        mask: Tensor<B, 4, Bool>,
-        batch: usize,
-        seq: usize,
-        past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-    ) -> (Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>)) {
-        self.attend_qkv(self.qkv(x), mask, batch, seq, past)
-    }
-
-    /// [`Self::attend`] from the `c_attn` rows `qkv` (`[batch·seq, 3·d]`), composed of burn ops.
+    /// Attention of `seq` new positions, from their `c_attn` rows `qkv` (`[batch·seq, 3·d]`,
+    /// see [`Self::qkv`]), over `past` keys/values (if any) and their own, composed of burn
+    /// ops; returns the output `[batch·seq, d]` and all keys/values
+    /// `[batch, heads, past + seq, dh]`.
     #[allow(clippy::type_complexity)]
-    fn attend_qkv(
+    fn attend(
         &self,
         qkv: Tensor<B, 2>,
         mask: Tensor<B, 4, Bool>,
@@ -622,7 +612,7 @@ impl<B: Backend> Attention<B> {
         (self.project(out), (k, v))
     }
 
-    /// [`Self::attend`] without a cache and without returning the keys and values: on
+    /// [`Self::attend`] of the rows `x` without a cache and without returning the keys and values: on
     /// burn-flex one fused op from the `c_attn` rows to the `c_proj` rows
     /// ([`crate::kernels::qkv_attention`]), which training runs.
     fn attend_rows(
@@ -634,7 +624,7 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 2> {
         match crate::kernels::qkv_attention(self.qkv(x), mask, batch, seq, self.n_head) {
             Ok(out) => self.project(out),
-            Err(qkv) => self.attend_qkv(qkv, mask.clone(), batch, seq, None).0,
+            Err(qkv) => self.attend(qkv, mask.clone(), batch, seq, None).0,
         }
     }
 
