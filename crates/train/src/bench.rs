@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use kiln_data::shard::Example;
@@ -45,6 +44,12 @@ impl Default for Shape {
     }
 }
 
+/// Untimed steps before a named model's timed ones ([`run_model`] for `gpt2`,
+/// `smollm2-135m`, …). Two, not one: the first steps of a large model still grow the
+/// allocator's arenas and fault their pages in (seconds of kernel time on a VM), which a
+/// long training run pays once. The peers' scripts get the same number.
+pub const MODEL_WARMUP: usize = 2;
+
 /// Result of [`run`].
 #[derive(Debug, Clone, Copy)]
 pub struct Throughput {
@@ -52,7 +57,8 @@ pub struct Throughput {
     pub steps: usize,
     /// Their wall time.
     pub seconds: f64,
-    /// Training tokens per second.
+    /// Training tokens per second at the median step's time (a step that a page-fault burst
+    /// or another process slowed does not move it; as the peers' scripts).
     pub tokens_per_s: f64,
 }
 
@@ -138,22 +144,47 @@ pub fn run_model<B: AutodiffBackend>(
         pad: 0,
         max_length: Some(seq),
     };
-    let mut started = Instant::now();
+    let device = kiln_model::CausalLm::device(&model);
+    let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
-        if i == warmup {
-            started = Instant::now();
-        }
+        let started = Instant::now();
         let out = Objective::<B>::loss(&mut lm, &model, &rows)?;
         let grads = GradientsParams::from_grads(out.loss.backward(), &model);
         model = optim.step(1e-4, model, grads);
+        // Wait for queued work (on asynchronous backends) before stopping the clock.
+        B::sync(&device).map_err(|e| crate::Error::Device(format!("{e:?}")))?;
+        if i >= warmup {
+            times.push(started.elapsed().as_secs_f64());
+        }
     }
-    // Make sure queued work (on asynchronous backends) is done before stopping the clock.
-    let head = kiln_model::CausalLm::head_weight(&model.valid());
-    let _ = head.map(|w| kiln_model::host::read_scalar(w.sum()));
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = times.iter().sum();
     Ok(Throughput {
         steps,
         seconds,
-        tokens_per_s: (steps * batch * seq) as f64 / seconds,
+        tokens_per_s: (batch * seq) as f64 / median(&mut times),
     })
+}
+
+/// The median of `values` (the mean of the middle two for an even count; NaN for none).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&mut [6.5, 5.0, 5.5]), 5.5);
+        assert_eq!(median(&mut [9.0, 5.0, 4.0, 6.0]), 5.5);
+        assert_eq!(median(&mut [3.0]), 3.0);
+        assert!(median(&mut []).is_nan());
+    }
 }

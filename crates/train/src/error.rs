@@ -50,6 +50,9 @@ pub enum Error {
     /// Inputs that do not fit together (vocabulary, labels, sizes).
     #[error("{0}")]
     Invalid(String),
+    /// The device failed to finish queued work.
+    #[error("the device failed: {0}")]
+    Device(String),
 }
 
 /// Result with the train crate's error.

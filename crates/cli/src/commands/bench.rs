@@ -32,7 +32,7 @@ impl Job for TrainJob<'_> {
             None => bench::run::<B>(bench::Shape::default(), a.steps, 3, &device),
             Some(name) => {
                 let (model, vocab) = bench::named_model::<B>(name, &device)?;
-                bench::run_model(model, vocab, a.seq, a.batch, a.steps, 1)
+                bench::run_model(model, vocab, a.seq, a.batch, a.steps, bench::MODEL_WARMUP)
             }
         }
     }

@@ -255,7 +255,8 @@ fn model_training(
     };
     record(s, None, &train_child(on, &args)?);
     if let Some(p) = peers {
-        let t = p.train(Some(m.model), GPT2_SEQ, GPT2_BATCH, o.gpt2_steps, 1)?;
+        let warmup = kiln_train::bench::MODEL_WARMUP;
+        let t = p.train(Some(m.model), GPT2_SEQ, GPT2_BATCH, o.gpt2_steps, warmup)?;
         record(s, Some("pytorch-eager"), &t);
     }
     Ok(())
