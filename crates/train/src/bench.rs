@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
+use kiln_core::regression::summarize;
 use kiln_data::shard::Example;
 use kiln_model::gpt2::Gpt2Config;
 use kiln_model::kernels::AdamW;
@@ -161,30 +162,6 @@ pub fn run_model<B: AutodiffBackend>(
     Ok(Throughput {
         steps,
         seconds,
-        tokens_per_s: (batch * seq) as f64 / median(&mut times),
+        tokens_per_s: (batch * seq) as f64 / summarize(&times).map_or(f64::NAN, |f| f.value),
     })
-}
-
-/// The median of `values` (the mean of the middle two for an even count; NaN for none).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_is_the_middle_value_or_the_mean_of_the_middle_two() {
-        assert_eq!(median(&mut [6.5, 5.0, 5.5]), 5.5);
-        assert_eq!(median(&mut [9.0, 5.0, 4.0, 6.0]), 5.5);
-        assert_eq!(median(&mut [3.0]), 3.0);
-        assert!(median(&mut []).is_nan());
-    }
 }
