@@ -117,6 +117,26 @@ fn peers_are_stored_beside_kilns_figures() {
     assert!((num(&memory[4]) - 8000.0 / num(&memory[1])).abs() < 1e-6 * num(&memory[4]));
 }
 
+/// The peers run on the CPU in f32, so they are refused with another device or precision
+/// (whose figures have names of their own: `bench_rounds::figure_suffix`'s unit test), before
+/// anything runs.
+#[test]
+fn peers_are_refused_on_another_device() {
+    let p = Project::new();
+    for on in [["--device", "cpu:ndarray"], ["--precision", "bf16"]] {
+        let ran = p.kiln(&[&["bench", "suite", "--peers", "--only", "train"][..], &on].concat());
+        assert_ne!(ran.status, 0);
+        assert!(
+            ran.stderr
+                .contains("--peers runs PyTorch and transformers on the CPU in f32"),
+            "{}",
+            ran.stderr
+        );
+    }
+    // Refused before anything ran: not even the results store was made.
+    assert!(!p.path().join("results/kiln.sqlite").exists());
+}
+
 /// What the suite cannot run is refused with the reason, before anything runs.
 #[test]
 fn the_suite_says_what_is_missing() {

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use kiln_model::device;
+use kiln_model::device::{self, CpuBackendKind, DEFAULT_CPU, Device, Precision};
 use kiln_store::Store;
 
 use super::bench::{GENERATE_BATCH, GenerateJob, noop_run};
@@ -24,7 +24,7 @@ const DATA_PIPELINE: &str = include_str!("../../../../benches/data/sentiment140.
 
 /// One benchmark's samples, and its peer's.
 pub(crate) struct Series {
-    pub name: &'static str,
+    pub name: String,
     pub unit: &'static str,
     pub higher: bool,
     pub values: Vec<f64>,
@@ -40,14 +40,14 @@ pub(crate) struct Samples {
 }
 
 impl Samples {
-    fn push(&mut self, name: &'static str, unit: &'static str, higher: bool, value: f64) {
+    fn push(&mut self, name: &str, unit: &'static str, higher: bool, value: f64) {
         if !self.keep {
             return;
         }
         match self.series.iter_mut().find(|s| s.name == name) {
             Some(s) => s.values.push(value),
             None => self.series.push(Series {
-                name,
+                name: name.to_owned(),
                 unit,
                 higher,
                 values: vec![value],
@@ -57,7 +57,7 @@ impl Samples {
     }
 
     /// A peer's sample of benchmark `name` (pushed after kiln's).
-    fn peer(&mut self, name: &'static str, peer: &'static str, value: f64) {
+    fn peer(&mut self, name: &str, peer: &'static str, value: f64) {
         if !self.keep {
             return;
         }
@@ -135,62 +135,80 @@ pub(crate) async fn one_round(
             );
         }
     }
+    let (dev, precision) = on.parse()?;
+    let tag = figure_suffix(dev, precision);
     if wanted(SuiteGroup::Train) {
-        small_training(o, on, peers.as_deref(), s)?;
+        small_training(o, on, &tag, peers.as_deref(), s)?;
     }
     if wanted(SuiteGroup::Gpt2) {
-        model_training(&GPT2, o, on, peers.as_deref(), s)?;
+        model_training(&GPT2, o, on, &tag, peers.as_deref(), s)?;
     }
     if wanted(SuiteGroup::Smollm2) {
-        model_training(&SMOLLM2, o, on, peers.as_deref(), s)?;
+        model_training(&SMOLLM2, o, on, &tag, peers.as_deref(), s)?;
     }
     if wanted(SuiteGroup::Generate) {
-        let (dev, precision) = on.parse()?;
         let d = device::dispatch_infer(dev, precision, GenerateJob)??;
-        s.push("generate_kv_cache_tokens_per_s", "tok/s", true, d.kv_cache);
-        s.push("generate_no_cache_tokens_per_s", "tok/s", true, d.no_cache);
-        s.push("generate_batch8_tokens_per_s", "tok/s", true, d.batch);
+        let kv = format!("generate_kv_cache_tokens_per_s{tag}");
+        let none = format!("generate_no_cache_tokens_per_s{tag}");
+        let batch = format!("generate_batch8_tokens_per_s{tag}");
+        s.push(&kv, "tok/s", true, d.kv_cache);
+        s.push(&none, "tok/s", true, d.no_cache);
+        s.push(&batch, "tok/s", true, d.batch);
         if let Some(p) = peers.as_deref() {
             let hf = "transformers-generate";
-            let with = p.generate(true, 1)?;
-            s.peer("generate_kv_cache_tokens_per_s", hf, with);
-            let without = p.generate(false, 1)?;
-            s.peer("generate_no_cache_tokens_per_s", hf, without);
-            let batch = p.generate(true, GENERATE_BATCH)?;
-            s.peer("generate_batch8_tokens_per_s", hf, batch);
+            s.peer(&kv, hf, p.generate(true, 1)?);
+            s.peer(&none, hf, p.generate(false, 1)?);
+            s.peer(&batch, hf, p.generate(true, GENERATE_BATCH)?);
         }
     }
     Ok(())
+}
+
+/// The suffix of the figures measured on `--device` in `--precision`: none on the default CPU
+/// in f32 (the names their history has), else the device kind and the precision
+/// (`train_gpt2_tokens_per_s_cuda_bf16`), so that each device keeps a history of its own and a
+/// GPU's figure is never compared with the CPU's.
+pub(crate) fn figure_suffix(device: Device, precision: Precision) -> String {
+    match device {
+        Device::Cpu(kind) if kind == DEFAULT_CPU && precision == Precision::F32 => String::new(),
+        Device::Cpu(CpuBackendKind::Flex) => format!("_cpu_flex_{precision}"),
+        Device::Cpu(CpuBackendKind::NdArray) => format!("_cpu_ndarray_{precision}"),
+        Device::Cuda(_) => format!("_cuda_{precision}"),
+        Device::Wgpu(_) => format!("_wgpu_{precision}"),
+    }
 }
 
 fn small_training(
     o: &Options,
     on: &DeviceArgs,
+    tag: &str,
     peers: Option<&Peers>,
     s: &mut Samples,
 ) -> Result<()> {
+    let tokens = format!("train_small_tokens_per_s{tag}");
+    let memory = format!("train_small_peak_mib{tag}");
     let k = train_child(on, &["--steps", &o.steps.to_string()])?;
-    s.push("train_small_tokens_per_s", "tok/s", true, k.tokens_per_s);
+    s.push(&tokens, "tok/s", true, k.tokens_per_s);
     if let Some(peak) = k.peak_mib {
-        s.push("train_small_peak_mib", "MiB", false, peak);
+        s.push(&memory, "MiB", false, peak);
     }
     if let Some(p) = peers {
         let t = p.train(None, 64, 32, o.steps, SMALL_WARMUP)?;
-        s.peer("train_small_tokens_per_s", "pytorch-eager", t.tokens_per_s);
+        s.peer(&tokens, "pytorch-eager", t.tokens_per_s);
         if let Some(peak) = t.peak_mib {
-            s.peer("train_small_peak_mib", "pytorch-eager", peak);
+            s.peer(&memory, "pytorch-eager", peak);
         }
     }
     Ok(())
 }
 
-/// A named model's training benchmark: the figures' names.
+/// A named model's training benchmark: the figures' names (before the device suffix).
 struct ModelBench {
     /// `kiln bench train --model` and `torch_train.py --model`.
     model: &'static str,
     tokens: &'static str,
     peak: &'static str,
-    /// GPT-2 only: the achieved GFLOP/s and its fraction of the CPU's FMA peak.
+    /// GPT-2 only: the achieved GFLOP/s and its fraction of the device's peak.
     flops: Option<(&'static str, &'static str)>,
 }
 
@@ -209,12 +227,13 @@ const SMOLLM2: ModelBench = ModelBench {
 };
 
 /// A named model's training (batch 16 × seq 64, as for GPT-2 124M): tokens/s, peak memory,
-/// and for GPT-2 the achieved GFLOP/s at 6·N FLOPs a token and its fraction of the CPU's
-/// nominal FMA peak.
+/// and for GPT-2 the achieved GFLOP/s at 6·N FLOPs a token and its fraction of the device's
+/// peak ([`device_peak`]).
 fn model_training(
     m: &ModelBench,
     o: &Options,
     on: &DeviceArgs,
+    tag: &str,
     peers: Option<&Peers>,
     s: &mut Samples,
 ) -> Result<()> {
@@ -228,25 +247,19 @@ fn model_training(
     ];
     let flops_per_token = 6.0 * kiln_model::gpt2::Gpt2Config::gpt2().parameters() as f64;
     let gflops = |tokens_per_s: f64| tokens_per_s * flops_per_token / 1e9;
-    let peak = (on.device == "cpu")
-        .then(super::bench_suite::cpu_fma_peak_gflops)
-        .flatten();
+    let (dev, precision) = on.parse()?;
+    let peak = device_peak(dev, precision);
+    let named = |name: &str| format!("{name}{tag}");
     let record = |s: &mut Samples, who: Option<&'static str>, t: &TrainFigures| {
-        let put = |s: &mut Samples, name, unit, higher, value| match who {
-            None => s.push(name, unit, higher, value),
-            Some(peer) => s.peer(name, peer, value),
+        let put = |s: &mut Samples, name: &str, unit, higher, value| match who {
+            None => s.push(&named(name), unit, higher, value),
+            Some(peer) => s.peer(&named(name), peer, value),
         };
         put(s, m.tokens, "tok/s", true, t.tokens_per_s);
         if let Some((gflops_name, mfu_name)) = m.flops {
             put(s, gflops_name, "GFLOP/s", true, gflops(t.tokens_per_s));
-            if let Some(peak) = peak {
-                put(
-                    s,
-                    mfu_name,
-                    "of FMA peak",
-                    true,
-                    gflops(t.tokens_per_s) / peak,
-                );
+            if let Some((peak, unit)) = peak {
+                put(s, mfu_name, unit, true, gflops(t.tokens_per_s) / peak);
             }
         }
         if let Some(peak) = t.peak_mib {
@@ -260,6 +273,33 @@ fn model_training(
         record(s, Some("pytorch-eager"), &t);
     }
     Ok(())
+}
+
+/// The device's peak GFLOP/s in `precision` and the unit of the fraction of it: the CPU's
+/// nominal FMA peak, or an NVIDIA GPU's datasheet peak ([`super::bench_suite::gpu_peak_tflops`]).
+/// `None` (said on stderr for a GPU) where kiln does not know it.
+fn device_peak(dev: Device, precision: Precision) -> Option<(f64, &'static str)> {
+    match dev {
+        Device::Cpu(_) => super::bench_suite::cpu_fma_peak_gflops().map(|g| (g, "of FMA peak")),
+        Device::Cuda(n) => {
+            let name = super::bench_suite::gpu_names().into_iter().nth(n);
+            let peak = name
+                .as_deref()
+                .and_then(|name| super::bench_suite::gpu_peak_tflops(name, precision));
+            if peak.is_none() {
+                eprintln!(
+                    "bench suite: no MFU: kiln does not know the {precision} peak of {}",
+                    name.as_deref().unwrap_or("this GPU")
+                );
+            }
+            let unit = match precision {
+                Precision::F32 => "of GPU FP32 peak",
+                Precision::F16 | Precision::Bf16 => "of GPU tensor peak",
+            };
+            peak.map(|t| (t * 1000.0, unit))
+        }
+        Device::Wgpu(_) => None,
+    }
 }
 
 /// Runs `kiln bench <args> --json` (a process of its own) and parses the JSON line it prints.
@@ -351,4 +391,31 @@ async fn data_run(d: &DataInputs) -> Result<f64> {
         .and_then(|m| m.value)
         .context("the data benchmark's run recorded no rows_read")?;
     Ok(read / seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CpuBackendKind, Device, Precision, figure_suffix};
+
+    #[test]
+    fn each_device_and_precision_keeps_a_history_of_its_own() {
+        let suffix = |d: &str, p: &str| {
+            figure_suffix(
+                d.parse().expect("a device"),
+                p.parse().expect("a precision"),
+            )
+        };
+        // `cpu` and `cpu:flex` are the same backend: the names the CPU history has.
+        assert_eq!(suffix("cpu", "f32"), "");
+        assert_eq!(suffix("cpu:flex", "f32"), "");
+        assert_eq!(suffix("cpu:ndarray", "f32"), "_cpu_ndarray_f32");
+        // Every GPU index of a kind shares one history (the machine fingerprint names the GPUs).
+        assert_eq!(suffix("cuda", "f32"), "_cuda_f32");
+        assert_eq!(suffix("cuda:1", "bf16"), "_cuda_bf16");
+        assert_eq!(suffix("wgpu", "f16"), "_wgpu_f16");
+        assert_eq!(
+            figure_suffix(Device::Cpu(CpuBackendKind::Flex), Precision::Bf16),
+            "_cpu_flex_bf16"
+        );
+    }
 }

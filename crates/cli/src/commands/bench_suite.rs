@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kiln_core::regression::{self, Comparison, Figure, Verdict};
+use kiln_model::device::Precision;
 use kiln_store::{BenchFigure, Cell, Machine, PeerFigure, QueryResult, Store};
 
 use super::bench_peers::Peers;
-use super::bench_rounds::{Samples, Series, data_inputs, one_round};
+use super::bench_rounds::{Samples, Series, data_inputs, figure_suffix, one_round};
 use crate::args::{DeviceArgs, SuiteGroup, TableFormat};
 use crate::{Cli, Exit};
 
@@ -34,6 +35,15 @@ pub struct Options {
 }
 
 pub async fn run(cli: &Cli, options: &Options, on: &DeviceArgs) -> Result<()> {
+    let (dev, precision) = on.parse()?;
+    if options.peers && !figure_suffix(dev, precision).is_empty() {
+        anyhow::bail!(
+            "--peers runs PyTorch and transformers on the CPU in f32: leave it out with \
+             --device {} --precision {}",
+            on.device,
+            on.precision
+        );
+    }
     let data = data_inputs(options)?;
     let mut peers = options
         .peers
@@ -240,6 +250,56 @@ fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_owned())
 }
 
+/// The NVIDIA GPUs `nvidia-smi` lists, by name, in its order (none without it).
+pub(crate) fn gpu_names() -> Vec<String> {
+    std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An NVIDIA GPU's datasheet peak in TFLOP/s, dense (without 2:4 sparsity), by the name
+/// `nvidia-smi` gives it: f32 on the CUDA cores, f16 and bf16 on the tensor cores. `None`
+/// for a GPU not in the table.
+pub(crate) fn gpu_peak_tflops(name: &str, precision: Precision) -> Option<f64> {
+    let words: Vec<&str> = name.split([' ', '-']).collect();
+    let has = |w: &str| words.iter().any(|x| x.eq_ignore_ascii_case(w));
+    // (fp32, bf16 and fp16 dense), from NVIDIA's datasheets.
+    let (f32_peak, half_peak) = if has("H100") || has("H200") {
+        if has("NVL") {
+            (60.0, 835.0)
+        } else if has("PCIe") {
+            (51.0, 756.0)
+        } else {
+            (67.0, 989.0)
+        }
+    } else if has("A100") {
+        (19.5, 312.0)
+    } else if has("L40S") {
+        (91.6, 362.0)
+    } else if has("L4") {
+        (30.3, 121.0)
+    } else if has("A10") {
+        (31.2, 125.0)
+    } else {
+        return None;
+    };
+    Some(match precision {
+        Precision::F32 => f32_peak,
+        Precision::F16 | Precision::Bf16 => half_peak,
+    })
+}
+
 /// This machine as benchmarks see it: CPU model and SIMD flags, cores, memory, GPUs.
 fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -270,18 +330,12 @@ fn machine() -> Machine {
                 .and_then(|kb| kb.parse::<i64>().ok())
         })
         .map_or(0, |kb| (kb + (1 << 19)) >> 20);
-    let gpu = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=name", "--format=csv,noheader"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .replace('\n', ", ")
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "none".to_owned());
+    let gpus = gpu_names();
+    let gpu = if gpus.is_empty() {
+        "none".to_owned()
+    } else {
+        gpus.join(", ")
+    };
     let fingerprint =
         blake3::hash(format!("{cpu_model}|{cpu_flags}|{cores}|{memory_gib}|{gpu}").as_bytes())
             .to_hex()
@@ -298,7 +352,22 @@ fn machine() -> Machine {
 
 #[cfg(test)]
 mod tests {
-    use super::fma_flops_per_cycle;
+    use super::{Precision, fma_flops_per_cycle, gpu_peak_tflops};
+
+    #[test]
+    fn gpu_peaks_follow_the_datasheet_of_the_named_variant() {
+        let peak = |name, p| gpu_peak_tflops(name, p);
+        assert_eq!(peak("NVIDIA H200", Precision::Bf16), Some(989.0));
+        assert_eq!(peak("NVIDIA H200", Precision::F32), Some(67.0));
+        assert_eq!(peak("NVIDIA H100 80GB HBM3", Precision::Bf16), Some(989.0));
+        assert_eq!(peak("NVIDIA H100 PCIe", Precision::Bf16), Some(756.0));
+        assert_eq!(peak("NVIDIA H200 NVL", Precision::F32), Some(60.0));
+        assert_eq!(peak("NVIDIA A100-SXM4-80GB", Precision::F16), Some(312.0));
+        // A10 is not A100, nor A10G (a different chip kiln has no datasheet figure for).
+        assert_eq!(peak("NVIDIA A10", Precision::F32), Some(31.2));
+        assert_eq!(peak("NVIDIA A10G", Precision::F32), None);
+        assert_eq!(peak("NVIDIA GeForce GTX 1080", Precision::F32), None);
+    }
 
     #[test]
     fn fma_width_follows_the_datapath_not_only_the_flags() {
