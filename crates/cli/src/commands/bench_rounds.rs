@@ -24,6 +24,8 @@ const DATA_PIPELINE: &str = include_str!("../../../../benches/data/sentiment140.
 
 /// One benchmark's samples, and its peer's.
 pub(crate) struct Series {
+    /// The group that measures it (what `--only` names).
+    pub group: SuiteGroup,
     pub name: String,
     pub unit: &'static str,
     pub higher: bool,
@@ -32,11 +34,22 @@ pub(crate) struct Series {
 }
 
 /// The samples of the kept rounds.
-#[derive(Default)]
 pub(crate) struct Samples {
     pub series: Vec<Series>,
     /// False during the warm-up round.
     pub keep: bool,
+    /// The group whose benchmarks run now.
+    group: SuiteGroup,
+}
+
+impl Default for Samples {
+    fn default() -> Self {
+        Self {
+            series: Vec::new(),
+            keep: false,
+            group: SuiteGroup::Noop,
+        }
+    }
 }
 
 impl Samples {
@@ -47,6 +60,7 @@ impl Samples {
         match self.series.iter_mut().find(|s| s.name == name) {
             Some(s) => s.values.push(value),
             None => self.series.push(Series {
+                group: self.group,
                 name: name.to_owned(),
                 unit,
                 higher,
@@ -113,18 +127,22 @@ pub(crate) async fn one_round(
     mut peers: Option<&mut Peers>,
     s: &mut Samples,
 ) -> Result<()> {
-    let wanted = |g: SuiteGroup| o.only.is_empty() || o.only.contains(&g);
-    if wanted(SuiteGroup::Noop) {
+    let wanted = |s: &mut Samples, g: SuiteGroup| {
+        s.group = g;
+        o.only.is_empty() || o.only.contains(&g)
+    };
+    if wanted(s, SuiteGroup::Noop) {
         s.push("noop_run_ms", "ms", false, noop_run(5)?);
         if let Some(p) = peers.as_deref_mut() {
             s.peer("noop_run_ms", "dvc-repro", p.dvc_noop(5)?);
         }
     }
-    if wanted(SuiteGroup::Ingest) {
+    if wanted(s, SuiteGroup::Ingest) {
         let (ingest, last_ms) = ingest_child(o.rows)?;
         s.push("ingest_rows_per_s", "rows/s", true, ingest);
         s.push("last_metric_query_ms", "ms", false, last_ms);
     }
+    s.group = SuiteGroup::Data;
     if let Some(d) = data {
         s.push("data_rows_per_s", "rows/s", true, data_run(d).await?);
         if let Some(p) = peers.as_deref_mut() {
@@ -137,16 +155,16 @@ pub(crate) async fn one_round(
     }
     let (dev, precision) = on.parse()?;
     let tag = figure_suffix(dev, precision);
-    if wanted(SuiteGroup::Train) {
+    if wanted(s, SuiteGroup::Train) {
         small_training(o, on, &tag, peers.as_deref(), s)?;
     }
-    if wanted(SuiteGroup::Gpt2) {
+    if wanted(s, SuiteGroup::Gpt2) {
         model_training(&GPT2, o, on, &tag, peers.as_deref(), s)?;
     }
-    if wanted(SuiteGroup::Smollm2) {
+    if wanted(s, SuiteGroup::Smollm2) {
         model_training(&SMOLLM2, o, on, &tag, peers.as_deref(), s)?;
     }
-    if wanted(SuiteGroup::Generate) {
+    if wanted(s, SuiteGroup::Generate) {
         let d = device::dispatch_infer(dev, precision, GenerateJob)??;
         let kv = format!("generate_kv_cache_tokens_per_s{tag}");
         let none = format!("generate_no_cache_tokens_per_s{tag}");
