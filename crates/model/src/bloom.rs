@@ -149,7 +149,8 @@ const LORA_TARGETS: [&str; 2] = ["query_key_value", "dense"];
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Bloom<B>> {
     let config = BloomConfig::load(&dir.join("config.json"))?;
     let weights = Weights::open(dir)?;
-    let mut model = config.init::<B>(device);
+    // Initialization draws random numbers that the weights overwrite.
+    let mut model = crate::unseeded(|| config.init::<B>(device));
     // Checkpoints from bigscience name tensors without the `transformer.` prefix.
     let prefix = if weights.contains("transformer.word_embeddings.weight") {
         "transformer."

@@ -265,7 +265,8 @@ impl LlamaConfig {
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
     let config = LlamaConfig::load(&dir.join("config.json"))?;
     let weights = Weights::open(dir)?;
-    let mut model = config.init::<B>(device);
+    // Initialization draws random numbers that the weights overwrite.
+    let mut model = crate::unseeded(|| config.init::<B>(device));
     model.embed.weight = Param::from_tensor(weights.tensor::<B, 2>(
         "model.embed_tokens.weight",
         [config.vocab_size, config.hidden_size],

@@ -199,7 +199,8 @@ const LORA_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "dense"];
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Phi<B>> {
     let config = PhiConfig::load(&dir.join("config.json"))?;
     let weights = Weights::open(dir)?;
-    let mut model = config.init::<B>(device);
+    // Initialization draws random numbers that the weights overwrite.
+    let mut model = crate::unseeded(|| config.init::<B>(device));
     let shape = [config.vocab_size, config.hidden_size];
     let embed = weights.tensor::<B, 2>("model.embed_tokens.weight", shape, false, device)?;
     model.embed.weight = Param::from_tensor(embed);

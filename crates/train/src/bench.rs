@@ -71,7 +71,6 @@ pub fn run<B: AutodiffBackend>(
     warmup: usize,
     device: &B::Device,
 ) -> crate::Result<Throughput> {
-    B::seed(device, 0);
     let config = Gpt2Config::new(
         shape.vocab,
         shape.seq,
@@ -80,8 +79,15 @@ pub fn run<B: AutodiffBackend>(
         shape.heads,
     );
     config.check_fits::<B>(Some((shape.batch, shape.seq)))?;
-    let model = kiln_model::Model::Gpt2(config.init::<B>(device));
-    run_model(model, shape.vocab, shape.seq, shape.batch, steps, warmup)
+    let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+    run_model(
+        kiln_model::Model::Gpt2(model),
+        shape.vocab,
+        shape.seq,
+        shape.batch,
+        steps,
+        warmup,
+    )
 }
 
 /// A model to benchmark by name: `gpt2` (124M) or a named shape of another architecture
@@ -93,11 +99,11 @@ pub fn named_model<B: AutodiffBackend>(
     name: &str,
     device: &B::Device,
 ) -> crate::Result<(kiln_model::Model<B>, usize)> {
-    B::seed(device, 0);
     if name == "gpt2" {
         let config = Gpt2Config::gpt2();
         let vocab = config.vocab_size;
-        return Ok((kiln_model::Model::Gpt2(config.init::<B>(device)), vocab));
+        let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+        return Ok((kiln_model::Model::Gpt2(model), vocab));
     }
     let shape = kiln_model::named::config(name).ok_or_else(|| {
         crate::Error::Invalid(format!(
@@ -105,7 +111,8 @@ pub fn named_model<B: AutodiffBackend>(
             kiln_model::named::NAMES.join(", ")
         ))
     })?;
-    let model = kiln_model::named::init::<B>(&shape, device)?;
+    let model =
+        kiln_model::seeded::<B, _>(device, 0, || kiln_model::named::init::<B>(&shape, device))?;
     let vocab = kiln_model::CausalLm::vocab_size(&model);
     Ok((model, vocab))
 }

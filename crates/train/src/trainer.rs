@@ -393,7 +393,9 @@ where
         history = loaded.history;
     }
     let resumed_from = state.step;
-    B::seed(&device, opts.seed.wrapping_add(state.step as u64));
+    // Under kiln_model's lock: seeding burn's shared generator while another thread's seeded
+    // section draws (parallel stages or tests) would change that thread's weights.
+    kiln_model::seeded::<B, _>(&device, opts.seed.wrapping_add(state.step as u64), || ());
     let mut feed = Feed::open(
         &data.dir,
         &opts.train_split,

@@ -299,11 +299,13 @@ mod tests {
     #[test]
     fn equals_burns_layer_norm_and_its_gradients() {
         let device = Default::default();
-        <Ad as Backend>::seed(&device, 7);
         let (rows, d, eps) = (1000, 37, 1e-5);
-        let norm = norm::<Ad>(d, eps, &device);
-        let x = Tensor::<Ad, 2>::random([rows, d], Distribution::Normal(0.3, 2.0), &device);
-        let weights = Tensor::<Ad, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
+        let (norm, x, weights) = crate::seeded::<Ad, _>(&device, 7, || {
+            let norm = norm::<Ad>(d, eps, &device);
+            let x = Tensor::<Ad, 2>::random([rows, d], Distribution::Normal(0.3, 2.0), &device);
+            let w = Tensor::<Ad, 2>::random([rows, d], Distribution::Normal(0.0, 1.0), &device);
+            (norm, x, w)
+        });
         let run = |fused: bool| {
             let x = x.clone().detach().require_grad();
             let y = if fused {

@@ -456,7 +456,7 @@ impl crate::device::Job for TrainJob<'_> {
             report_truncated(ctx, &manifest, &common.data, max)?;
             Ok(Some(max.min(room)))
         };
-        B::seed(&device, common.opts.seed);
+        kiln_model::seeded::<B, _>(&device, common.opts.seed, || ());
         let (outcome, test) = match spec {
             ObjectiveSpec::Lm => {
                 let mut objective = Lm {
