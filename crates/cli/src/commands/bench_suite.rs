@@ -71,6 +71,7 @@ pub async fn run(cli: &Cli, options: &Options, on: &DeviceArgs) -> Result<()> {
         measure_again(&again, on, data, peers.as_mut(), &mut figures).await?;
         compared = compare(&store, machine_id, &figures, options.threshold).await?;
     }
+    let slower = slower_names(&figures, &compared).join(", ");
     let meta = super::run::run_meta(&std::env::current_dir()?);
     let suite = format!("{} {}", kiln_store::now(), std::process::id());
     let recorded: Vec<BenchFigure> = figures.into_iter().map(|f| f.figure).collect();
@@ -85,21 +86,12 @@ pub async fn run(cli: &Cli, options: &Options, on: &DeviceArgs) -> Result<()> {
         .await?;
     store.close().await;
     print(&recorded, &compared)?;
-    let slower: Vec<&str> = recorded
-        .iter()
-        .zip(&compared)
-        .filter(|(_, c)| c.verdict == Verdict::Slower)
-        .map(|(f, _)| f.name.as_str())
-        .collect();
     if slower.is_empty() {
         return Ok(());
     }
     Err(Exit {
         code: 1,
-        message: format!(
-            "kiln: bench suite: slower than this machine's history: {}",
-            slower.join(", ")
-        ),
+        message: format!("kiln: bench suite: slower than this machine's history: {slower}"),
     }
     .into())
 }
