@@ -505,6 +505,7 @@ fn lora_on_every_new_architecture_trains_only_the_adapters_and_merges_exactly() 
         let before = params_by_id(&base);
         let model = kiln_model::seeded::<Ad, _>(&device, 1, || {
             base.with_lora(&LoraConfig::new(4), &device)
+                .map(kiln_model::drawn)
         })
         .expect("adapters attach");
         assert!(model.has_lora(), "{case}");
@@ -569,7 +570,7 @@ fn named_shapes_parse_and_smollm2_135m_has_its_published_size() {
                 small[key] = 1.into();
             }
         }
-        let model = kiln_model::named::init::<Flex>(&small, &device)
+        let model = kiln_model::unseeded(|| kiln_model::named::init::<Flex>(&small, &device))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(model.num_params() > 0, "{name}");
     }
@@ -577,7 +578,7 @@ fn named_shapes_parse_and_smollm2_135m_has_its_published_size() {
     let shape = kiln_model::named::config("smollm2-135m").expect("named");
     let device = Default::default();
     let model = kiln_model::seeded::<Flex, _>(&device, 0, || {
-        kiln_model::named::init::<Flex>(&shape, &device)
+        kiln_model::named::init::<Flex>(&shape, &device).map(kiln_model::drawn)
     })
     .expect("initializes");
     assert_eq!(model.num_params(), 134_515_008);

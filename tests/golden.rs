@@ -46,6 +46,9 @@ stages:
   sft:
     uses: train.lm
     with: {data: "${stages.alpaca.dir}", model: "${stages.init.dir}/model", max_steps: 3, batch_size: 2, lr: 0.01, seed: 2, eval_batches: 1}
+  adapted:
+    uses: train.lm
+    with: {data: "${stages.alpaca.dir}", model: "${stages.init.dir}/model", max_steps: 3, batch_size: 2, lr: 0.01, seed: 2, eval_batches: 1, lora_rank: 2, lora_dropout: 0.2}
   student:
     uses: train.internalize
     with: {data: "${stages.tweets.dir}", model: "${stages.init.dir}/model", teacher: "${stages.lm.dir}/model", prompt: " I feel", alpha: 0.5, temperature: 2.0, max_steps: 6, batch_size: 4, lr: 0.01, seed: 2, eval_batches: 2}

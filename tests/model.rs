@@ -1,7 +1,7 @@
 //! GPT-2 in burn against the transformers fixtures in tests/fixtures/numerics.
 
 use kiln_model::burn::prelude::*;
-use kiln_model::burn::tensor::TensorData;
+use kiln_model::burn::tensor::{Distribution, TensorData};
 use kiln_model::{Cpu, hf};
 use serde_json::Value;
 
@@ -154,4 +154,37 @@ fn long_context_logits_match_transformers_in_float64() {
             "{backend}: max |kiln − transformers (f64)| = {worst}"
         );
     }
+}
+
+/// Loading GPT-2 draws from burn's shared generator no more than building a fresh model does
+/// (its biases; the weights stay lazy and are replaced unread). burn-store's `collect` read
+/// every parameter, which drew the whole random initialization on each load, after the RNG
+/// lock was released, where it moved another thread's seeded draws.
+#[test]
+fn loading_gpt2_draws_no_more_than_building_it() {
+    type F = kiln_model::Flex;
+    let device = Default::default();
+    let dir = fixture("numerics/tiny-gpt2");
+    let draw = || {
+        Tensor::<F, 1>::random([8], Distribution::Default, &device)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32")
+    };
+    let (config, _) = hf::load::<F>(&dir, &device).expect("loads");
+    let built = kiln_model::seeded::<F, _>(&device, 9, || {
+        let _fresh = config.init::<F>(&device);
+        draw()
+    });
+    let loaded = kiln_model::seeded::<F, _>(&device, 9, || {
+        hf::load::<F>(&dir, &device).expect("loads");
+        draw()
+    });
+    assert_eq!(loaded, built, "loading drew more random numbers");
+    // The comparison can fail: reading the fresh model's weights draws them.
+    let drawn = kiln_model::seeded::<F, _>(&device, 9, || {
+        let _fresh = kiln_model::drawn(config.init::<F>(&device));
+        draw()
+    });
+    assert_ne!(drawn, built);
 }

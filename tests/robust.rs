@@ -236,7 +236,8 @@ fn model_files_never_panic_on_corrupted_copies() {
     let dir = tempfile::tempdir().expect("tmp");
     let device = Default::default();
     let config = tiny_config();
-    let model: Gpt2<Cpu> = kiln_model::seeded::<Cpu, _>(&device, 1, || config.init(&device));
+    let model: Gpt2<Cpu> =
+        kiln_model::seeded::<Cpu, _>(&device, 1, || kiln_model::drawn(config.init(&device)));
     hf::save(&model, &config, dir.path()).expect("saves");
     for (name, seed) in [("model.safetensors", 5), ("config.json", 6)] {
         let path = dir.path().join(name);
@@ -252,7 +253,8 @@ fn model_files_never_panic_on_corrupted_copies() {
 fn tiny_checkpoint(root: &Path) -> PathBuf {
     let device = Default::default();
     let config = tiny_config();
-    let model: Gpt2<Ad> = kiln_model::seeded::<Ad, _>(&device, 1, || config.init(&device));
+    let model: Gpt2<Ad> =
+        kiln_model::seeded::<Ad, _>(&device, 1, || kiln_model::drawn(config.init(&device)));
     let model = kiln_model::Model::Gpt2(model);
     let mut optim = AdamWConfig::new().init::<Ad, kiln_model::Model<Ad>>();
     let ids = Tensor::<Ad, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &device);

@@ -428,7 +428,9 @@ pub(crate) fn tiny_config(vocab: usize) -> Gpt2Config {
 fn tiny_model(vocab: usize, seed: u64) -> (Gpt2Config, Gpt2<Ad>) {
     let device = Default::default();
     let config = tiny_config(vocab);
-    let model = kiln_model::seeded::<Ad, _>(&device, seed, || config.init::<Ad>(&device));
+    let model = kiln_model::seeded::<Ad, _>(&device, seed, || {
+        kiln_model::drawn(config.init::<Ad>(&device))
+    });
     (config, model)
 }
 
@@ -583,6 +585,89 @@ fn resuming_at_step_50_of_100_matches_an_uninterrupted_run() {
     // Keep 2 + the best.
     let kept = checkpoint::list(&ck);
     assert!(kept.len() <= 3 && kept.len() >= 2, "{kept:?}");
+}
+
+/// LoRA dropout draws its masks from burn's shared generator. They must come from the seed
+/// and the step alone: not from what another thread draws meanwhile (a second stage, `--jobs
+/// 2`), nor from where a run resumed.
+#[test]
+fn lora_dropout_masks_come_from_the_seed_and_the_step_alone() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = Data {
+        dir: sample_dataset(tmp.path()),
+    };
+    let vocab = vocab_of(&data.dir);
+    let opts = TrainOptions {
+        eval_every: None,
+        checkpoint_every: Some(10),
+        ..lm_options(20)
+    };
+    let device = Default::default();
+    let train = |dropout: f64, dir: &str, stop_at: Option<usize>| {
+        let (_, model) = tiny_model(vocab, 3);
+        let lora = kiln_model::lora::LoraConfig::new(4).with_dropout(dropout);
+        let model = kiln_model::seeded::<Ad, _>(&device, 4, || {
+            Model::Gpt2(model)
+                .with_lora(&lora, &device)
+                .map(kiln_model::drawn)
+        })
+        .expect("adapters");
+        let lm = &mut Lm {
+            pad: 0,
+            max_length: Some(64),
+        };
+        let mut seen = Collect {
+            stop_at,
+            ..Collect::default()
+        };
+        let outcome = trainer::train(model, lm, &data, &opts, &tmp.path().join(dir), &mut seen);
+        (outcome.err(), seen.losses)
+    };
+
+    // Two runs at once, while a third thread keeps reseeding the generator and drawing.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (alone, beside, draws) = std::thread::scope(|s| {
+        let noise = s.spawn(|| {
+            let mut draws = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                kiln_model::seeded::<Ad, _>(&device, 77, || {
+                    Tensor::<Ad, 2>::random(
+                        [64, 64],
+                        kiln_model::burn::tensor::Distribution::Default,
+                        &device,
+                    )
+                });
+                draws += 1;
+            }
+            draws
+        });
+        let twin = s.spawn(|| train(0.3, "twin", None));
+        let alone = train(0.3, "alone", None);
+        let beside = twin.join().expect("twin");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (alone, beside, noise.join().expect("noise"))
+    });
+    assert!(draws > 0, "the noise thread never drew");
+    assert!(alone.0.is_none() && beside.0.is_none());
+    assert_eq!(alone.1.len(), 20);
+    assert_eq!(
+        alone.1, beside.1,
+        "dropout masks depend on the other threads"
+    );
+
+    let (stopped, first) = train(0.3, "resumed", Some(10));
+    assert!(
+        matches!(stopped, Some(Error::Interrupted { step: 10 })),
+        "{stopped:?}"
+    );
+    assert_eq!(first[..], alone.1[..10]);
+    let (_, resumed) = train(0.3, "resumed", None);
+    assert_eq!(resumed, alone.1, "dropout masks differ after resuming");
+
+    // The dropout is in effect: without it the run is another.
+    let (_, without) = train(0.0, "without", None);
+    assert_eq!(without.len(), 20);
+    assert_ne!(without, alone.1);
 }
 
 #[test]
@@ -1007,7 +1092,10 @@ fn lora_trains_only_adapters_and_merges_on_export() {
     let (_, base) = hf::load::<Ad>(&fixture("numerics/tiny-gpt2"), &device).expect("loads");
     let base_weights = weights(&base);
     let lora = LoraConfig::new(4).with_c_proj(true);
-    let model = base.with_lora(&lora, &device).expect("adapters");
+    let model = kiln_model::seeded::<Ad, _>(&device, 1, || {
+        base.with_lora(&lora, &device).map(kiln_model::drawn)
+    })
+    .expect("adapters");
     assert!(model.has_lora());
     let opts = TrainOptions {
         eval_every: None,

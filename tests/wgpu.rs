@@ -283,8 +283,10 @@ impl Job for Train<'_> {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Trained {
         let (_, mut model) = hf::load::<B>(self.start, &device).expect("start loads");
         if let Some(lora) = &self.lora {
-            model = kiln_model::seeded::<B, _>(&device, 1, || model.with_lora(lora, &device))
-                .expect("adapters attach");
+            model = kiln_model::seeded::<B, _>(&device, 1, || {
+                model.with_lora(lora, &device).map(kiln_model::drawn)
+            })
+            .expect("adapters attach");
         }
         let mut lm = Lm {
             pad: 0,
@@ -330,7 +332,7 @@ fn start(root: &Path, data: &Path) -> std::path::PathBuf {
     let config: Gpt2Config = tiny_config(vocab_of(data));
     let cpu = Default::default();
     let model = kiln_model::seeded::<kiln_model::Flex, _>(&cpu, 3, || {
-        config.init::<kiln_model::Flex>(&cpu)
+        kiln_model::drawn(config.init::<kiln_model::Flex>(&cpu))
     });
     let dir = root.join("start");
     hf::save(&model, &config, &dir).expect("saves");

@@ -28,7 +28,8 @@ pub fn generate_tokens_per_s<B: Backend>(
         )));
     }
     config.check_fits::<B>(Some((1, prompt_len + new_tokens)))?;
-    let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+    let model =
+        kiln_model::seeded::<B, _>(device, 0, || kiln_model::drawn(config.init::<B>(device)));
     let prompt = bench_prompt(prompt_len, 0, config.vocab_size);
     let opts = greedy(new_tokens, kv_cache);
     let (out, seconds) = second_run(|| decode::generate(&model, &prompt, &opts))?;
@@ -84,7 +85,8 @@ pub fn generate_batch_tokens_per_s<B: Backend>(
         )));
     }
     config.check_fits::<B>(Some((batch, prompt_len + new_tokens)))?;
-    let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+    let model =
+        kiln_model::seeded::<B, _>(device, 0, || kiln_model::drawn(config.init::<B>(device)));
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|r| bench_prompt(prompt_len - r, r, config.vocab_size))
         .collect();

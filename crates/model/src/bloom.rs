@@ -181,7 +181,8 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Bloom<B>> {
         }
     }
     weights.load_layer_norm(&mut model.ln_f, &format!("{prefix}ln_f"), device)?;
-    Ok(model)
+    // What the weights did not replace is still lazy: drawn here, under the lock.
+    Ok(crate::unseeded(|| crate::drawn(model)))
 }
 
 impl<B: Backend> Bloom<B> {
@@ -226,9 +227,12 @@ impl<B: Backend> Bloom<B> {
 
     /// Whether any adapter is attached.
     pub fn has_lora(&self) -> bool {
-        self.blocks
-            .iter()
-            .any(|b| b.lora.iter().any(Option::is_some))
+        self.loras().next().is_some()
+    }
+
+    /// The adapters attached.
+    pub fn loras(&self) -> impl Iterator<Item = &Lora<B>> {
+        self.blocks.iter().flat_map(|l| l.lora.iter().flatten())
     }
 
     /// Folds the adapters into the base weights and removes them.

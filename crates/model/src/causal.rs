@@ -212,6 +212,14 @@ impl<B: Backend> Model<B> {
         each!(self, m => m.has_lora())
     }
 
+    /// Whether a training forward pass draws random numbers (LoRA dropout): those draws come
+    /// from burn's shared generator, so a caller that wants them reproducible runs the pass
+    /// inside [`crate::seeded`].
+    #[must_use]
+    pub fn draws_in_forward(&self) -> bool {
+        each!(self, m => m.loras().any(crate::lora::Lora::draws))
+    }
+
     /// Freezes the base weights and attaches LoRA adapters: GPT-2's `c_attn`/`c_proj`
     /// flags, or `config.targets` (default `query_key_value` for BLOOM, `q_proj` and
     /// `v_proj` for Phi and the Llama family).

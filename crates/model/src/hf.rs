@@ -223,7 +223,29 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Gpt2Config, G
             shown.join(", ")
         )));
     }
-    Ok((config, model))
+    // What the weights did not replace is still lazy: drawn here, under the lock.
+    Ok((config, crate::unseeded(|| crate::drawn(model))))
+}
+
+/// The dotted path of every float parameter, as burn-store names them, found without reading
+/// the parameters: burn-store's `collect` reads each one, which draws a fresh model's whole
+/// random initialization (time, and draws outside [`crate::unseeded`]) only to discard it.
+#[derive(Default)]
+struct ParamPaths {
+    stack: Vec<String>,
+    found: Vec<String>,
+}
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for ParamPaths {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_owned());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, _param: &burn::module::Param<Tensor<B, D>>) {
+        self.found.push(self.stack.join("."));
+    }
 }
 
 /// burn-store gives a parameter the dtype its tensor has in the file, and kiln's GPT-2
@@ -233,8 +255,9 @@ fn check_dtypes<B: Backend>(
     model: &Gpt2<B>,
     store: &mut SafetensorsStore,
 ) -> std::result::Result<(), String> {
-    for param in model.collect(None, None, false) {
-        let path = param.full_path();
+    let mut paths = ParamPaths::default();
+    model.visit(&mut paths);
+    for path in paths.found {
         let snapshot = store
             .get_snapshot(&path)
             .map_err(|e| format!("cannot read: {e}"))?;

@@ -56,9 +56,7 @@ pub fn seeded<B: burn::tensor::backend::Backend, R>(
     seed: u64,
     draw: impl FnOnce() -> R,
 ) -> R {
-    let _only_us = RNG
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _only_us = RNG.lock();
     B::seed(device, seed);
     draw()
 }
@@ -66,11 +64,34 @@ pub fn seeded<B: burn::tensor::backend::Backend, R>(
 /// Runs `draw`, whose random numbers do not matter (weights about to be overwritten), without
 /// disturbing a [`seeded`] section running on another thread.
 pub fn unseeded<R>(draw: impl FnOnce() -> R) -> R {
-    let _only_us = RNG
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _only_us = RNG.lock();
     draw()
 }
 
-/// Held while random numbers are drawn from burn's shared generators.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// `module` with every parameter drawn now.
+///
+/// burn initializes parameters lazily: `config.init()` only records how to draw each one, and
+/// the draw happens wherever the parameter is first read (the first forward pass, a save),
+/// outside the [`seeded`] or [`unseeded`] section that built the module, where another thread
+/// may reseed or draw meanwhile. Call this inside the section. Parameters already holding a
+/// value (loaded weights) cost nothing.
+#[must_use]
+pub fn drawn<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(module: M) -> M {
+    struct Draw;
+    impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Draw {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            if !param.is_initialized() {
+                let _ = param.val();
+            }
+        }
+    }
+    module.visit(&mut Draw);
+    module
+}
+
+/// Held while random numbers are drawn from burn's shared generators. Reentrant: a section
+/// may call code that takes it again (a model loaded inside a seeded section).
+static RNG: parking_lot::ReentrantMutex<()> = parking_lot::const_reentrant_mutex(());

@@ -300,7 +300,8 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Llama<B>> {
         let head = weights.tensor::<B, 2>("lm_head.weight", shape, false, device)?;
         model.lm_head = Some(Param::from_tensor(head));
     }
-    Ok(model)
+    // What the weights did not replace is still lazy: drawn here, under the lock.
+    Ok(crate::unseeded(|| crate::drawn(model)))
 }
 
 impl<B: Backend> Llama<B> {
@@ -343,9 +344,12 @@ impl<B: Backend> Llama<B> {
 
     /// Whether any adapter is attached.
     pub fn has_lora(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| l.lora.iter().any(Option::is_some))
+        self.loras().next().is_some()
+    }
+
+    /// The adapters attached.
+    pub fn loras(&self) -> impl Iterator<Item = &Lora<B>> {
+        self.layers.iter().flat_map(|l| l.lora.iter().flatten())
     }
 
     /// Folds the adapters into the base weights and removes them.

@@ -69,6 +69,12 @@ impl<B: Backend> Lora<B> {
         x.matmul(self.a.val()).matmul(self.b.val()) * self.scale
     }
 
+    /// Whether the forward pass draws random numbers (dropout above 0 while training).
+    #[must_use]
+    pub fn draws(&self) -> bool {
+        self.dropout.prob > 0.0
+    }
+
     /// `scale · A B`, the update to the base weight.
     pub fn delta(&self) -> Tensor<B, 2> {
         self.a.val().matmul(self.b.val()) * self.scale
@@ -150,11 +156,17 @@ impl<B: Backend> Gpt2<B> {
         Ok(model)
     }
 
-    /// Whether any adapter is attached.
-    pub fn has_lora(&self) -> bool {
+    /// The adapters attached.
+    pub fn loras(&self) -> impl Iterator<Item = &Lora<B>> {
         self.blocks
             .iter()
-            .any(|b| b.attn.lora_attn.is_some() || b.attn.lora_proj.is_some())
+            .flat_map(|b| [&b.attn.lora_attn, &b.attn.lora_proj])
+            .flatten()
+    }
+
+    /// Whether any adapter is attached.
+    pub fn has_lora(&self) -> bool {
+        self.loras().next().is_some()
     }
 
     /// Folds the adapters into the base weights (`W + (α/r)·A B`) and removes them: the model

@@ -159,7 +159,8 @@ impl<B: Backend> ModuleMapper<B> for Randomize {
 }
 
 /// A randomly initialized model of `config` (a `config.json`'s JSON), weights from
-/// N(0, `initializer_range`). Draw it inside [`crate::seeded`] for a reproducible model.
+/// N(0, `initializer_range`). Draw it inside [`crate::seeded`], through [`crate::drawn`], for a
+/// reproducible model.
 ///
 /// # Errors
 /// A `model_type` other than bloom, phi, llama, qwen2, or sizes that do not fit together.

@@ -224,7 +224,8 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Phi<B>> {
     }
     weights.load_layer_norm(&mut model.final_norm, "model.final_layernorm", device)?;
     weights.load_linear(&mut model.lm_head, "lm_head", device)?;
-    Ok(model)
+    // What the weights did not replace is still lazy: drawn here, under the lock.
+    Ok(crate::unseeded(|| crate::drawn(model)))
 }
 
 impl<B: Backend> Phi<B> {
@@ -293,9 +294,12 @@ impl<B: Backend> Phi<B> {
 
     /// Whether any adapter is attached.
     pub fn has_lora(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| l.lora.iter().any(Option::is_some))
+        self.loras().next().is_some()
+    }
+
+    /// The adapters attached.
+    pub fn loras(&self) -> impl Iterator<Item = &Lora<B>> {
+        self.layers.iter().flat_map(|l| l.lora.iter().flatten())
     }
 
     /// Folds the adapters into the base weights and removes them.

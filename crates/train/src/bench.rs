@@ -79,7 +79,8 @@ pub fn run<B: AutodiffBackend>(
         shape.heads,
     );
     config.check_fits::<B>(Some((shape.batch, shape.seq)))?;
-    let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+    let model =
+        kiln_model::seeded::<B, _>(device, 0, || kiln_model::drawn(config.init::<B>(device)));
     run_model(
         kiln_model::Model::Gpt2(model),
         shape.vocab,
@@ -102,7 +103,8 @@ pub fn named_model<B: AutodiffBackend>(
     if name == "gpt2" {
         let config = Gpt2Config::gpt2();
         let vocab = config.vocab_size;
-        let model = kiln_model::seeded::<B, _>(device, 0, || config.init::<B>(device));
+        let model =
+            kiln_model::seeded::<B, _>(device, 0, || kiln_model::drawn(config.init::<B>(device)));
         return Ok((kiln_model::Model::Gpt2(model), vocab));
     }
     let shape = kiln_model::named::config(name).ok_or_else(|| {
@@ -111,8 +113,9 @@ pub fn named_model<B: AutodiffBackend>(
             kiln_model::named::NAMES.join(", ")
         ))
     })?;
-    let model =
-        kiln_model::seeded::<B, _>(device, 0, || kiln_model::named::init::<B>(&shape, device))?;
+    let model = kiln_model::seeded::<B, _>(device, 0, || {
+        kiln_model::named::init::<B>(&shape, device).map(kiln_model::drawn)
+    })?;
     let vocab = kiln_model::CausalLm::vocab_size(&model);
     Ok((model, vocab))
 }

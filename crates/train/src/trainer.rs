@@ -296,6 +296,32 @@ fn clip<B: AutodiffBackend>(
     }
 }
 
+/// Micro-batch `micro`'s loss at `step`.
+///
+/// A model whose forward pass draws random numbers (LoRA dropout) draws them from burn's
+/// shared generator, seeded for this step and micro-batch under `kiln_model`'s lock: the same
+/// masks whatever else the process runs meanwhile (`--jobs 2`), and the same after a resume
+/// as in an uninterrupted run. The lock is held for the forward pass only, and only then.
+fn micro_loss<B, O>(
+    objective: &mut O,
+    model: &Model<B>,
+    rows: &[kiln_data::shard::Example],
+    seed: u64,
+    step: usize,
+    micro: usize,
+) -> Result<crate::objective::StepLoss<B>>
+where
+    B: AutodiffBackend,
+    O: Objective<B>,
+{
+    if !model.draws_in_forward() {
+        return objective.loss(model, rows);
+    }
+    let mix = |a: u64, b: usize| kiln_data::rng::SplitMix64::new(a ^ b as u64).next_u64();
+    let draw_seed = mix(mix(seed, step), micro);
+    kiln_model::seeded::<B, _>(&model.device(), draw_seed, || objective.loss(model, rows))
+}
+
 /// Trains `model` with `objective` on `data`, checkpointing under `checkpoints` and resuming
 /// from the latest complete checkpoint there when one exists (made with the same options).
 ///
@@ -413,9 +439,9 @@ where
         let step = state.step + 1;
         let mut accumulated = GradientsAccumulator::<Model<B>>::new();
         let mut losses = Vec::with_capacity(opts.grad_accum.max(1));
-        for _ in 0..opts.grad_accum.max(1) {
+        for micro in 0..opts.grad_accum.max(1) {
             let rows = feed.next()?;
-            let out = objective.loss(&model, &rows)?;
+            let out = micro_loss(objective, &model, &rows, opts.seed, step, micro)?;
             losses.push(out.loss.clone().inner());
             tokens_since += out.tokens;
             state.tokens += out.tokens as u64;

@@ -245,11 +245,7 @@ mod tests {
     fn linear<B: AutodiffBackend>(seed: u64) -> Linear<B> {
         let device = Default::default();
         crate::seeded::<B, _>(&device, seed, || {
-            let layer = LinearConfig::new(300, 100).init::<B>(&device);
-            // burn draws a parameter when it is first read: read them here, under the lock.
-            let _ = layer.weight.val();
-            let _ = layer.bias.as_ref().map(|b| b.val());
-            layer
+            crate::drawn(LinearConfig::new(300, 100).init::<B>(&device))
         })
     }
 

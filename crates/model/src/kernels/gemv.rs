@@ -274,10 +274,14 @@ mod tests {
             (5, 200, 70, true),
             (8, 3072, 96, true),
         ] {
-            let layer = LinearConfig::new(k, n)
-                .with_bias(bias)
-                .init::<Flex>(&device);
-            let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+            let (layer, x) = crate::unseeded(|| {
+                let layer = LinearConfig::new(k, n)
+                    .with_bias(bias)
+                    .init::<Flex>(&device);
+                let x =
+                    Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+                (crate::drawn(layer), x)
+            });
             close(linear(&layer, x.clone()), layer.forward(x));
         }
     }
@@ -293,10 +297,14 @@ mod tests {
             (256, 192, 200, true),
             (300, 64, 40, false),
         ] {
-            let layer = LinearConfig::new(k, n)
-                .with_bias(bias)
-                .init::<Flex>(&device);
-            let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+            let (layer, x) = crate::unseeded(|| {
+                let layer = LinearConfig::new(k, n)
+                    .with_bias(bias)
+                    .init::<Flex>(&device);
+                let x =
+                    Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+                (crate::drawn(layer), x)
+            });
             assert_eq!(
                 super::super::tests::tensor_bits(linear(&layer, x.clone())),
                 super::super::tests::tensor_bits(layer.forward(x)),
@@ -309,8 +317,12 @@ mod tests {
     fn the_tied_head_matches_burns_product() {
         let device = Default::default();
         for (rows, k, n) in [(1, 768, 1000), (4, 32, 300)] {
-            let h = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
-            let w = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 0.02), &device);
+            let (h, w) = crate::unseeded(|| {
+                (
+                    Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device),
+                    Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 0.02), &device),
+                )
+            });
             close(matmul_nt(h.clone(), w.clone()), h.matmul(w.transpose()));
         }
     }
@@ -365,8 +377,11 @@ mod tests {
     #[test]
     fn other_shapes_and_backends_fall_back() {
         let device = Default::default();
-        let layer = LinearConfig::new(16, 8).init::<Flex>(&device);
-        let x = Tensor::<Flex, 2>::random([MAX_ROWS + 1, 16], Distribution::Default, &device);
+        let (layer, x) = crate::unseeded(|| {
+            let layer = crate::drawn(LinearConfig::new(16, 8).init::<Flex>(&device));
+            let x = Tensor::<Flex, 2>::random([MAX_ROWS + 1, 16], Distribution::Default, &device);
+            (layer, x)
+        });
         let y = linear(&layer, x.clone());
         assert_eq!(
             y.into_data().to_vec::<f32>().expect("f32"),
@@ -374,8 +389,13 @@ mod tests {
         );
         type Nd = burn::backend::NdArray<f32>;
         let nd = Default::default();
-        let layer = LinearConfig::new(16, 8).init::<Nd>(&nd);
-        let x = Tensor::<Nd, 2>::random([1, 16], Distribution::Default, &nd);
+        let (layer, x) = crate::unseeded(|| {
+            let layer = crate::drawn(LinearConfig::new(16, 8).init::<Nd>(&nd));
+            (
+                layer,
+                Tensor::<Nd, 2>::random([1, 16], Distribution::Default, &nd),
+            )
+        });
         assert_eq!(
             linear(&layer, x.clone())
                 .into_data()

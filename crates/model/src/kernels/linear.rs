@@ -251,12 +251,14 @@ mod tests {
                 let mut layer = LinearConfig::new(k, n).init::<Ad>(&device);
                 let b = Tensor::<Ad, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
                 layer.bias = Some(burn::module::Param::from_tensor(b));
-                // burn initializes parameters lazily: draw the weight here, seeded.
-                let _ = layer.weight.val();
-                layer
+                crate::drawn(layer)
             });
-            let x = Tensor::<Ad, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
-            let upstream = Tensor::<Ad, 2>::random([rows, n], Distribution::Default, &device);
+            let (x, upstream) = crate::unseeded(|| {
+                (
+                    Tensor::<Ad, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device),
+                    Tensor::<Ad, 2>::random([rows, n], Distribution::Default, &device),
+                )
+            });
             let run = |fused: bool| {
                 let x = x.clone().detach().require_grad();
                 let y = if fused {

@@ -54,7 +54,11 @@ impl Stage for TrainInternalize {
         // 5: fused RMSNorm and SwiGLU (last bits of Llama-family steps).
         // 6: the model keeps its data's special-token files (special_tokens_map.json).
         // 7: GPT-2's LayerNorms as one fused op under autodiff (statistics in f64: last bits).
-        7
+        // 8: LoRA's A drawn inside its seeded section (burn draws lazily: before, at the first
+        // step, where another thread could reseed), and LoRA dropout masks seeded per step and
+        // micro-batch (before: one stream from the start, which other threads and resuming
+        // disturbed).
+        8
     }
     fn doc(&self) -> &'static str {
         "prompt internalization: student(text) matches teacher(text + prompt) and the label, writes model/"

@@ -25,7 +25,11 @@ impl Stage for TrainLm {
         // 7: the LM-head loss in chunks of 320 rows of GPT-2's vocabulary, not 41 (the
         // weight's gradient summed in other groups: last bits, where a batch has more rows).
         // 8: GPT-2's LayerNorms as one fused op under autodiff (statistics in f64: last bits).
-        8
+        // 9: LoRA's A drawn inside its seeded section (burn draws lazily: before, at the first
+        // step, where another thread could reseed), and LoRA dropout masks seeded per step and
+        // micro-batch (before: one stream from the start, which other threads and resuming
+        // disturbed).
+        9
     }
     fn doc(&self) -> &'static str {
         "causal LM training (next-token; labels −100 where masked), writes model/"

@@ -429,7 +429,7 @@ impl crate::device::Job for TrainJob<'_> {
         if let Some(lora) = &common.lora {
             // The adapters' initialization is seeded, like everything else the run draws.
             model = kiln_model::seeded::<B, _>(&device, common.opts.seed, || {
-                model.with_lora(lora, &device)
+                model.with_lora(lora, &device).map(kiln_model::drawn)
             })?;
             let on = if lora.targets.is_empty() {
                 format!("the {} default projections", model.model_type())

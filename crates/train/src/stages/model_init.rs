@@ -160,7 +160,9 @@ impl Stage for ModelInit {
         config.check().map_err(|m| format!("model config: {m}"))?;
         let device = Default::default();
         let seed = p.u64("seed")?.unwrap_or(0);
-        let model = kiln_model::seeded::<Cpu, _>(&device, seed, || config.init::<Cpu>(&device));
+        let model = kiln_model::seeded::<Cpu, _>(&device, seed, || {
+            kiln_model::drawn(config.init::<Cpu>(&device))
+        });
         let dir = ctx.out_dir.join("model");
         kiln_model::hf::save(&model, &config, &dir)?;
         if let Some(t) = &tok {
@@ -212,7 +214,7 @@ fn init_named(
     let device = Default::default();
     let seed = p.u64("seed")?.unwrap_or(0);
     let model = kiln_model::seeded::<Cpu, _>(&device, seed, || {
-        kiln_model::named::init::<Cpu>(&shape, &device)
+        kiln_model::named::init::<Cpu>(&shape, &device).map(kiln_model::drawn)
     })?;
     let dir = ctx.out_dir.join("model");
     model.save(&dir)?;
