@@ -607,3 +607,75 @@ fn lm_commands_print_tables_generate_and_explain_bad_input() {
         empty.stderr
     );
 }
+
+/// Greedy decoding through the head's int8 copy picks, at every step, the token a scan of all
+/// the f32 logits picks: GPT-2 with a peaked 50,257-token head, on burn-flex. Other backends
+/// decline without reading anything.
+#[test]
+fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
+    use kiln_model::CausalLm;
+    use kiln_model::burn::prelude::*;
+    let device = Default::default();
+    let dir = fixture("numerics/tiny-gpt2-peaked");
+    let (_, model) = hf::load::<Flex>(&dir, &device).expect("loads");
+    let ids = |read: &[u32]| {
+        let v: Vec<i64> = read.iter().map(|&t| i64::from(t)).collect();
+        let n = v.len();
+        Tensor::<Flex, 2, Int>::from_data(TensorData::new(v, [1, n]), &device)
+    };
+    let mut distinct = std::collections::BTreeSet::new();
+    for prompt in [
+        &[464u32, 3290, 318, 257][..],
+        &[50256],
+        &[1000, 2000, 3000],
+        &[31373, 995],
+    ] {
+        let (mut fast_cache, mut full_cache) = (model.new_cache(), model.new_cache());
+        let mut index = None;
+        let mut context = prompt.to_vec();
+        for step in 0..20 {
+            let read = if step == 0 {
+                context.clone()
+            } else {
+                context[context.len() - 1..].to_vec()
+            };
+            let fast = model
+                .greedy_cached(ids(&read), &mut fast_cache, &mut index)
+                .expect("GPT-2 on burn-flex");
+            let logits =
+                kiln_model::host::read_f32(model.forward_cached(ids(&read), &mut full_cache));
+            assert_eq!(logits.len(), 50257);
+            let scan = logits
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0 as u32;
+            assert_eq!(fast, scan, "prompt {prompt:?}, step {step}");
+            distinct.insert(fast);
+            context.push(fast);
+        }
+        // Decoding itself takes this path for 16 tokens or more, and gives the same tokens.
+        let opts = GenerateOptions {
+            max_new_tokens: 20,
+            temperature: 0.0,
+            stop: None,
+            ..GenerateOptions::default()
+        };
+        let out = decode::generate(&model, prompt, &opts).expect("generates");
+        assert_eq!(out.tokens, context[prompt.len()..], "prompt {prompt:?}");
+    }
+    assert!(distinct.len() > 1, "one token over and over: {distinct:?}");
+
+    let cpu_device = Default::default();
+    let (_, cpu) = hf::load::<kiln_model::Cpu>(&dir, &cpu_device).expect("loads");
+    let mut cache = cpu.new_cache();
+    let read = Tensor::<kiln_model::Cpu, 2, Int>::from_data(
+        TensorData::new(vec![464i64], [1, 1]),
+        &cpu_device,
+    );
+    assert_eq!(cpu.greedy_cached(read, &mut cache, &mut None), None);
+    assert!(cache.is_empty(), "declining read nothing");
+}

@@ -10,6 +10,7 @@ use burn::tensor::TensorData;
 use kiln_data::rng::SplitMix64;
 use kiln_model::CausalLm;
 use kiln_model::gpt2::KvCache;
+use kiln_model::kernels::HeadIndex;
 
 use crate::error::{Error, Result};
 use crate::score::check_input;
@@ -64,6 +65,11 @@ pub struct Generated {
     /// Why it ended.
     pub stop: Stop,
 }
+
+/// The fewest new tokens for which greedy decoding builds the head's int8 copy: building it
+/// (one pass over the head) costs about as much as the reads it saves on a dozen tokens of
+/// DistilGPT-2 (measured: 69 ms, against 5.7 ms saved per token).
+const INDEX_PAYS_FROM: usize = 16;
 
 /// Picks the next token from `logits` (summed over experts, not yet divided by the
 /// temperature).
@@ -131,6 +137,23 @@ impl<B: Backend, M: CausalLm<B>> Reader<'_, B, M> {
         };
         kiln_model::host::read_f32(logits)
     }
+
+    /// The greedy next token through the model's int8 head copy ([`CausalLm::greedy_cached`]),
+    /// reading as [`Self::logits`] with the cache does; `None`, having read nothing, where the
+    /// model cannot.
+    fn greedy(&mut self, only_last: bool, head: &mut Option<HeadIndex>) -> Option<u32> {
+        let cache = self.cache.as_mut()?;
+        let read: &[u32] = if only_last {
+            &self.context[self.context.len() - 1..]
+        } else {
+            &self.context
+        };
+        let ids: Vec<i64> = read.iter().map(|&t| i64::from(t)).collect();
+        let n = ids.len();
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.model.device());
+        self.model.greedy_cached(ids, cache, head)
+    }
 }
 
 /// Generates from `prompt`.
@@ -172,6 +195,11 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
         .collect();
     let mut out = Vec::new();
     let mut first = true;
+    // Greedy decoding of one context takes the argmax through the head's int8 copy (built
+    // on the first step): the same token as the scan of every logit, with fewer bytes read.
+    let greedy =
+        opts.temperature <= 1e-5 && readers.len() == 1 && opts.max_new_tokens >= INDEX_PAYS_FROM;
+    let mut head = None;
     loop {
         if out.len() >= opts.max_new_tokens {
             return Ok(Generated {
@@ -179,14 +207,16 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
                 stop: Stop::MaxTokens,
             });
         }
-        let mut sum = vec![0f32; vocab];
-        for r in &mut readers {
-            for (s, l) in sum.iter_mut().zip(r.logits(!first)) {
-                *s += l;
-            }
-        }
+        let fast = if greedy {
+            readers[0].greedy(!first, &mut head)
+        } else {
+            None
+        };
+        let next = match fast {
+            Some(next) => next,
+            None => pick(&summed_logits(&mut readers, !first, vocab), opts, &mut rng),
+        };
         first = false;
-        let next = pick(&sum, opts, &mut rng);
         out.push(next);
         if opts.stop == Some(next) {
             return Ok(Generated {
@@ -204,6 +234,22 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
             r.context.push(next);
         }
     }
+}
+
+/// The next position's logits summed over the experts' contexts (after the whole context
+/// the first time, `only_last` afterwards).
+fn summed_logits<B: Backend, M: CausalLm<B>>(
+    readers: &mut [Reader<'_, B, M>],
+    only_last: bool,
+    vocab: usize,
+) -> Vec<f32> {
+    let mut sum = vec![0f32; vocab];
+    for r in readers {
+        for (s, l) in sum.iter_mut().zip(r.logits(only_last)) {
+            *s += l;
+        }
+    }
+    sum
 }
 
 /// Checks every context against the model and `opts.top_k` against its vocabulary.

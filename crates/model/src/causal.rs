@@ -30,6 +30,17 @@ pub trait CausalLm<B: Backend> {
     /// the last new position, `[batch, vocab]`.
     fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2>;
 
+    /// Greedy decoding's next token after reading `input_ids` as [`Self::forward_cached`]
+    /// does, without computing every logit (`index`: the model's int8 head copy, built on
+    /// first use; keep it with this model): the argmax of `forward_cached`'s logits, bit for
+    /// bit. `None`, having read nothing, where the model cannot (GPT-2 on burn-flex, batch 1).
+    fn greedy_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        index: &mut Option<crate::kernels::HeadIndex>,
+    ) -> Option<u32>;
+
     /// An empty cache for [`Self::forward_cached`].
     fn new_cache(&self) -> KvCache<B>;
 
@@ -164,6 +175,14 @@ impl<B: Backend> CausalLm<B> for Model<B> {
     fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
         each!(self, m => CausalLm::forward_cached(m, ids, cache))
     }
+    fn greedy_cached(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        index: &mut Option<crate::kernels::HeadIndex>,
+    ) -> Option<u32> {
+        each!(self, m => CausalLm::greedy_cached(m, ids, cache, index))
+    }
     fn new_cache(&self) -> KvCache<B> {
         each!(self, m => CausalLm::new_cache(m))
     }
@@ -274,6 +293,14 @@ macro_rules! causal_lm {
             }
             fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
                 $t::forward_cached(self, ids, cache)
+            }
+            fn greedy_cached(
+                &self,
+                ids: Tensor<B, 2, Int>,
+                cache: &mut KvCache<B>,
+                index: &mut Option<crate::kernels::HeadIndex>,
+            ) -> Option<u32> {
+                $t::greedy_cached(self, ids, cache, index)
             }
             fn new_cache(&self) -> KvCache<B> {
                 KvCache::new(self.layer_count())

@@ -472,17 +472,40 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl<B: Backend> Gpt2<B> {
-    /// Reads `input_ids` after the positions already in `cache` (left-padded as the cache
-    /// says) and returns the logits of the last new position, `[batch, vocab]`, adding the new keys and values to
-    /// `cache`.
-    ///
-    /// # Panics
-    /// When the cache would exceed the model's positions (callers check the length first).
+    /// Reads `input_ids` after the positions in `cache` and returns the logits of the last new
+    /// position, `[batch, vocab]`.
     pub fn forward_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 2> {
+        self.project(self.hidden_cached(input_ids, cache))
+    }
+
+    /// Greedy decoding's next token after reading `input_ids` (batch 1) as
+    /// [`Self::forward_cached`] does, found through `index` (the int8 copy of the tied head,
+    /// built on first use) without computing every logit: the argmax of `forward_cached`'s
+    /// logits, bit for bit. `None`, having read nothing, off burn-flex or for a batch.
+    pub fn greedy_cached(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        index: &mut Option<crate::kernels::HeadIndex>,
+    ) -> Option<u32> {
+        if input_ids.dims()[0] != 1 || !crate::kernels::head_argmax_runs_on::<B>() {
+            return None;
+        }
+        let hidden = self.hidden_cached(input_ids, cache);
+        crate::kernels::head_argmax(hidden, self.wte.weight.val(), index)
+    }
+
+    /// Reads `input_ids` after the positions already in `cache` (left-padded as the cache
+    /// says) and returns the final hidden state of the last new position, `[batch, d]`
+    /// (after `ln_f`), adding the new keys and values to `cache`.
+    ///
+    /// # Panics
+    /// When the cache would exceed the model's positions (callers check the length first).
+    fn hidden_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
         let device = input_ids.device();
         let [batch, seq] = input_ids.dims();
         let positions = cache.positions(batch, seq, &device);
@@ -503,7 +526,7 @@ impl<B: Backend> Gpt2<B> {
             .reshape([batch, seq, d])
             .narrow(1, seq - 1, 1)
             .reshape([batch, d]);
-        self.project(layer_norm(&self.ln_f, eps, last))
+        layer_norm(&self.ln_f, eps, last)
     }
 }
 
