@@ -281,6 +281,35 @@ impl<B: Backend> Model<B> {
     }
 }
 
+/// Greedy decoding through an int8 copy of the head, per architecture: GPT-2's; the others
+/// keep the default, `None` (their heads are burn's matrix product, whose last bits the
+/// copy's f32 dot products would not reproduce).
+trait GreedyHead<B: Backend> {
+    fn greedy_head(
+        &self,
+        _ids: Tensor<B, 2, Int>,
+        _cache: &mut KvCache<B>,
+        _index: &mut Option<crate::kernels::HeadIndex>,
+    ) -> Option<u32> {
+        None
+    }
+}
+
+impl<B: Backend> GreedyHead<B> for Gpt2<B> {
+    fn greedy_head(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        index: &mut Option<crate::kernels::HeadIndex>,
+    ) -> Option<u32> {
+        Gpt2::greedy_cached(self, ids, cache, index)
+    }
+}
+
+impl<B: Backend> GreedyHead<B> for Bloom<B> {}
+impl<B: Backend> GreedyHead<B> for Phi<B> {}
+impl<B: Backend> GreedyHead<B> for Llama<B> {}
+
 /// Each architecture's inherent methods, as the interface.
 macro_rules! causal_lm {
     ($($t:ident),*) => {$(
@@ -300,7 +329,7 @@ macro_rules! causal_lm {
                 cache: &mut KvCache<B>,
                 index: &mut Option<crate::kernels::HeadIndex>,
             ) -> Option<u32> {
-                $t::greedy_cached(self, ids, cache, index)
+                GreedyHead::greedy_head(self, ids, cache, index)
             }
             fn new_cache(&self) -> KvCache<B> {
                 KvCache::new(self.layer_count())

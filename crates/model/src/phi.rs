@@ -331,18 +331,6 @@ impl<B: Backend> Phi<B> {
         self.decode(input_ids, &mask, None)
     }
 
-    /// Greedy decoding through an int8 head copy: not for this architecture yet (its head
-    /// is burn's matrix product, whose last bits the copy's f32 dot products would not
-    /// reproduce), so always `None`, having read nothing.
-    pub fn greedy_cached(
-        &self,
-        _input_ids: Tensor<B, 2, Int>,
-        _cache: &mut KvCache<B>,
-        _index: &mut Option<crate::kernels::HeadIndex>,
-    ) -> Option<u32> {
-        None
-    }
-
     /// Reads `input_ids` after the positions in `cache` (left-padded as it says) and returns the logits
     /// of the last new position, `[batch, vocab]`, adding the new keys and values to `cache`.
     pub fn forward_cached(
