@@ -79,12 +79,6 @@ impl HeadIndex {
         }
     }
 
-    /// Rows of the head.
-    #[must_use]
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// The id `v` with the largest `dot(h, w_v)` (the lowest on a tie; NaN logits never win,
     /// and 0 when none is above −∞), as a scan of [`super::matmul_nt`]'s logits picks it. `w`
     /// must be the head the index was built from.
