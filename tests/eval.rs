@@ -631,7 +631,6 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
         &[31373, 995],
     ] {
         let (mut fast_cache, mut full_cache) = (model.new_cache(), model.new_cache());
-        let mut index = None;
         let mut context = prompt.to_vec();
         for step in 0..20 {
             let read = if step == 0 {
@@ -640,7 +639,7 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
                 context[context.len() - 1..].to_vec()
             };
             let fast = model
-                .greedy_cached(ids(&read), &mut fast_cache, &mut index)
+                .greedy_cached(ids(&read), &mut fast_cache)
                 .expect("GPT-2 on burn-flex");
             let logits =
                 kiln_model::host::read_f32(model.forward_cached(ids(&read), &mut full_cache));
@@ -669,6 +668,29 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
     }
     assert!(distinct.len() > 1, "one token over and over: {distinct:?}");
 
+    // A clone shares the model's index cache; given another head it must not use the first
+    // head's index: each model's pick is the scan of its own logits, and the two differ.
+    let mut other = model.clone();
+    other.wte.weight = other.wte.weight.map(|w| w.neg());
+    let first_pick = |m: &kiln_model::gpt2::Gpt2<Flex>| {
+        let read = [464u32, 3290, 318, 257];
+        let fast = m.greedy_cached(ids(&read), &mut m.new_cache());
+        let logits = kiln_model::host::read_f32(m.forward_cached(ids(&read), &mut m.new_cache()));
+        let scan = logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0 as u32;
+        assert_eq!(fast, Some(scan));
+        scan
+    };
+    let picks = [first_pick(&model), first_pick(&other), first_pick(&model)];
+    assert_ne!(picks[0], picks[1], "the negated head picks another token");
+    assert_eq!(picks[0], picks[2]);
+
     let cpu_device = Default::default();
     let (_, cpu) = hf::load::<kiln_model::Cpu>(&dir, &cpu_device).expect("loads");
     let mut cache = cpu.new_cache();
@@ -676,6 +698,6 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
         TensorData::new(vec![464i64], [1, 1]),
         &cpu_device,
     );
-    assert_eq!(cpu.greedy_cached(read, &mut cache, &mut None), None);
+    assert_eq!(cpu.greedy_cached(read, &mut cache), None);
     assert!(cache.is_empty(), "declining read nothing");
 }

@@ -10,7 +10,6 @@ use burn::tensor::TensorData;
 use kiln_data::rng::SplitMix64;
 use kiln_model::CausalLm;
 use kiln_model::gpt2::KvCache;
-use kiln_model::kernels::HeadIndex;
 
 use crate::error::{Error, Result};
 use crate::score::check_input;
@@ -141,7 +140,7 @@ impl<B: Backend, M: CausalLm<B>> Reader<'_, B, M> {
     /// The greedy next token through the model's int8 head copy ([`CausalLm::greedy_cached`]),
     /// reading as [`Self::logits`] with the cache does; `None`, having read nothing, where the
     /// model cannot.
-    fn greedy(&mut self, only_last: bool, head: &mut Option<HeadIndex>) -> Option<u32> {
+    fn greedy(&mut self, only_last: bool) -> Option<u32> {
         let cache = self.cache.as_mut()?;
         let read: &[u32] = if only_last {
             &self.context[self.context.len() - 1..]
@@ -152,7 +151,7 @@ impl<B: Backend, M: CausalLm<B>> Reader<'_, B, M> {
         let n = ids.len();
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.model.device());
-        self.model.greedy_cached(ids, cache, head)
+        self.model.greedy_cached(ids, cache)
     }
 }
 
@@ -195,11 +194,11 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
         .collect();
     let mut out = Vec::new();
     let mut first = true;
-    // Greedy decoding of one context takes the argmax through the head's int8 copy (built
-    // on the first step): the same token as the scan of every logit, with fewer bytes read.
+    // Greedy decoding of one context takes the argmax through the head's int8 copy (built on
+    // first use and kept with the model): the same token as the scan of every logit, with
+    // fewer bytes read.
     let greedy =
         opts.temperature <= 1e-5 && readers.len() == 1 && opts.max_new_tokens >= INDEX_PAYS_FROM;
-    let mut head = None;
     loop {
         if out.len() >= opts.max_new_tokens {
             return Ok(Generated {
@@ -208,7 +207,7 @@ pub fn generate_poe<B: Backend, M: CausalLm<B>>(
             });
         }
         let fast = if greedy {
-            readers[0].greedy(!first, &mut head)
+            readers[0].greedy(!first)
         } else {
             None
         };

@@ -31,15 +31,10 @@ pub trait CausalLm<B: Backend> {
     fn forward_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2>;
 
     /// Greedy decoding's next token after reading `input_ids` as [`Self::forward_cached`]
-    /// does, without computing every logit (`index`: the model's int8 head copy, built on
-    /// first use; keep it with this model): the argmax of `forward_cached`'s logits, bit for
-    /// bit. `None`, having read nothing, where the model cannot (GPT-2 on burn-flex, batch 1).
-    fn greedy_cached(
-        &self,
-        input_ids: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-        index: &mut Option<crate::kernels::HeadIndex>,
-    ) -> Option<u32>;
+    /// does, without computing every logit (through the model's int8 head copy, built on
+    /// first use and kept while the head is unchanged): the argmax of `forward_cached`'s
+    /// logits, bit for bit. `None`, having read nothing, where the model cannot (GPT-2 on burn-flex, batch 1).
+    fn greedy_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Option<u32>;
 
     /// An empty cache for [`Self::forward_cached`].
     fn new_cache(&self) -> KvCache<B>;
@@ -175,13 +170,8 @@ impl<B: Backend> CausalLm<B> for Model<B> {
     fn forward_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
         each!(self, m => CausalLm::forward_cached(m, ids, cache))
     }
-    fn greedy_cached(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-        index: &mut Option<crate::kernels::HeadIndex>,
-    ) -> Option<u32> {
-        each!(self, m => CausalLm::greedy_cached(m, ids, cache, index))
+    fn greedy_cached(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Option<u32> {
+        each!(self, m => CausalLm::greedy_cached(m, ids, cache))
     }
     fn new_cache(&self) -> KvCache<B> {
         each!(self, m => CausalLm::new_cache(m))
@@ -285,24 +275,14 @@ impl<B: Backend> Model<B> {
 /// keep the default, `None` (their heads are burn's matrix product, whose last bits the
 /// copy's f32 dot products would not reproduce).
 trait GreedyHead<B: Backend> {
-    fn greedy_head(
-        &self,
-        _ids: Tensor<B, 2, Int>,
-        _cache: &mut KvCache<B>,
-        _index: &mut Option<crate::kernels::HeadIndex>,
-    ) -> Option<u32> {
+    fn greedy_head(&self, _ids: Tensor<B, 2, Int>, _cache: &mut KvCache<B>) -> Option<u32> {
         None
     }
 }
 
 impl<B: Backend> GreedyHead<B> for Gpt2<B> {
-    fn greedy_head(
-        &self,
-        ids: Tensor<B, 2, Int>,
-        cache: &mut KvCache<B>,
-        index: &mut Option<crate::kernels::HeadIndex>,
-    ) -> Option<u32> {
-        Gpt2::greedy_cached(self, ids, cache, index)
+    fn greedy_head(&self, ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Option<u32> {
+        Gpt2::greedy_cached(self, ids, cache)
     }
 }
 
@@ -327,9 +307,8 @@ macro_rules! causal_lm {
                 &self,
                 ids: Tensor<B, 2, Int>,
                 cache: &mut KvCache<B>,
-                index: &mut Option<crate::kernels::HeadIndex>,
             ) -> Option<u32> {
-                GreedyHead::greedy_head(self, ids, cache, index)
+                GreedyHead::greedy_head(self, ids, cache)
             }
             fn new_cache(&self) -> KvCache<B> {
                 KvCache::new(self.layer_count())

@@ -175,6 +175,7 @@ impl Gpt2Config {
         };
         Gpt2 {
             config: self.clone(),
+            head_index: crate::kernels::HeadCache::default(),
             wte: EmbeddingConfig::new(self.vocab_size, d)
                 .with_initializer(normal(std))
                 .init(device),
@@ -217,6 +218,10 @@ pub struct Gpt2<B: Backend> {
     /// The configuration it was built from (not a parameter; `vocab_size` follows resizes).
     #[module(skip)]
     pub config: Gpt2Config,
+    /// The tied head's int8 index for greedy decoding ([`Self::greedy_cached`]), built on
+    /// first use and rebuilt when the head's tensor changes.
+    #[module(skip)]
+    head_index: crate::kernels::HeadCache,
 }
 
 /// One pre-LayerNorm transformer block.
@@ -483,20 +488,19 @@ impl<B: Backend> Gpt2<B> {
     }
 
     /// Greedy decoding's next token after reading `input_ids` (batch 1) as
-    /// [`Self::forward_cached`] does, found through `index` (the int8 copy of the tied head,
-    /// built on first use) without computing every logit: the argmax of `forward_cached`'s
+    /// [`Self::forward_cached`] does, found through the int8 copy of the tied head (built on
+    /// first use, kept while the head is this tensor) without computing every logit: the argmax of `forward_cached`'s
     /// logits, bit for bit. `None`, having read nothing, off burn-flex or for a batch.
     pub fn greedy_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
         cache: &mut KvCache<B>,
-        index: &mut Option<crate::kernels::HeadIndex>,
     ) -> Option<u32> {
         if input_ids.dims()[0] != 1 || !crate::kernels::head_argmax_runs_on::<B>() {
             return None;
         }
         let hidden = self.hidden_cached(input_ids, cache);
-        crate::kernels::head_argmax(hidden, self.wte.weight.val(), index)
+        crate::kernels::head_argmax(hidden, self.wte.weight.val(), &self.head_index)
     }
 
     /// Reads `input_ids` after the positions already in `cache` (left-padded as the cache

@@ -16,9 +16,12 @@
 //!   `γ = (k + 32) · 2⁻²³` (more than the `k · 2⁻²⁴` of a sum of `k` products).
 
 use std::any::TypeId;
+use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
+use burn_flex::FlexTensor;
+use parking_lot::Mutex;
 use rayon::prelude::*;
 
 use super::{LANES, cast, dot};
@@ -132,14 +135,63 @@ pub fn head_argmax_runs_on<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Flex>()
 }
 
-/// The argmax of `hidden · headᵀ` (`hidden`: `[1, k]`, `head`: `[rows, k]`) through `index`,
-/// built from `head` on first use: the id a scan of [`super::matmul_nt`]'s logits picks.
-/// `None` off burn-flex or for a head that is not a plain f32 matrix. The caller keeps
-/// `index` with the model it was built from (the head must not change).
+/// A model's [`HeadIndex`], kept across decoding calls with the head it was built from.
+///
+/// The index stays valid while the head is the very tensor it indexed: the cache holds a
+/// clone of that burn-flex tensor, whose storage is shared and copied on write, so those
+/// bytes can neither change nor be freed (and their address reused) while it is named here.
+/// A head with other storage (new weights loaded, a resize, a training step) rebuilds it.
+/// Clones of a model share one cache.
+#[derive(Clone, Default)]
+pub struct HeadCache(Arc<Mutex<Option<Indexed>>>);
+
+/// The head a [`HeadIndex`] was built from, and the index.
+struct Indexed {
+    head: FlexTensor,
+    index: Arc<HeadIndex>,
+}
+
+impl std::fmt::Debug for HeadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = self.0.lock().is_some();
+        f.debug_struct("HeadCache").field("built", &built).finish()
+    }
+}
+
+impl HeadCache {
+    /// The index of `head` (`[rows, k]`, f32, contiguous as `w`), built unless the cache
+    /// already holds this head's.
+    fn index_of(&self, head: &FlexTensor, w: &[f32], k: usize) -> Arc<HeadIndex> {
+        let mut slot = self.0.lock();
+        let same = |cached: &Indexed| {
+            cached.index.k == k
+                && cached
+                    .head
+                    .as_slice::<f32>()
+                    .is_some_and(|c| std::ptr::eq(c, w))
+        };
+        match slot.as_ref() {
+            Some(cached) if same(cached) => Arc::clone(&cached.index),
+            _ => {
+                let index = Arc::new(HeadIndex::new(w, k));
+                *slot = Some(Indexed {
+                    head: head.clone(),
+                    index: Arc::clone(&index),
+                });
+                index
+            }
+        }
+    }
+}
+
+/// The argmax of `hidden · headᵀ` (`hidden`: `[1, k]`, `head`: `[rows, k]`) through the
+/// int8 index of `head` in `cache` (built on first use): the id a scan of
+/// [`super::matmul_nt`]'s logits picks. `None` off burn-flex or for a head that is not a
+/// plain f32 matrix.
 pub fn head_argmax<B: Backend>(
     hidden: Tensor<B, 2>,
     head: Tensor<B, 2>,
-    index: &mut Option<HeadIndex>,
+    cache: &HeadCache,
 ) -> Option<u32> {
     let [rows, k] = head.dims();
     if hidden.dims() != [1, k] {
@@ -147,18 +199,14 @@ pub fn head_argmax<B: Backend>(
     }
     let head = cast::<B, Flex, 2>(head).ok()?;
     let h = crate::host::read_f32(hidden);
-    let TensorPrimitive::Float(w) = head.into_primitive() else {
+    let TensorPrimitive::Float(head) = head.into_primitive() else {
         return None;
     };
-    let w = (w.dtype() == burn::tensor::DType::F32)
-        .then(|| w.as_slice::<f32>())
+    let w = (head.dtype() == burn::tensor::DType::F32)
+        .then(|| head.as_slice::<f32>())
         .flatten()
         .filter(|w| w.len() == rows * k)?;
-    let index = match index {
-        Some(i) if i.rows == rows && i.k == k => i,
-        _ => index.insert(HeadIndex::new(w, k)),
-    };
-    Some(index.argmax(&h, w))
+    Some(cache.index_of(&head, w, k).argmax(&h, w))
 }
 
 /// Quantizes the rows of `w` into `q`: per row its scale `s = max|w| / 127` and the largest
@@ -493,5 +541,54 @@ mod tests {
             .map(|v| dot(&h, &w[v * k..(v + 1) * k]).to_bits())
             .collect();
         assert_eq!(tensor_bits(super::super::matmul_nt(ht, wt)), head);
+    }
+
+    /// The cache keeps one index per head tensor: the same tensor (or a clone of it, which
+    /// shares its storage) reuses it; a head with other storage, even equal values, and a
+    /// head whose values changed get their own, and the argmax follows the head given.
+    #[test]
+    fn the_cache_reuses_an_index_only_for_the_same_head() {
+        use burn::prelude::*;
+        let (rows, k) = (700, 64);
+        let device = Default::default();
+        let w = values(rows * k, 21);
+        let tensor = |w: Vec<f32>| {
+            Tensor::<crate::Flex, 2>::from_data(TensorData::new(w, [rows, k]), &device)
+        };
+        let h = values(k, 22);
+        let hidden =
+            || Tensor::<crate::Flex, 2>::from_data(TensorData::new(h.clone(), [1, k]), &device);
+        let (head, cache) = (tensor(w.clone()), HeadCache::default());
+        let built = |head: &Tensor<crate::Flex, 2>| {
+            assert_eq!(
+                head_argmax(hidden(), head.clone(), &cache),
+                Some(full(&h, &tensor_f32(head), k))
+            );
+            let slot = cache.0.lock();
+            Arc::clone(&slot.as_ref().expect("built").index)
+        };
+        let first = built(&head);
+        assert!(
+            Arc::ptr_eq(&first, &built(&head.clone())),
+            "the same head reuses it"
+        );
+        let equal = built(&tensor(w.clone()));
+        assert!(!Arc::ptr_eq(&first, &equal), "other storage rebuilds it");
+        let negated = head.clone().neg();
+        let other = built(&negated);
+        assert!(!Arc::ptr_eq(&equal, &other));
+        assert_ne!(
+            full(&h, &tensor_f32(&negated), k),
+            full(&h, &w, k),
+            "the two heads pick different ids, so a stale index would be seen"
+        );
+        assert!(
+            !Arc::ptr_eq(&other, &built(&head)),
+            "back to the first head: rebuilt"
+        );
+    }
+
+    fn tensor_f32(t: &Tensor<crate::Flex, 2>) -> Vec<f32> {
+        crate::host::read_f32(t.clone())
     }
 }

@@ -44,7 +44,7 @@ pub use adamw::AdamW;
 pub use attention::scaled_masked_softmax;
 pub use embedding::embedding;
 pub use gemv::{linear, matmul_nt};
-pub use head_index::{HeadIndex, head_argmax, head_argmax_runs_on};
+pub use head_index::{HeadCache, HeadIndex, head_argmax, head_argmax_runs_on};
 pub use layer_norm::layer_norm;
 pub use llama::{rms_norm, rms_norm_ops, swiglu, swiglu_ops};
 pub use lm_head::{LinearCeOut, linear_cross_entropy};
