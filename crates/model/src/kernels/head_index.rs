@@ -2,18 +2,29 @@
 //!
 //! A decoding step reads every weight once; with DistilGPT-2's shape the f32 head
 //! (`[50257, 768]`, 154 MB) is half of those bytes. [`HeadIndex`] keeps an int8 copy of the
-//! head (a scale per row; 39 MB) and a bound, per row, on how far the int8 estimate of that
-//! row's logit can be from the f32 logit [`super::matmul_nt`] computes. A step estimates every
+//! head (a scale per row; 39 MB) and a bound, per row, on how far the estimate of that row's
+//! logit can be from the f32 logit [`super::matmul_nt`] computes. A step estimates every
 //! logit from the int8 copy, keeps the rows whose upper bound reaches the best lower bound,
 //! and computes only those in f32, with the same dot product as the full head. So the token
 //! is the full argmax's, bit for bit (ties go to the lowest id, as a scan of all the logits
 //! would): the rows left out are provably below the maximum.
 //!
-//! The bound for row `v` with hidden state `h` (`‖h‖₁` its L1 norm, `k` its width):
-//! - int8 rounding: `|h·w_v − h·(s_v q_v)| ≤ ‖h‖₁ · e_v`, with `e_v` the row's largest
-//!   `|w − s_v q|`, measured when the index is built;
-//! - f32 rounding of the two dot products: each within `γ · ‖h‖₁ · max|row|`, with
-//!   `γ = (k + 32) · 2⁻²³` (more than the `k · 2⁻²⁴` of a sum of `k` products).
+//! The estimate multiplies integers: the hidden state rounded to int16 (`h ≈ t · h16`, one
+//! step `t` for the whole vector) against the int8 rows, summed exactly in i32 (the step is
+//! chosen so that no sum can overflow), then scaled in f64. The bound for row `v` with
+//! hidden state `h` (`‖h‖₁` its L1 norm, `k` its width):
+//! - int8 rounding of the row: `|h·w_v − h·(s_v q_v)| ≤ ‖h‖₁ · e_v`, with `e_v` the row's
+//!   largest `|w − s_v q|`, measured when the index is built;
+//! - int16 rounding of `h`: `|(h − t h16)·(s_v q_v)| ≤ d · s_v ‖q_v‖₁`, with `d` the largest
+//!   `|h − t h16|`, measured at each step;
+//! - f32 rounding of the f32 logit: within `γ · ‖h‖₁ · max|w_v|`, with `γ = (k + 32) · 2⁻²³`
+//!   (more than the `k · 2⁻²⁴` of a sum of `k` products), and a little more for the f64
+//!   scaling of the estimate.
+//!
+//! The copy is laid out for one sequential read: groups of [`GROUP`] rows, each group's
+//! columns in chunks of [`CHUNK`] with the group's rows side by side. Read row after row, a
+//! step ran at about half the memory bandwidth; read in order, with one VNNI instruction per
+//! 32 weights, the read itself is most of its time.
 
 use std::any::TypeId;
 use std::sync::Arc;
@@ -27,41 +38,61 @@ use rayon::prelude::*;
 use super::{LANES, cast, dot};
 use crate::Flex;
 
-/// Rows of the head per rayon task.
+/// Rows of the head per rayon task (a multiple of [`GROUP`]).
 const BLOCK: usize = 512;
+/// Rows whose estimates one pass over a group of the copy computes.
+const GROUP: usize = 8;
+/// Columns of one row side by side in the copy: one 256-bit load.
+const CHUNK: usize = 32;
 
 /// An int8 copy of a `[rows, k]` f32 head, with what bounds its error (see the module).
 #[derive(Debug, Clone)]
 pub struct HeadIndex {
+    /// The copy, interleaved (see the module): rows padded to a multiple of [`GROUP`] and
+    /// columns to [`Self::width`] with zeros.
     q: Vec<i8>,
     scale: Vec<f32>,
     /// Per row: `e_v + γ · (max|w_v| + 127 · s_v)`; times `‖h‖₁` it bounds the distance of
-    /// the estimate from the f32 logit. Infinite for a row with a non-finite weight.
+    /// the estimate from the f32 logit, but for `h`'s int16 rounding. Infinite for a row with
+    /// a non-finite weight.
     slack: Vec<f64>,
+    /// Per row: `s_v · ‖q_v‖₁`; times the largest int16 rounding error of `h` it bounds that
+    /// rounding's effect on the estimate.
+    norm: Vec<f64>,
     rows: usize,
     k: usize,
+    /// `k` rounded up to a multiple of [`CHUNK`].
+    width: usize,
 }
 
 impl HeadIndex {
     /// Indexes `w` (`rows × k`, row-major).
     ///
     /// # Panics
-    /// When `k` is 0 or does not divide `w.len()`.
+    /// When `k` is 0 or does not divide `w.len()`, or when `k` is so wide
+    /// that int16 hidden states lose their precision (over 66,000).
     #[must_use]
     pub fn new(w: &[f32], k: usize) -> Self {
         assert!(k > 0 && w.len().is_multiple_of(k), "a [rows, {k}] head");
         let rows = w.len() / k;
+        let width = k.div_ceil(CHUNK) * CHUNK;
+        assert!(hidden_max(width) >= 256, "a head {k} wide");
         let gamma = (k as f64 + 32.0) * f64::from(f32::EPSILON);
-        let mut q = vec![0i8; w.len()];
-        let mut scale = vec![0f32; rows];
-        let mut err = vec![0f32; rows];
-        q.par_chunks_mut(BLOCK * k)
+        let mut q = vec![0i8; rows.div_ceil(GROUP) * GROUP * width];
+        let (mut scale, mut err, mut norm) = (vec![0f32; rows], vec![0f32; rows], vec![0.0; rows]);
+        q.par_chunks_mut(BLOCK * width)
             .zip(scale.par_chunks_mut(BLOCK))
-            .zip(err.par_chunks_mut(BLOCK))
+            .zip(err.par_chunks_mut(BLOCK).zip(norm.par_chunks_mut(BLOCK)))
             .enumerate()
-            .for_each(|(b, ((q, s), e))| {
+            .for_each(|(b, ((q, s), (e, n)))| {
                 let w = &w[b * BLOCK * k..(b * BLOCK + s.len()) * k];
-                quantize_block(w, q, s, e, k);
+                let mut flat = vec![0i8; w.len()];
+                quantize_block(w, &mut flat, s, e, k);
+                for ((row, n), &s) in flat.chunks_exact(k).zip(n.iter_mut()).zip(s.iter()) {
+                    let l1: i64 = row.iter().map(|&x| i64::from(x).abs()).sum();
+                    *n = l1 as f64 * f64::from(s);
+                }
+                interleave(&flat, q, k, width);
             });
         // The f32 error measurement itself rounds: widen it by a few ulps of the row's scale.
         let slack = err
@@ -77,8 +108,10 @@ impl HeadIndex {
             q,
             scale,
             slack,
+            norm,
             rows,
             k,
+            width,
         }
     }
 
@@ -100,31 +133,91 @@ impl HeadIndex {
     /// The rows whose f32 logit may be the largest, increasing; `None` when `h` is not
     /// finite (then every row is).
     fn candidates(&self, h: &[f32]) -> Option<Vec<usize>> {
+        let hidden = Hidden::new(h, self.width)?;
+        let mut upper = vec![0f64; self.rows];
+        let best_low = upper
+            .par_chunks_mut(BLOCK)
+            .enumerate()
+            .map(|(b, upper)| self.bounds(&hidden, b * BLOCK, upper))
+            .reduce(|| f64::NEG_INFINITY, f64::max);
+        Some((0..self.rows).filter(|&v| upper[v] >= best_low).collect())
+    }
+
+    /// Writes the upper bound of the logits of rows `v0..` into `upper` and returns their
+    /// largest lower bound.
+    fn bounds(&self, hidden: &Hidden, v0: usize, upper: &mut [f64]) -> f64 {
+        let mut sums = [0i32; BLOCK];
+        let sums = &mut sums[..upper.len().div_ceil(GROUP) * GROUP];
+        estimate_task(&hidden.h16, &self.q, sums, v0 / GROUP, self.width);
+        let mut best_low = f64::NEG_INFINITY;
+        for (i, (up, &sum)) in upper.iter_mut().zip(sums.iter()).enumerate() {
+            let (estimate, radius) = self.estimate(hidden, v0 + i, sum);
+            *up = estimate + radius;
+            best_low = best_low.max(estimate - radius);
+        }
+        best_low
+    }
+
+    /// Row `v`'s estimate from its integer sum, and how far the f32 logit can be from it.
+    fn estimate(&self, hidden: &Hidden, v: usize, sum: i32) -> (f64, f64) {
+        let estimate = f64::from(sum) * hidden.step * f64::from(self.scale[v]);
+        // Slightly wider than the bound: the f64 products round.
+        let radius = (hidden.l1 * self.slack[v] + hidden.err * self.norm[v]) * (1.0 + 1e-9)
+            + f64::MIN_POSITIVE;
+        (estimate, radius)
+    }
+}
+
+/// The largest `|h16|` for which a sum of `width` products `h16 · q` (`|q| ≤ 127`) fits
+/// in an i32.
+fn hidden_max(width: usize) -> i32 {
+    let fits = i32::MAX as usize / (127 * width);
+    fits.min(i16::MAX as usize) as i32
+}
+
+/// A hidden state rounded to int16 for the estimate: `h ≈ step · h16`.
+struct Hidden {
+    /// Padded with zeros to the index's width.
+    h16: Vec<i16>,
+    step: f64,
+    /// The largest `|h − step · h16|`, widened by its own rounding.
+    err: f64,
+    /// `‖h‖₁`.
+    l1: f64,
+}
+
+impl Hidden {
+    /// `None` when `h` is not finite.
+    fn new(h: &[f32], width: usize) -> Option<Self> {
         let l1: f64 = h.iter().map(|x| f64::from(x.abs())).sum();
         if !l1.is_finite() {
             return None;
         }
-        let mut estimate = vec![0f32; self.rows];
-        estimate
-            .par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(b, out)| estimate_task(h, &self.q, &self.scale, out, b * BLOCK, self.k));
-        // Slightly wider than the bound: l1 itself and the f64 products round.
-        let widen = |slack: f64| l1 * slack * (1.0 + 1e-9) + f64::MIN_POSITIVE;
-        let best_low = estimate
-            .iter()
-            .zip(&self.slack)
-            .map(|(&a, &s)| f64::from(a) - widen(s))
-            .fold(f64::NEG_INFINITY, f64::max);
-        Some(
-            estimate
-                .iter()
-                .zip(&self.slack)
-                .enumerate()
-                .filter(|(_, (a, s))| f64::from(**a) + widen(**s) >= best_low)
-                .map(|(v, _)| v)
-                .collect(),
-        )
+        let max = h.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())));
+        let top = f64::from(hidden_max(width));
+        let step = if max > 0.0 { max / top } else { 1.0 };
+        let mut h16 = vec![0i16; width];
+        let mut err = 0f64;
+        for (x, y) in h.iter().zip(h16.iter_mut()) {
+            let r = (f64::from(*x) / step).round().clamp(-top, top);
+            *y = r as i16;
+            err = err.max((f64::from(*x) - step * r).abs());
+        }
+        // `step · r` rounds once in f64.
+        let err = err + max * 1e-15;
+        Some(Self { h16, step, err, l1 })
+    }
+}
+
+/// Copies the rows of `flat` (`k` wide, row-major) into `q` in the interleaved layout of
+/// [`HeadIndex::q`] (rows padded to a multiple of [`GROUP`], columns to `width`).
+fn interleave(flat: &[i8], q: &mut [i8], k: usize, width: usize) {
+    for (r, row) in flat.chunks_exact(k).enumerate() {
+        let group = &mut q[(r / GROUP) * GROUP * width..][..GROUP * width];
+        for (c, part) in row.chunks(CHUNK).enumerate() {
+            let at = c * GROUP * CHUNK + (r % GROUP) * CHUNK;
+            group[at..at + part.len()].copy_from_slice(part);
+        }
     }
 }
 
@@ -300,139 +393,94 @@ fn scan(h: &[f32], w: &[f32], k: usize, ids: impl Iterator<Item = usize>) -> u32
     best.0 as u32
 }
 
-/// `out[i] = s_v · Σ h ⊙ q_v` for the rows `v = v0 + i`, four rows at a time: four
-/// independent sums and four streams of the copy in flight. (No closures: a closure is
-/// compiled without the caller's target features, and its loop stays scalar.)
-#[inline(always)]
-fn estimate_rows(h: &[f32], q: &[i8], scale: &[f32], out: &mut [f32], v0: usize, k: usize) {
-    let q = &q[v0 * k..(v0 + out.len()) * k];
-    let scale = &scale[v0..v0 + out.len()];
-    let mut i = 0;
-    while i + 4 <= out.len() {
-        let rows = &q[i * k..(i + 4) * k];
-        let (a, b) = rows.split_at(2 * k);
-        let ((r0, r1), (r2, r3)) = (a.split_at(k), b.split_at(k));
-        let sums = dot4_i8(h, [r0, r1, r2, r3]);
-        for j in 0..4 {
-            out[i + j] = sums[j] * scale[i + j];
-        }
-        i += 4;
-    }
-    while i < out.len() {
-        out[i] = dot_i8(h, &q[i * k..(i + 1) * k]) * scale[i];
-        i += 1;
-    }
-}
-
-/// `Σ h ⊙ row` over [`LANES`] f32 lanes.
-#[inline(always)]
-fn dot_i8(h: &[f32], row: &[i8]) -> f32 {
-    let (hc, ht) = h.as_chunks::<LANES>();
-    let (rc, rt) = row.as_chunks::<LANES>();
-    let mut acc = [0f32; LANES];
-    for (x, y) in hc.iter().zip(rc) {
-        for l in 0..LANES {
-            acc[l] += x[l] * f32::from(y[l]);
-        }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (x, y) in ht.iter().zip(rt) {
-        sum += x * f32::from(*y);
-    }
-    sum
-}
-
-/// [`dot_i8`] of `h` with four rows in one pass over `h`.
-#[inline(always)]
-fn dot4_i8(h: &[f32], rows: [&[i8]; 4]) -> [f32; 4] {
-    let (hc, ht) = h.as_chunks::<LANES>();
-    let [c0, c1, c2, c3] = rows.map(|r| r.as_chunks::<LANES>().0);
-    let mut acc = [[0f32; LANES]; 4];
-    for ((((x, y0), y1), y2), y3) in hc.iter().zip(c0).zip(c1).zip(c2).zip(c3) {
-        for l in 0..LANES {
-            acc[0][l] += x[l] * f32::from(y0[l]);
-            acc[1][l] += x[l] * f32::from(y1[l]);
-            acc[2][l] += x[l] * f32::from(y2[l]);
-            acc[3][l] += x[l] * f32::from(y3[l]);
-        }
-    }
-    let mut out = [0f32; 4];
-    for j in 0..4 {
-        let mut sum = acc[j].iter().sum::<f32>();
-        let tail = &rows[j][hc.len() * LANES..];
-        for (x, y) in ht.iter().zip(tail) {
-            sum += x * f32::from(*y);
-        }
-        out[j] = sum;
-    }
-    out
-}
-
-/// [`estimate_rows`] with AVX-512 intrinsics where the CPU has them (LLVM leaves the int8 →
-/// f32 conversions of the portable loop scalar), else the portable loop compiled for the
-/// widest instruction set. The estimates differ in their last bits between the two, which
-/// the bound covers: the token is the same.
-fn estimate_task(h: &[f32], q: &[i8], scale: &[f32], out: &mut [f32], v0: usize, k: usize) {
+/// `sums[g·GROUP + j] = Σ h16 ⊙ q` of row `j` of group `g0 + g` of the interleaved copy, for
+/// the `sums.len() / GROUP` groups from `g0`, exactly (integers): with AVX-512 VNNI where the
+/// CPU has it, else the portable loop compiled for the widest instruction set. Both give the
+/// same sums.
+fn estimate_task(h16: &[i16], q: &[i8], sums: &mut [i32], g0: usize, width: usize) {
     #[cfg(target_arch = "x86_64")]
-    if super::isa() == super::Isa::Avx512 {
-        // SAFETY: the CPU has AVX-512F.
-        unsafe { avx512::estimate_rows(h, q, scale, out, v0, k) };
+    if avx512::available() {
+        // SAFETY: the CPU has AVX-512F, BW and VNNI.
+        unsafe { avx512::estimate_groups(h16, q, sums, g0, width) };
         return;
     }
-    estimate_block(h, q, scale, out, v0, k);
+    estimate_block(h16, q, sums, g0, width);
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::{
-        __m128i, _mm_loadu_si128, _mm512_cvtepi8_epi32, _mm512_cvtepi32_ps, _mm512_fmadd_ps,
-        _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
-    };
-
-    /// [`super::estimate_rows`] eight rows at a time (eight streams in flight: read from
-    /// memory, four took about twice as long), 16 lanes per instruction.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn estimate_rows(
-        h: &[f32],
-        q: &[i8],
-        scale: &[f32],
-        out: &mut [f32],
-        v0: usize,
-        k: usize,
-    ) {
-        // Every load below stays inside these bounds.
-        assert!(h.len() >= k && (v0 + out.len()) * k <= q.len() && v0 + out.len() <= scale.len());
-        let chunks = k / 16;
-        let mut i = 0;
-        while i < out.len() {
-            let n = (out.len() - i).min(8);
-            let mut acc = [_mm512_setzero_ps(); 8];
-            for c in 0..chunks {
-                // SAFETY: c·16 + 16 ≤ k ≤ h.len() (asserted above).
-                let x = unsafe { _mm512_loadu_ps(h.as_ptr().add(c * 16)) };
-                for (j, a) in acc.iter_mut().enumerate().take(n) {
-                    let at = (v0 + i + j) * k + c * 16;
-                    // SAFETY: at + 16 ≤ (v0 + out.len()) · k ≤ q.len() (asserted above).
-                    let y = unsafe { _mm_loadu_si128(q.as_ptr().add(at).cast::<__m128i>()) };
-                    // One rounding instead of two: still within the bound's γ.
-                    *a = _mm512_fmadd_ps(x, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(y)), *a);
+/// [`estimate_task`]'s portable loop: each row of a group, chunk after chunk, in `i32`
+/// lanes. (No closures: a closure is compiled without the caller's target features.)
+#[inline(always)]
+fn estimate_groups(h16: &[i16], q: &[i8], sums: &mut [i32], g0: usize, width: usize) {
+    for (g, out) in sums.chunks_exact_mut(GROUP).enumerate() {
+        let group = &q[(g0 + g) * GROUP * width..][..GROUP * width];
+        for (j, sum) in out.iter_mut().enumerate() {
+            let mut acc = [0i32; CHUNK];
+            for (c, x) in h16[..width].chunks_exact(CHUNK).enumerate() {
+                let row = &group[c * GROUP * CHUNK + j * CHUNK..][..CHUNK];
+                for l in 0..CHUNK {
+                    acc[l] += i32::from(x[l]) * i32::from(row[l]);
                 }
             }
-            for (j, a) in acc.iter().enumerate().take(n) {
-                let v = v0 + i + j;
-                let mut sum = _mm512_reduce_add_ps(*a);
-                for t in chunks * 16..k {
-                    sum += h[t] * f32::from(q[v * k + t]);
-                }
-                out[i + j] = sum * scale[v];
-            }
-            i += n;
+            *sum = acc.iter().sum();
         }
     }
 }
 
 super::multiversion! {
-    fn estimate_block(h: &[f32], q: &[i8], scale: &[f32], out: &mut [f32], v0: usize, k: usize) => estimate_rows;
+    fn estimate_block(h16: &[i16], q: &[i8], sums: &mut [i32], g0: usize, width: usize) => estimate_groups;
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_loadu_si256, _mm512_cvtepi8_epi16, _mm512_dpwssd_epi32, _mm512_loadu_si512,
+        _mm512_reduce_add_epi32, _mm512_setzero_si512,
+    };
+
+    use super::{CHUNK, GROUP};
+
+    /// Whether the CPU has what [`estimate_groups`] needs.
+    pub(super) fn available() -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
+    }
+
+    /// [`super::estimate_groups`] with one VNNI multiply-add (32 products into 16 i32 lanes)
+    /// per chunk of a row, the group's [`GROUP`] rows in flight.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) fn estimate_groups(
+        h16: &[i16],
+        q: &[i8],
+        sums: &mut [i32],
+        g0: usize,
+        width: usize,
+    ) {
+        let groups = sums.len() / GROUP;
+        // Every load below stays inside these bounds.
+        assert!(
+            width.is_multiple_of(CHUNK)
+                && h16.len() >= width
+                && sums.len().is_multiple_of(GROUP)
+                && (g0 + groups) * GROUP * width <= q.len()
+        );
+        for (g, out) in sums.chunks_exact_mut(GROUP).enumerate() {
+            let base = (g0 + g) * GROUP * width;
+            let mut acc = [_mm512_setzero_si512(); GROUP];
+            for c in 0..width / CHUNK {
+                // SAFETY: c·CHUNK + CHUNK ≤ width ≤ h16.len() (asserted above).
+                let x = unsafe { _mm512_loadu_si512(h16.as_ptr().add(c * CHUNK).cast()) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let at = base + c * GROUP * CHUNK + j * CHUNK;
+                    // SAFETY: at + CHUNK ≤ (g0 + groups) · GROUP · width ≤ q.len() (asserted).
+                    let y = unsafe { _mm256_loadu_si256(q.as_ptr().add(at).cast::<__m256i>()) };
+                    *a = _mm512_dpwssd_epi32(*a, x, _mm512_cvtepi8_epi16(y));
+                }
+            }
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = _mm512_reduce_add_epi32(a);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -466,19 +514,61 @@ mod tests {
             for t in 0..20 {
                 let h: Vec<f32> = values(k, 100 + t).iter().map(|v| v * 3.0).collect();
                 assert_eq!(index.argmax(&h, &w), full(&h, &w, k), "rows {rows}, h {t}");
-                let l1: f64 = h.iter().map(|x| f64::from(x.abs())).sum();
-                let mut estimate = vec![0f32; rows];
-                estimate_task(&h, &index.q, &index.scale, &mut estimate, 0, k);
-                let mut portable = vec![0f32; rows];
-                estimate_rows(&h, &index.q, &index.scale, &mut portable, 0, k);
+                let (simd, portable) = sums(&index, &h);
+                assert_eq!(simd, portable, "rows {rows}, h {t}: the two paths' sums");
+                let hidden = Hidden::new(&h, index.width).expect("finite");
                 for v in 0..rows {
                     let exact = f64::from(dot(&h, &w[v * k..(v + 1) * k]));
-                    let gap = (exact - f64::from(estimate[v])).abs();
-                    assert!(gap <= l1 * index.slack[v], "row {v}: {gap}");
-                    let gap = (exact - f64::from(portable[v])).abs();
-                    assert!(gap <= l1 * index.slack[v], "row {v}, portable: {gap}");
+                    let (estimate, radius) = index.estimate(&hidden, v, simd[v]);
+                    let gap = (exact - estimate).abs();
+                    assert!(gap <= radius, "row {v}: {gap} > {radius}");
                 }
             }
+        }
+    }
+
+    /// The integer sums of every row of `index` with `h`, through [`estimate_task`] (VNNI
+    /// where the CPU has it) and through the portable loop.
+    fn sums(index: &HeadIndex, h: &[f32]) -> (Vec<i32>, Vec<i32>) {
+        let hidden = Hidden::new(h, index.width).expect("finite");
+        let padded = index.q.len() / index.width;
+        let (mut simd, mut portable) = (vec![0; padded], vec![0; padded]);
+        estimate_task(&hidden.h16, &index.q, &mut simd, 0, index.width);
+        estimate_groups(&hidden.h16, &index.q, &mut portable, 0, index.width);
+        (simd, portable)
+    }
+
+    /// Row `v` of the interleaved copy.
+    fn copy_row(index: &HeadIndex, v: usize) -> Vec<i8> {
+        let group = &index.q[(v / GROUP) * GROUP * index.width..][..GROUP * index.width];
+        (0..index.k)
+            .map(|i| group[(i / CHUNK) * GROUP * CHUNK + (v % GROUP) * CHUNK + i % CHUNK])
+            .collect()
+    }
+
+    /// The largest sums the int16 step allows (every weight and every `|h|` at its maximum)
+    /// are exact: no i32 overflows, on either path.
+    #[test]
+    fn the_largest_sums_do_not_overflow() {
+        for k in [768, 1000, 4096] {
+            let rows = 9;
+            let w: Vec<f32> = (0..rows * k)
+                .map(|i| if (i / k) % 2 == 0 { 1.0 } else { -1.0 })
+                .collect();
+            let index = HeadIndex::new(&w, k);
+            let h = vec![2.5f32; k];
+            let (simd, portable) = sums(&index, &h);
+            let top = i64::from(hidden_max(index.width));
+            for v in 0..rows {
+                assert_eq!(
+                    copy_row(&index, v),
+                    vec![if v % 2 == 0 { 127 } else { -127 }; k]
+                );
+                let want = top * 127 * k as i64 * if v % 2 == 0 { 1 } else { -1 };
+                assert_eq!(i64::from(simd[v]), want, "k {k}, row {v}");
+                assert_eq!(i64::from(portable[v]), want, "k {k}, row {v}");
+            }
+            assert_eq!(index.argmax(&h, &w), 0);
         }
     }
 
@@ -508,7 +598,7 @@ mod tests {
         let want = full(&h, &w, k);
         assert_eq!(index.argmax(&h, &w), want);
         // The int8 copies of the three rows are equal: only the f32 products can order them.
-        assert_eq!(index.q[40 * k..41 * k], index.q[top * k..(top + 1) * k]);
+        assert_eq!(copy_row(&index, 40), copy_row(&index, top));
         assert!(want == 40 || want == 250 || want as usize == top, "{want}");
     }
 
