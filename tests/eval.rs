@@ -608,6 +608,18 @@ fn lm_commands_print_tables_generate_and_explain_bad_input() {
     );
 }
 
+/// The lowest id of the largest logit (NaN never winning), as decoding's scan picks it.
+fn first_max(logits: &[f32]) -> u32 {
+    logits
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0 as u32
+}
+
 /// Greedy decoding through the head's int8 copy picks, at every step, the token a scan of all
 /// the f32 logits picks: GPT-2 with a peaked 50,257-token head, on burn-flex. Other backends
 /// decline without reading anything.
@@ -644,14 +656,7 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
             let logits =
                 kiln_model::host::read_f32(model.forward_cached(ids(&read), &mut full_cache));
             assert_eq!(logits.len(), 50257);
-            let scan = logits
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0 as u32;
+            let scan = first_max(&logits);
             assert_eq!(fast, scan, "prompt {prompt:?}, step {step}");
             distinct.insert(fast);
             context.push(fast);
@@ -676,14 +681,7 @@ fn greedy_through_the_int8_head_equals_the_scan_of_every_logit() {
         let read = [464u32, 3290, 318, 257];
         let fast = m.greedy_cached(ids(&read), &mut m.new_cache());
         let logits = kiln_model::host::read_f32(m.forward_cached(ids(&read), &mut m.new_cache()));
-        let scan = logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0 as u32;
+        let scan = first_max(&logits);
         assert_eq!(fast, Some(scan));
         scan
     };
