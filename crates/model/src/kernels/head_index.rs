@@ -69,14 +69,14 @@ impl HeadIndex {
     /// Indexes `w` (`rows × k`, row-major).
     ///
     /// # Panics
-    /// When `k` is 0 or does not divide `w.len()`, or when `k` is so wide
-    /// that int16 hidden states lose their precision (over 66,000).
+    /// When `k` is 0 or does not divide `w.len()`, or when a head `k` wide does not
+    /// [`Self::fits`].
     #[must_use]
     pub fn new(w: &[f32], k: usize) -> Self {
         assert!(k > 0 && w.len().is_multiple_of(k), "a [rows, {k}] head");
         let rows = w.len() / k;
+        assert!(Self::fits(k), "a head {k} wide");
         let width = k.div_ceil(CHUNK) * CHUNK;
-        assert!(hidden_max(width) >= 256, "a head {k} wide");
         let gamma = (k as f64 + 32.0) * f64::from(f32::EPSILON);
         let mut q = vec![0i8; rows.div_ceil(GROUP) * GROUP * width];
         let (mut scale, mut err, mut norm) = (vec![0f32; rows], vec![0f32; rows], vec![0.0; rows]);
@@ -113,6 +113,13 @@ impl HeadIndex {
             k,
             width,
         }
+    }
+
+    /// Whether a head `k` wide can be indexed: its hidden states keep at least 9 bits in
+    /// int16 without an i32 sum overflowing (`k` up to about 66,000).
+    #[must_use]
+    pub fn fits(k: usize) -> bool {
+        k > 0 && hidden_max(k.div_ceil(CHUNK) * CHUNK) >= 256
     }
 
     /// The id `v` with the largest `dot(h, w_v)` (the lowest on a tie; NaN logits never win,
@@ -279,15 +286,15 @@ impl HeadCache {
 
 /// The argmax of `hidden · headᵀ` (`hidden`: `[1, k]`, `head`: `[rows, k]`) through the
 /// int8 index of `head` in `cache` (built on first use): the id a scan of
-/// [`super::matmul_nt`]'s logits picks. `None` off burn-flex or for a head that is not a
-/// plain f32 matrix.
+/// [`super::matmul_nt`]'s logits picks. `None` off burn-flex, for a head that is not a
+/// plain f32 matrix, or one too wide for the index ([`HeadIndex::fits`]).
 pub fn head_argmax<B: Backend>(
     hidden: Tensor<B, 2>,
     head: Tensor<B, 2>,
     cache: &HeadCache,
 ) -> Option<u32> {
     let [rows, k] = head.dims();
-    if hidden.dims() != [1, k] {
+    if hidden.dims() != [1, k] || !HeadIndex::fits(k) {
         return None;
     }
     let head = cast::<B, Flex, 2>(head).ok()?;
@@ -549,7 +556,7 @@ mod tests {
     /// The largest sums the int16 step allows (every weight and every `|h|` at its maximum)
     /// are exact: no i32 overflows, on either path.
     #[test]
-    fn the_largest_sums_do_not_overflow() {
+    fn the_largest_sums_do_not_overflow_and_wider_heads_are_declined() {
         for k in [768, 1000, 4096] {
             let rows = 9;
             let w: Vec<f32> = (0..rows * k)
@@ -570,6 +577,15 @@ mod tests {
             }
             assert_eq!(index.argmax(&h, &w), 0);
         }
+        assert!(HeadIndex::fits(1) && HeadIndex::fits(66_000));
+        assert!(!HeadIndex::fits(0) && !HeadIndex::fits(70_000));
+        // Too wide for the index: the caller falls back to the full logits.
+        use burn::prelude::*;
+        let device = Default::default();
+        let k = 70_000;
+        let head = Tensor::<crate::Flex, 2>::zeros([2, k], &device);
+        let hidden = Tensor::<crate::Flex, 2>::zeros([1, k], &device);
+        assert_eq!(head_argmax(hidden, head, &HeadCache::default()), None);
     }
 
     /// Near-ties the int8 copy cannot tell apart: rows equal but for the last bits, and exact
