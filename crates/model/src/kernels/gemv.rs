@@ -262,11 +262,28 @@ mod tests {
         }
     }
 
+    /// A random `k → n` linear layer (with or without a bias) and `rows` random inputs,
+    /// drawn under the RNG lock.
+    fn layer_and_input(
+        rows: usize,
+        k: usize,
+        n: usize,
+        bias: bool,
+    ) -> (Linear<Flex>, Tensor<Flex, 2>) {
+        let device = Default::default();
+        crate::unseeded(|| {
+            let layer = LinearConfig::new(k, n)
+                .with_bias(bias)
+                .init::<Flex>(&device);
+            let x = Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
+            (crate::drawn(layer), x)
+        })
+    }
+
     /// The GEMV path against burn-flex's own product (the `gemm` crate) on decoding shapes:
     /// one and three rows, widths that are and are not a multiple of the block.
     #[test]
     fn linear_matches_burns_product() {
-        let device = Default::default();
         for (rows, k, n, bias) in [
             (1, 768, 2304, true),
             (3, 64, 200, true),
@@ -274,14 +291,7 @@ mod tests {
             (5, 200, 70, true),
             (8, 3072, 96, true),
         ] {
-            let (layer, x) = crate::unseeded(|| {
-                let layer = LinearConfig::new(k, n)
-                    .with_bias(bias)
-                    .init::<Flex>(&device);
-                let x =
-                    Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
-                (crate::drawn(layer), x)
-            });
+            let (layer, x) = layer_and_input(rows, k, n, bias);
             close(linear(&layer, x.clone()), layer.forward(x));
         }
     }
@@ -291,20 +301,12 @@ mod tests {
     /// without a bias).
     #[test]
     fn many_rows_equal_burns_linear_bit_for_bit() {
-        let device = Default::default();
         for (rows, k, n, bias) in [
             (9, 70, 33, true),
             (256, 192, 200, true),
             (300, 64, 40, false),
         ] {
-            let (layer, x) = crate::unseeded(|| {
-                let layer = LinearConfig::new(k, n)
-                    .with_bias(bias)
-                    .init::<Flex>(&device);
-                let x =
-                    Tensor::<Flex, 2>::random([rows, k], Distribution::Normal(0.0, 1.0), &device);
-                (crate::drawn(layer), x)
-            });
+            let (layer, x) = layer_and_input(rows, k, n, bias);
             assert_eq!(
                 super::super::tests::tensor_bits(linear(&layer, x.clone())),
                 super::super::tests::tensor_bits(layer.forward(x)),
