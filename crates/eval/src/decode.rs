@@ -65,9 +65,10 @@ pub struct Generated {
     pub stop: Stop,
 }
 
-/// The fewest new tokens for which greedy decoding builds the head's int8 copy: building it
-/// (one pass over the head) costs about as much as the reads it saves on a dozen tokens of
-/// DistilGPT-2 (measured: 69 ms, against 5.7 ms saved per token).
+/// The fewest new tokens for which greedy decoding goes through the head's int8 copy: the
+/// model builds it on first use (one pass over the head), which costs about as much as the
+/// reads it saves on a dozen tokens of DistilGPT-2 (measured when it was added: 69 ms to
+/// build, 5.7 ms saved per token); later calls reuse it.
 const INDEX_PAYS_FROM: usize = 16;
 
 /// Picks the next token from `logits` (summed over experts, not yet divided by the

@@ -33,7 +33,8 @@ pub trait CausalLm<B: Backend> {
     /// Greedy decoding's next token after reading `input_ids` as [`Self::forward_cached`]
     /// does, without computing every logit (through the model's int8 head copy, built on
     /// first use and kept while the head is unchanged): the argmax of `forward_cached`'s
-    /// logits, bit for bit. `None`, having read nothing, where the model cannot (GPT-2 on burn-flex, batch 1).
+    /// logits, bit for bit. `None`, having read nothing, where the model cannot (it can: GPT-2
+    /// on burn-flex, batch 1).
     fn greedy_cached(&self, input_ids: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Option<u32>;
 
     /// An empty cache for [`Self::forward_cached`].

@@ -489,8 +489,9 @@ impl<B: Backend> Gpt2<B> {
 
     /// Greedy decoding's next token after reading `input_ids` (batch 1) as
     /// [`Self::forward_cached`] does, found through the int8 copy of the tied head (built on
-    /// first use, kept while the head is this tensor) without computing every logit: the argmax of `forward_cached`'s
-    /// logits, bit for bit. `None`, having read nothing, off burn-flex or for a batch.
+    /// first use, kept while the head is this tensor) without computing every logit: the
+    /// argmax of `forward_cached`'s logits, bit for bit. `None`, having read nothing, off
+    /// burn-flex or for a batch.
     pub fn greedy_cached(
         &self,
         input_ids: Tensor<B, 2, Int>,
